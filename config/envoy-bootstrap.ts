@@ -1,0 +1,82 @@
+// Renders the Envoy bootstrap for a lockstep service: a listener whose filter chain is
+// [lockstep wasm filter] -> tcp_proxy -> primary, and an HTTP/2 cluster for the mirror relay.
+// The files in envoy/ are this function's output for the demo (a test keeps them in step).
+import type { LockstepConfig } from "./lockstep-config.ts";
+
+function hostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(":");
+  return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
+}
+
+/** The listener only: what a user pastes under `static_resources.listeners` of their config. */
+export function renderListener(c: LockstepConfig, indent = ""): string {
+  const pluginConfig = JSON.stringify({
+    relay_cluster: "lockstep_relay",
+    service: c.service,
+    max_inflight_bytes_per_connection: c.limits.maxInflightBytesPerConnection,
+    max_inflight_bytes_total: c.limits.maxInflightBytesTotal,
+  });
+  const lines = `- name: lockstep_${c.service}
+  address:
+    socket_address: { address: ${c.listener.address}, port_value: ${c.listener.port} }
+  filter_chains:
+  - filters:
+    # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.
+    - name: envoy.filters.network.wasm
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+        config:
+          name: lockstep
+          root_id: lockstep
+          # A trap in the filter must never take down the primary path.
+          failure_policy: FAIL_OPEN
+          configuration:
+            "@type": type.googleapis.com/google.protobuf.StringValue
+            value: '${pluginConfig}'
+          vm_config:
+            vm_id: lockstep
+            runtime: envoy.wasm.runtime.v8
+            code: { local: { filename: ${c.envoy.wasmPath} } }
+    # 2. The primary path is plain tcp_proxy.
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: ${c.service}
+        cluster: ${c.service}_primary`;
+  return lines.split("\n").map((l) => indent + l).join("\n");
+}
+
+function staticCluster(name: string, address: string, extra: string): string {
+  const { host, port } = hostPort(address);
+  return `  - name: ${name}
+    type: STATIC
+${extra}    load_assignment:
+      cluster_name: ${name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
+}
+
+/** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
+export function renderBootstrap(c: LockstepConfig, header = ""): string {
+  const relay = `${c.relay.address}:${c.relay.port}`;
+  return `${header}static_resources:
+  listeners:
+${renderListener(c, "  ")}
+  clusters:
+${staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n")}
+${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s
+    # The relay speaks gRPC: HTTP/2 without TLS.
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    # One gRPC stream per client connection: lift the default limit of 1024 requests.
+    circuit_breakers:
+      thresholds: [{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }]
+`)}
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: ${c.envoy.adminPort} }
+`;
+}

@@ -1,0 +1,74 @@
+// The filter's plugin configuration (the `configuration` of the wasm filter in Envoy),
+// parsed and validated once in proxy_on_configure. A bad configuration is refused with a
+// message naming the field: Envoy then rejects the listener instead of running half-set-up.
+import { parseFlatObject, JSON_STRING, JSON_NUMBER } from "./json";
+
+export const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: u64 = 1 << 20; // 1 MiB
+export const DEFAULT_MAX_INFLIGHT_BYTES_TOTAL: u64 = 64 << 20; // 64 MiB per worker
+export const DEFAULT_CLOSE_TIMEOUT_MS: u64 = 30_000;
+
+export class MirrorConfig {
+  /** Envoy cluster (HTTP/2) that reaches the mirror relay. Required. */
+  relayCluster: string = "";
+  /** Service name: sent to the relay and used in metric names. Required. */
+  service: string = "";
+  /** Bytes sent to the relay but not yet acknowledged as received, per connection. */
+  maxInflightBytesPerConnection: u64 = DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION;
+  /** The same, summed over this worker's connections. */
+  maxInflightBytesTotal: u64 = DEFAULT_MAX_INFLIGHT_BYTES_TOTAL;
+  /** How long a finished connection's stream may wait for the relay's final answer. */
+  closeTimeoutMs: u64 = DEFAULT_CLOSE_TIMEOUT_MS;
+}
+
+export class ConfigResult {
+  constructor(public config: MirrorConfig | null, public error: string) {}
+}
+
+const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms"];
+
+function isName(s: string): bool {
+  if (s.length == 0 || s.length > 64) return false;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    const ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || c == 0x2d;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+function bad(message: string): ConfigResult { return new ConfigResult(null, message); }
+
+/** Parse the plugin configuration JSON. */
+export function parseMirrorConfig(json: string): ConfigResult {
+  const obj = parseFlatObject(json);
+  if (obj.error.length > 0) return bad("configuration is not valid JSON: " + obj.error);
+  for (let i = 0; i < obj.keys.length; i++) {
+    if (!KNOWN_KEYS.includes(obj.keys[i])) return bad("unknown field \"" + obj.keys[i] + "\" (known: " + KNOWN_KEYS.join(", ") + ")");
+  }
+  const config = new MirrorConfig();
+
+  const cluster = obj.get("relay_cluster");
+  if (cluster === null || cluster.kind != JSON_STRING || cluster.text.length == 0 || cluster.text.length > 100)
+    return bad("\"relay_cluster\" must be the name of the Envoy cluster of the mirror relay (a string of 1 to 100 characters)");
+  config.relayCluster = cluster.text;
+
+  const service = obj.get("service");
+  if (service === null || service.kind != JSON_STRING || !isName(service.text))
+    return bad("\"service\" must be 1 to 64 characters of [A-Za-z0-9_-]");
+  config.service = service.text;
+
+  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms"];
+  for (let i = 0; i < names.length; i++) {
+    const v = obj.get(names[i]);
+    if (v === null) continue;
+    if (v.kind != JSON_NUMBER || v.number < 1 || v.number > 17179869184.0 || Math.floor(v.number) != v.number)
+      return bad("\"" + names[i] + "\" must be a whole number from 1 to 17179869184");
+    const n = <u64>v.number;
+    if (i == 0) config.maxInflightBytesPerConnection = n;
+    else if (i == 1) config.maxInflightBytesTotal = n;
+    else config.closeTimeoutMs = n;
+  }
+  if (config.maxInflightBytesTotal < config.maxInflightBytesPerConnection)
+    return bad("\"max_inflight_bytes_total\" must be at least \"max_inflight_bytes_per_connection\"");
+  return new ConfigResult(config, "");
+}

@@ -1,0 +1,185 @@
+// One client connection's mirror: its gRPC stream to the relay, the bytes sent and
+// acknowledged, and what the relay reports of each replica. Lives from the connection's
+// first event until the relay's final answer (or a cancel), which may outlast the
+// connection's own context. Never holds client bytes: what is sent is the relay's to keep,
+// bounded by the in-flight limits.
+import * as host from "../abi/host";
+import { BufferType } from "../abi/constants";
+import { freeHostBuffer } from "../abi/memory";
+import {
+  encodeOpen, encodeEnd, writeDataHeader, DATA_HEADER_BYTES, Ack,
+  REPLICA_DETACHED, REPLICA_CLOSED,
+} from "./frames";
+import { MirrorStats } from "./stats";
+import { MirrorConfig } from "./config";
+
+export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
+export const MIRROR_METHOD = "Stream";
+
+/** Not yet opened: no frame sent. */
+export const STATE_IDLE: u8 = 0;
+/** Stream open, mirroring. */
+export const STATE_STREAMING: u8 = 1;
+/** The client connection ended; our side is half-closed, waiting for the relay's final ACK. */
+export const STATE_CLOSING: u8 = 2;
+/** Nothing more will be mirrored (stream done, lost, cancelled, or never opened). */
+export const STATE_DONE: u8 = 3;
+
+class ReplicaView {
+  constructor(public name: string, public queued: u64, public acked: u64, public state: u8) {}
+}
+
+function sanitizeName(raw: string): string {
+  let out = "";
+  const n = min(raw.length, 64);
+  for (let i = 0; i < n; i++) {
+    const c = raw.charCodeAt(i);
+    const ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || c == 0x2d;
+    out += ok ? String.fromCharCode(c) : "_";
+  }
+  return out.length > 0 ? out : "_";
+}
+
+/** What the owner (the root) must do after a connection event. */
+export class MirrorConnection {
+  state: u8 = STATE_IDLE;
+  token: u32 = 0;
+  /** Client bytes handed to the stream. */
+  sent: u64 = 0;
+  /** Client bytes the relay holds (from its last ACK). */
+  received: u64 = 0;
+  /** Client bytes not mirrored. */
+  unmirrored: u64 = 0;
+  endSent: bool = false;
+  closingSinceNs: u64 = 0;
+  replicas: ReplicaView[] = [];
+
+  constructor(
+    public readonly contextId: u32,
+    private readonly config: MirrorConfig,
+    private readonly stats: MirrorStats,
+    private readonly grpcService: ArrayBuffer,
+  ) {}
+
+  get inflight(): u64 { return this.sent - this.received; }
+  get mirroring(): bool { return this.state == STATE_STREAMING; }
+
+  /** Open the stream and send OPEN, unless already done. Returns the token or 0. */
+  open(): u32 {
+    if (this.state != STATE_IDLE) return this.token;
+    const token = host.grpcStream(this.grpcService, MIRROR_SERVICE, MIRROR_METHOD);
+    if (token == 0) {
+      this.state = STATE_DONE;
+      this.stats.add(this.stats.streamOpenFailures, 1);
+      host.logWarn("lockstep: could not open a mirror stream on cluster \"" + this.config.relayCluster + "\"; this connection is not mirrored");
+      return 0;
+    }
+    this.token = token;
+    this.state = STATE_STREAMING;
+    this.stats.add(this.stats.streamsActive, 1);
+    const frame = encodeOpen(
+      host.getPropertyU64("connection_id", <u64>this.contextId),
+      this.config.service,
+      host.getPropertyString("upstream.address"),
+      host.getPropertyString("source.address"),
+    );
+    host.grpcSend(token, changetype<usize>(frame), frame.byteLength, false);
+    return token;
+  }
+
+  /** Mirror the `size` bytes now in DOWNSTREAM_DATA. Call only from on_downstream_data. */
+  mirrorDownstream(size: usize): void {
+    if (size == 0) return;
+    if (!this.mirroring) { this.skip(size); return; }
+    // The host copies the bytes into memory we allocate; reserve the DATA header in front.
+    const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, 0, size);
+    if (payload == 0) { this.skip(size); return; }
+    const length = host.lastReturnedSize();
+    const frame = heap.alloc(DATA_HEADER_BYTES + length);
+    writeDataHeader(frame, this.sent);
+    memory.copy(frame + DATA_HEADER_BYTES, payload, length);
+    freeHostBuffer(payload);
+    host.grpcSend(this.token, frame, DATA_HEADER_BYTES + length, false);
+    heap.free(frame);
+    this.sent += length;
+    this.stats.add(this.stats.bytesSent, <i64>length);
+    this.stats.add(this.stats.inflightBytes, <i64>length);
+  }
+
+  /** The client half-closed: tell the relay where its stream ends. */
+  endDownstream(): void {
+    if (!this.mirroring || this.endSent) return;
+    const frame = encodeEnd(this.sent);
+    host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false);
+    this.endSent = true;
+  }
+
+  /** The client connection is over: half-close the stream; the relay flushes and answers. */
+  finish(nowNs: u64): void {
+    if (this.state == STATE_STREAMING) {
+      host.grpcClose(this.token);
+      this.state = STATE_CLOSING;
+      this.closingSinceNs = nowNs;
+    } else if (this.state == STATE_IDLE) {
+      this.state = STATE_DONE;
+    }
+  }
+
+  /** Apply an ACK. Returns false if it contradicts what we sent (a relay bug or foreign peer). */
+  applyAck(ack: Ack): bool {
+    if (ack.received > this.sent || ack.received < this.received) return false;
+    this.stats.add(this.stats.inflightBytes, -<i64>(ack.received - this.received));
+    this.received = ack.received;
+    for (let i = 0; i < ack.replicas.length; i++) {
+      const update = ack.replicas[i];
+      const name = sanitizeName(update.name);
+      const rs = this.stats.replica(name);
+      let view: ReplicaView | null = null;
+      for (let j = 0; j < this.replicas.length; j++) if (this.replicas[j].name == name) { view = this.replicas[j]; break; }
+      if (view === null) {
+        view = new ReplicaView(name, 0, 0, 0);
+        this.replicas.push(view);
+        this.stats.add(rs.connections, 1);
+      }
+      const v = changetype<ReplicaView>(view);
+      if (v.state == REPLICA_DETACHED || v.state == REPLICA_CLOSED) continue;
+      if (update.queued > v.queued) { this.stats.add(rs.bytesMirrored, <i64>(update.queued - v.queued)); v.queued = update.queued; }
+      if (update.acked > v.acked) { this.stats.add(rs.bytesAcked, <i64>(update.acked - v.acked)); v.acked = update.acked; }
+      if (update.state == REPLICA_DETACHED) this.stats.add(rs.detaches, 1);
+      if (update.state == REPLICA_CLOSED) this.stats.add(rs.completed, 1);
+      v.state = update.state;
+    }
+    return true;
+  }
+
+  /** The stream is over. `complete` when the relay ended it normally after our half-close;
+   *  otherwise every replica still attached is counted detached (out of sync). */
+  end(complete: bool): void {
+    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING) this.stats.add(this.stats.streamsActive, -1);
+    if (!complete) {
+      this.stats.add(this.stats.streamsLost, 1);
+      for (let i = 0; i < this.replicas.length; i++) {
+        const v = this.replicas[i];
+        if (v.state != REPLICA_DETACHED && v.state != REPLICA_CLOSED) {
+          v.state = REPLICA_DETACHED;
+          this.stats.add(this.stats.replica(v.name).detaches, 1);
+        }
+      }
+      this.stats.add(this.stats.bytesUnmirrored, <i64>this.inflight);
+    }
+    this.stats.add(this.stats.inflightBytes, -<i64>this.inflight);
+    this.received = this.sent;
+    this.state = STATE_DONE;
+  }
+
+  /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream. */
+  cancel(): void {
+    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING) host.grpcCancel(this.token);
+    this.end(false);
+  }
+
+  private skip(size: usize): void {
+    this.unmirrored += size;
+    this.stats.add(this.stats.bytesUnmirrored, <i64>size);
+  }
+}

@@ -1,0 +1,94 @@
+// The mirror channel's frames, as defined once in docs/wire-format.md (fixtures:
+// test/fixtures/wire-frames.json). One frame per gRPC message; integers little-endian;
+// strings are u16 length + UTF-8. No host calls.
+//
+//   OPEN  0x01 | version u8 | connection_id u64 | flags u8 | service str | primary str | client str
+//   DATA  0x02 | offset u64 | bytes ...
+//   END   0x03 | total_bytes u64
+//   ACK   0x81 | received u64 | count u8 | count x ( name str | queued u64 | acked u64 | state u8 | reason u8 )
+
+export const FRAME_OPEN: u8 = 0x01;
+export const FRAME_DATA: u8 = 0x02;
+export const FRAME_END: u8 = 0x03;
+export const FRAME_ACK: u8 = 0x81;
+export const WIRE_VERSION: u8 = 1;
+/** Bytes in front of a DATA frame's payload. */
+export const DATA_HEADER_BYTES: usize = 9;
+
+export const REPLICA_CONNECTING: u8 = 0;
+export const REPLICA_LIVE: u8 = 1;
+export const REPLICA_DETACHED: u8 = 2;
+export const REPLICA_CLOSED: u8 = 3;
+
+function strSize(bytes: ArrayBuffer): usize { return <usize>2 + <usize>bytes.byteLength; }
+
+function putStr(at: usize, bytes: ArrayBuffer): usize {
+  store<u16>(at, <u16>bytes.byteLength);
+  memory.copy(at + 2, changetype<usize>(bytes), bytes.byteLength);
+  return at + strSize(bytes);
+}
+
+/** OPEN: the first frame of every stream. Strings longer than 65535 bytes are cut. */
+export function encodeOpen(connectionId: u64, service: string, primary: string, client: string): ArrayBuffer {
+  const s = String.UTF8.encode(service.substring(0, 1024));
+  const p = String.UTF8.encode(primary.substring(0, 1024));
+  const c = String.UTF8.encode(client.substring(0, 1024));
+  const frame = new ArrayBuffer(<i32>(<usize>11 + strSize(s) + strSize(p) + strSize(c)));
+  const base = changetype<usize>(frame);
+  store<u8>(base, FRAME_OPEN);
+  store<u8>(base + 1, WIRE_VERSION);
+  store<u64>(base + 2, connectionId);
+  store<u8>(base + 10, 0);
+  putStr(putStr(putStr(base + 11, s), p), c);
+  return frame;
+}
+
+/** Write a DATA header into the DATA_HEADER_BYTES in front of a payload. */
+export function writeDataHeader(at: usize, offset: u64): void {
+  store<u8>(at, FRAME_DATA);
+  store<u64>(at + 1, offset);
+}
+
+export function encodeEnd(totalBytes: u64): ArrayBuffer {
+  const frame = new ArrayBuffer(9);
+  store<u8>(changetype<usize>(frame), FRAME_END);
+  store<u64>(changetype<usize>(frame) + 1, totalBytes);
+  return frame;
+}
+
+export class ReplicaProgress {
+  constructor(public name: string, public queued: u64, public acked: u64, public state: u8, public reason: u8) {}
+}
+
+export class Ack {
+  received: u64 = 0;
+  replicas: ReplicaProgress[] = [];
+}
+
+/** Decode an ACK. Returns null and sets `lastDecodeError` if the bytes are not a valid ACK. */
+export let lastDecodeError: string = "";
+
+export function decodeAck(frame: ArrayBuffer): Ack | null {
+  const size = <usize>frame.byteLength;
+  const base = changetype<usize>(frame);
+  if (size < 10) { lastDecodeError = "frame shorter than an ACK header (" + size.toString() + " bytes)"; return null; }
+  const type = load<u8>(base);
+  if (type != FRAME_ACK) { lastDecodeError = "unexpected frame type 0x" + type.toString(16) + " from the relay"; return null; }
+  const ack = new Ack();
+  ack.received = load<u64>(base + 1);
+  const count = <i32>load<u8>(base + 9);
+  let at: usize = 10;
+  for (let i = 0; i < count; i++) {
+    if (at + 2 > size) { lastDecodeError = "ACK truncated in replica " + i.toString(); return null; }
+    const nameLength = <usize>load<u16>(base + at);
+    if (at + 2 + nameLength + 18 > size) { lastDecodeError = "ACK truncated in replica " + i.toString(); return null; }
+    const name = String.UTF8.decodeUnsafe(base + at + 2, nameLength);
+    at += 2 + nameLength;
+    const state = load<u8>(base + at + 16);
+    if (state > REPLICA_CLOSED) { lastDecodeError = "unknown replica state " + state.toString(); return null; }
+    ack.replicas.push(new ReplicaProgress(name, load<u64>(base + at), load<u64>(base + at + 8), state, load<u8>(base + at + 17)));
+    at += 18;
+  }
+  if (at != size) { lastDecodeError = "ACK has " + (size - at).toString() + " trailing bytes"; return null; }
+  return ack;
+}

@@ -1,0 +1,64 @@
+// The filter's Envoy stats. Envoy shows them under its custom-stat prefix (for example
+// `wasmcustom.lockstep.<service>.connections` in /stats, `envoy_wasmcustom_...` in Prometheus).
+// Per-replica metrics are defined the first time the relay names a replica.
+import { defineMetric, incrementMetric } from "../abi/host";
+import { MetricType } from "../abi/constants";
+
+export class ReplicaStats {
+  connections: u32; bytesMirrored: u32; bytesAcked: u32; detaches: u32; completed: u32;
+  constructor(prefix: string) {
+    this.connections = defineMetric(MetricType.COUNTER, prefix + "connections");
+    this.bytesMirrored = defineMetric(MetricType.COUNTER, prefix + "bytes_mirrored");
+    this.bytesAcked = defineMetric(MetricType.COUNTER, prefix + "bytes_acked");
+    this.detaches = defineMetric(MetricType.COUNTER, prefix + "detaches");
+    this.completed = defineMetric(MetricType.COUNTER, prefix + "completed");
+  }
+}
+
+export class MirrorStats {
+  /** Client connections seen. */
+  connections: u32;
+  /** gRPC streams to the relay open now. */
+  streamsActive: u32;
+  /** Streams Envoy refused to open (unknown cluster, ...). */
+  streamOpenFailures: u32;
+  /** Streams that ended before the connection's bytes were all accounted for (relay down, reset). */
+  streamsLost: u32;
+  /** Client bytes handed to the relay stream. */
+  bytesSent: u32;
+  /** Client bytes not mirrored (stream lost, bound exceeded, no relay). */
+  bytesUnmirrored: u32;
+  /** Connections whose mirror was cut because the relay fell behind the in-flight bound. */
+  overflows: u32;
+  /** Bytes sent to the relay and not yet acknowledged, summed over this worker. */
+  inflightBytes: u32;
+  /** Frames from the relay that did not decode. */
+  relayProtocolErrors: u32;
+  private prefix: string;
+  private replicaNames: string[] = [];
+  private replicaStats: ReplicaStats[] = [];
+
+  constructor(service: string) {
+    this.prefix = "lockstep." + service + ".";
+    const p = this.prefix;
+    this.connections = defineMetric(MetricType.COUNTER, p + "connections");
+    this.streamsActive = defineMetric(MetricType.GAUGE, p + "streams_active");
+    this.streamOpenFailures = defineMetric(MetricType.COUNTER, p + "stream_open_failures");
+    this.streamsLost = defineMetric(MetricType.COUNTER, p + "streams_lost");
+    this.bytesSent = defineMetric(MetricType.COUNTER, p + "bytes_sent");
+    this.bytesUnmirrored = defineMetric(MetricType.COUNTER, p + "bytes_unmirrored");
+    this.overflows = defineMetric(MetricType.COUNTER, p + "overflows");
+    this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
+    this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
+  }
+
+  replica(name: string): ReplicaStats {
+    for (let i = 0; i < this.replicaNames.length; i++) if (this.replicaNames[i] == name) return this.replicaStats[i];
+    const stats = new ReplicaStats(this.prefix + "replica." + name + ".");
+    this.replicaNames.push(name);
+    this.replicaStats.push(stats);
+    return stats;
+  }
+
+  add(metricId: u32, delta: i64): void { incrementMetric(metricId, delta); }
+}
