@@ -1,0 +1,84 @@
+// Real TCP servers standing in for the primary and the replicas: each records, per accepted
+// connection, the bytes it received and sent (SHA-256 and count), answers with bytes of its
+// own, and can be killed, or told to stop reading, mid-test.
+import { createHash, type Hash } from "node:crypto";
+import { createServer, type Server, type Socket } from "node:net";
+
+export interface ConnectionRecord {
+  /** First bytes received: tests put a connection id there. */
+  head: Buffer;
+  received: number;
+  sent: number;
+  receivedHash: Hash;
+  sentHash: Hash;
+  ended: boolean;
+  closed: boolean;
+}
+
+export interface BackendOptions {
+  /** Answer to each chunk received (default: a tag naming this backend and the chunk size). */
+  reply?: (chunk: Buffer, conn: ConnectionRecord) => Buffer | null;
+  /** Never read from accepted sockets (a replica that stops reading). */
+  stopReading?: boolean;
+  /** Bytes of head to keep for identification. */
+  headBytes?: number;
+}
+
+export class RecordingBackend {
+  readonly connections: ConnectionRecord[] = [];
+  private readonly sockets = new Set<Socket>();
+  private server!: Server;
+  port = 0;
+  constructor(readonly name: string, private readonly options: BackendOptions = {}) {}
+
+  get address(): string { return `127.0.0.1:${this.port}`; }
+
+  async start(port = 0): Promise<this> {
+    const headBytes = this.options.headBytes ?? 16;
+    this.server = createServer({ allowHalfOpen: true }, (socket) => {
+      const conn: ConnectionRecord = {
+        head: Buffer.alloc(0), received: 0, sent: 0,
+        receivedHash: createHash("sha256"), sentHash: createHash("sha256"), ended: false, closed: false,
+      };
+      this.connections.push(conn);
+      this.sockets.add(socket);
+      const send = (bytes: Buffer) => {
+        if (socket.destroyed || socket.writableEnded) return;
+        conn.sent += bytes.length; conn.sentHash.update(bytes); socket.write(bytes);
+      };
+      if (this.options.stopReading) socket.pause();
+      socket.on("data", (chunk: Buffer) => {
+        if (conn.head.length < headBytes) conn.head = Buffer.concat([conn.head, chunk.subarray(0, headBytes - conn.head.length)]);
+        conn.received += chunk.length;
+        conn.receivedHash.update(chunk);
+        const answer = this.options.reply ? this.options.reply(chunk, conn) : Buffer.from(`${this.name}:${chunk.length}\n`);
+        if (answer) send(answer);
+      });
+      socket.on("end", () => { conn.ended = true; send(Buffer.from(`${this.name}:bye\n`)); socket.end(); });
+      socket.on("error", () => {});
+      socket.on("close", () => { conn.closed = true; this.sockets.delete(socket); });
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server.once("error", reject);
+      this.server.listen(port, "127.0.0.1", () => resolve());
+    });
+    this.port = (this.server.address() as { port: number }).port;
+    return this;
+  }
+
+  /** Like kill -9 of the server process: every connection reset, the port closed. */
+  async kill(): Promise<void> {
+    for (const s of this.sockets) s.resetAndDestroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Connection records by their head (the id the client put first). */
+  byHead(): Map<string, ConnectionRecord> {
+    return new Map(this.connections.map((c) => [c.head.toString("hex"), c]));
+  }
+}
+
+/** Start several backends; close them all with `killAll`. */
+export async function startBackends(names: string[], options: BackendOptions = {}): Promise<RecordingBackend[]> {
+  return Promise.all(names.map((n) => new RecordingBackend(n, options).start()));
+}

@@ -1,0 +1,73 @@
+// Starts the real Envoy binary for a test: a bootstrap rendered from a lockstep config,
+// a unique --base-id, one worker, wasm logs at debug, readiness polled on the admin port.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { findEnvoy, PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { parseLockstepConfig, type LockstepConfig } from "../../config/lockstep-config.ts";
+import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { startProcess, type Managed } from "./processes.ts";
+import { freePorts, waitFor } from "./ports.ts";
+
+export interface EnvoyHandle {
+  readonly config: LockstepConfig;
+  readonly listenerPort: number;
+  readonly adminPort: number;
+  readonly process: Managed;
+  /** /stats as name → number (counters and gauges). */
+  stats(): Promise<Map<string, number>>;
+  stat(name: string): Promise<number>;
+  prometheus(): Promise<string>;
+  kill(): Promise<void>;
+}
+
+let baseId = 1000 + (process.pid % 5000) * 10;
+
+export interface StartEnvoyOptions {
+  primary: string;
+  replicas?: { name: string; address: string }[];
+  relayPort: number;
+  service?: string;
+  limits?: Record<string, number>;
+}
+
+export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
+  const [listenerPort, adminPort] = await freePorts(2);
+  const config = parseLockstepConfig({
+    service: options.service ?? "itest",
+    listener: { port: listenerPort },
+    primary: options.primary,
+    replicas: options.replicas ?? [],
+    relay: { port: options.relayPort, metricsPort: 0 },
+    envoy: { adminPort, wasmPath: join(PROJECT_ROOT, "build", "lockstep.wasm") },
+    limits: options.limits,
+  });
+  const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
+  const bootstrap = join(dir, "envoy.yaml");
+  writeFileSync(bootstrap, renderBootstrap(config));
+  const proc = startProcess("envoy", findEnvoy(), [
+    "-c", bootstrap, "--concurrency", "1", "--base-id", String(baseId++),
+    "--log-level", "warn", "--component-log-level", "wasm:debug",
+  ]);
+  const admin = `http://127.0.0.1:${adminPort}`;
+  await waitFor("Envoy to become ready", async () => {
+    if (proc.exited()) throw new Error(`Envoy exited:\n${proc.output().slice(-3000)}`);
+    const res = await fetch(`${admin}/ready`);
+    return res.status === 200;
+  }, 20_000, 50);
+  const stats = async () => {
+    const text = await (await fetch(`${admin}/stats`)).text();
+    const out = new Map<string, number>();
+    for (const line of text.split("\n")) {
+      const m = /^([^:]+): (\d+)$/.exec(line);
+      if (m) out.set(m[1], Number(m[2]));
+    }
+    return out;
+  };
+  return {
+    config, listenerPort, adminPort, process: proc, stats,
+    async stat(name) { return (await stats()).get(name) ?? 0; },
+    async prometheus() { return (await fetch(`${admin}/stats/prometheus`)).text(); },
+    kill: () => proc.kill("SIGTERM"),
+  };
+}

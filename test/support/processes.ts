@@ -1,0 +1,48 @@
+// Child processes of a test (Envoy, the relay): output kept for the failure message,
+// killed when the test file ends.
+import { spawn, type ChildProcess } from "node:child_process";
+import { afterAll, afterEach } from "vitest";
+
+export interface Managed {
+  readonly name: string;
+  readonly child: ChildProcess;
+  output(): string;
+  exited(): boolean;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const live = new Set<Managed>();
+let hooksInstalled = false;
+
+function installHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  afterEach((ctx) => {
+    if (ctx.task.result?.state !== "fail") return;
+    for (const p of live) console.error(`\n----- last output of ${p.name} -----\n${p.output().slice(-6000)}\n----- end of ${p.name} -----`);
+  });
+  afterAll(async () => { await Promise.all([...live].map((p) => p.kill("SIGKILL"))); });
+}
+
+export function startProcess(name: string, command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Managed {
+  installHooks();
+  const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let text = "";
+  const keep = (chunk: Buffer) => { text += chunk.toString(); if (text.length > 200_000) text = text.slice(-100_000); };
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
+  let done = false;
+  const exit = new Promise<void>((resolve) => child.on("exit", () => { done = true; resolve(); }));
+  child.on("error", (err) => { text += `\n[spawn error] ${err.message}`; });
+  const managed: Managed = {
+    name, child,
+    output: () => text,
+    exited: () => done,
+    async kill(signal = "SIGTERM") {
+      if (!done) { child.kill(signal); await exit; }
+      live.delete(managed);
+    },
+  };
+  live.add(managed);
+  return managed;
+}
