@@ -1,5 +1,5 @@
 // The filter's Envoy stats. Envoy shows them under its custom-stat prefix (for example
-// `wasmcustom.lockstep.<service>.connections` in /stats, `envoy_wasmcustom_...` in Prometheus).
+//, `envoy_wasmcustom_...` in Prometheus).
 // Per-replica metrics are defined the first time the relay names a replica.
 import { defineMetric, incrementMetric } from "../abi/host";
 import { MetricType } from "../abi/constants";

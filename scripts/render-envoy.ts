@@ -1,0 +1,35 @@
+// Writes the example Envoy configs in envoy/ from the lockstep configs in config/.
+// `npx tsx scripts/render-envoy.ts` (test/integration/envoy-configs.test.ts checks they are current).
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadLockstepConfig } from "../config/lockstep-config.ts";
+import { renderBootstrap } from "../config/envoy-bootstrap.ts";
+import { PROJECT_ROOT } from "./envoy-binary.ts";
+
+export const ENVOY_EXAMPLES = [
+  {
+    file: "envoy/demo.yaml",
+    from: "config/demo.json",
+    header: "# lockstep demo (npm run demo): listener 127.0.0.1:10000 -> kv primary 127.0.0.1:7001,\n" +
+      "# mirrored through the relay (127.0.0.1:10100) to replicas :7002 and :7003. Admin on :9901.\n" +
+      "# Generated from config/demo.json by scripts/render-envoy.ts. Run from the project root.\n",
+  },
+  {
+    file: "envoy/service-example.yaml",
+    from: "config/example-service.json",
+    header: "# A lockstep service in your own Envoy: copy the listener `lockstep_orders` and the cluster\n" +
+      "# `lockstep_relay` into your config, and run the relay next to Envoy with the replicas\n" +
+      "# (README: \"Your own backends\"). Generated from config/example-service.json.\n",
+  },
+];
+
+export function renderExample(example: (typeof ENVOY_EXAMPLES)[number]): string {
+  return renderBootstrap(loadLockstepConfig(join(PROJECT_ROOT, example.from)), example.header);
+}
+
+if (process.argv[1]?.endsWith("render-envoy.ts")) {
+  for (const ex of ENVOY_EXAMPLES) {
+    writeFileSync(join(PROJECT_ROOT, ex.file), renderExample(ex));
+    console.log(`wrote ${ex.file}`);
+  }
+}

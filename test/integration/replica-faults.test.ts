@@ -1,0 +1,105 @@
+// Must show 3 on real Envoy: a replica down from the start, one killed mid-stream and one
+// that stops reading never touch the client's exchange with the primary; memory held for
+// them stays within the configured bounds; each is counted detached (out of sync).
+import { describe, it, expect, beforeAll } from "vitest";
+import { randomBytes } from "node:crypto";
+import { RecordingBackend, startBackends } from "../support/backends.ts";
+import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
+import { startRelay, type RelayHandle } from "../support/relay.ts";
+import { freePort, waitFor } from "../support/ports.ts";
+import { runClient, pool, type ClientPlan, type ClientResult } from "../support/clients.ts";
+
+const CONNECTIONS = 10;
+const BYTES_PER_CONNECTION = 16 << 20; // far past the kernel's socket buffers
+const LAG_BOUND = 256 << 10;
+const RELAY_TOTAL_BOUND = 16 << 20;
+
+describe("faulty replicas never hurt the primary path", () => {
+  let primary: RecordingBackend;
+  let good: RecordingBackend;
+  let dies: RecordingBackend;
+  let stuck: RecordingBackend;
+  let downAddress: string;
+  let relay: RelayHandle;
+  let envoy: EnvoyHandle;
+  let results: ClientResult[];
+  let plans: ClientPlan[];
+  const samples = { relayQueued: 0, envoyInflight: 0 };
+
+  beforeAll(async () => {
+    [primary, good, dies] = await startBackends(["primary", "good", "dies"]);
+    stuck = await new RecordingBackend("stuck", { stopReading: true }).start();
+    downAddress = `127.0.0.1:${await freePort()}`; // nothing listens there
+    const replicas = [
+      { name: "good", address: good.address },
+      { name: "down", address: downAddress },
+      { name: "dies", address: dies.address },
+      { name: "stuck", address: stuck.address },
+    ];
+    relay = await startRelay({ replicas, limits: { maxLagBytesPerConnection: LAG_BOUND, maxQueuedBytesTotal: RELAY_TOTAL_BOUND } });
+    envoy = await startEnvoy({
+      primary: primary.address, replicas, relayPort: relay.port,
+      limits: { maxInflightBytesPerConnection: 64 << 20, maxInflightBytesTotal: 256 << 20 },
+    });
+
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        samples.relayQueued = Math.max(samples.relayQueued, await relay.metric("lockstep_relay_queued_bytes"));
+        samples.envoyInflight = Math.max(samples.envoyInflight, await envoy.stat("wasmcustom.lockstep.itest.inflight_bytes"));
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    plans = Array.from({ length: CONNECTIONS }, () => {
+      const id = randomBytes(16);
+      const writes = [id];
+      for (let n = 0; n < BYTES_PER_CONNECTION; n += 64 << 10) writes.push(randomBytes(64 << 10));
+      return { id, writes, halfCloseFirst: true };
+    });
+    let killed = false;
+    results = await pool(CONNECTIONS, 3, async (i) => {
+      // Kill "dies" while connections are streaming through it.
+      if (i === 3 && !killed) { killed = true; setTimeout(() => void dies.kill(), 50); }
+      return runClient(envoy.listenerPort, plans[i], undefined, 60_000);
+    });
+    await waitFor("the relay to finish every stream", async () => (await relay.metric("lockstep_relay_streams_active")) === 0, 30_000);
+    sampling = false;
+    await sampler;
+  });
+
+  it("completes every client exchange with the primary unchanged", () => {
+    const byHead = primary.byHead();
+    for (const r of results) {
+      expect(r.error).toBeUndefined();
+      const rec = byHead.get(r.idHex)!;
+      expect(rec.received).toBe(r.sentBytes);
+      expect(rec.receivedHash.copy().digest("hex")).toBe(r.sentHash);
+      expect(r.receivedHash).toBe(rec.sentHash.copy().digest("hex"));
+    }
+  });
+
+  it("still mirrors everything to the healthy replica", () => {
+    const byHead = good.byHead();
+    for (const r of results) expect(byHead.get(r.idHex)?.receivedHash.copy().digest("hex")).toBe(r.sentHash);
+  });
+
+  it("counts each faulty replica as detached, with the reason", async () => {
+    expect(await relay.metric("lockstep_relay_replica_detaches_total", { replica: "down", reason: "CONNECT_FAILED" })).toBe(CONNECTIONS);
+    expect(await relay.metric("lockstep_relay_replica_detaches_total", { replica: "stuck", reason: "LAG_BOUND" })).toBe(CONNECTIONS);
+    expect(await relay.metric("lockstep_relay_replica_detaches_total", { replica: "dies" })).toBeGreaterThanOrEqual(1);
+    expect(await relay.metric("lockstep_relay_replica_detaches_total", { replica: "good" })).toBe(0);
+    const stats = await envoy.stats();
+    expect(stats.get("wasmcustom.lockstep.itest.replica.down.detaches")).toBe(CONNECTIONS);
+    expect(stats.get("wasmcustom.lockstep.itest.replica.stuck.detaches")).toBe(CONNECTIONS);
+    expect(stats.get("wasmcustom.lockstep.itest.replica.dies.detaches")).toBeGreaterThanOrEqual(1);
+    expect(stats.get("wasmcustom.lockstep.itest.replica.good.detaches")).toBe(0);
+    expect(stats.get("wasmcustom.lockstep.itest.streams_lost")).toBe(0);
+  });
+
+  it("keeps memory for lagging replicas within the stated bounds, and frees it", async () => {
+    expect(samples.relayQueued).toBeLessThanOrEqual(RELAY_TOTAL_BOUND);
+    expect(samples.envoyInflight).toBeLessThanOrEqual(256 << 20);
+    expect(await relay.metric("lockstep_relay_queued_bytes")).toBe(0);
+    expect(await relay.metric("lockstep_relay_replica_connections_active")).toBe(0);
+  });
+});
