@@ -1,0 +1,145 @@
+// Runs a lockstep set-up on this machine: the mirror relay and Envoy (with the lockstep
+// filter) for the service described by a config file, optionally with sample key-value
+// servers as primary and replicas, and optionally a scripted session that shows the
+// replicas ending in the primary's state.
+//
+//   npm run demo                      = --config config/demo.json --samples --scripted
+//   npx tsx scripts/run.ts --config my-service.json      (your own backends)
+//   flags: --once (exit after the scripted session), --samples, --scripted
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { loadLockstepConfig, type LockstepConfig } from "../config/lockstep-config.ts";
+import { renderBootstrap } from "../config/envoy-bootstrap.ts";
+import { findEnvoy, PROJECT_ROOT } from "./envoy-binary.ts";
+import { createKvServer } from "../samples/kv-server.ts";
+
+const { values } = parseArgs({
+  options: {
+    config: { type: "string", default: "config/demo.json" },
+    samples: { type: "boolean", default: false },
+    scripted: { type: "boolean", default: false },
+    once: { type: "boolean", default: false },
+  },
+});
+
+const log = (line: string) => console.log(`[lockstep] ${line}`);
+const children: ChildProcess[] = [];
+const closers: (() => void)[] = [];
+
+function shutdown(code: number): never {
+  for (const c of children) c.kill("SIGTERM");
+  for (const close of closers) close();
+  process.exit(code);
+}
+process.on("SIGINT", () => shutdown(0));
+process.on("SIGTERM", () => shutdown(0));
+
+async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try { if (await check()) return; } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function spawnLogged(name: string, command: string, args: string[]): ChildProcess {
+  const child = spawn(command, args, { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  const prefix = (chunk: Buffer) => chunk.toString().split("\n").filter(Boolean).forEach((l) => console.log(`[${name}] ${l}`));
+  child.stdout!.on("data", prefix);
+  child.stderr!.on("data", prefix);
+  child.on("exit", (code, signal) => { if (code !== 0 && signal !== "SIGTERM") { log(`${name} exited (${code ?? signal})`); shutdown(1); } });
+  children.push(child);
+  return child;
+}
+
+/** One line-protocol exchange with a key-value server: send lines, collect as many answers. */
+function kvSession(port: number, lines: string[]): Promise<string[]> {
+  return new Promise((resolveSession, reject) => {
+    const socket = connect(port, "127.0.0.1");
+    let buffer = "";
+    socket.setEncoding("utf8");
+    socket.on("connect", () => socket.write(lines.map((l) => l + "\n").join("")));
+    socket.on("data", (chunk: string) => {
+      buffer += chunk;
+      const answers = buffer.split("\n").filter(Boolean);
+      if (answers.length >= lines.length) { socket.end(); resolveSession(answers); }
+    });
+    socket.on("error", reject);
+  });
+}
+
+async function startSamples(c: LockstepConfig): Promise<void> {
+  const members = [{ name: "primary", address: c.primary }, ...c.replicas];
+  for (const m of members) {
+    const { server } = createKvServer(m.name);
+    const port = Number(m.address.slice(m.address.lastIndexOf(":") + 1));
+    await new Promise<void>((ok, fail) => { server.once("error", fail); server.listen(port, "127.0.0.1", () => ok()); });
+    closers.push(() => server.close());
+    log(`sample kv-server "${m.name}" on ${m.address}`);
+  }
+}
+
+async function scriptedSession(c: LockstepConfig): Promise<boolean> {
+  log(`scripted session: 20 client connections through the listener 127.0.0.1:${c.listener.port}`);
+  for (let i = 0; i < 20; i++) {
+    const answers = await kvSession(c.listener.port, [`SET user:${i} name-${i}`, `INCR visits`, `GET user:${i}`]);
+    if (i < 3 || i === 19) log(`  connection ${i + 1}: ${answers.join(" | ")}`);
+    if (i === 3) log("  ...");
+  }
+  // Replica connections close once the relay has flushed them; give the last ones a moment.
+  const members = [{ name: "primary", address: c.primary }, ...c.replicas];
+  let digests: string[] = [];
+  await waitUntil("replicas to catch up", async () => {
+    digests = await Promise.all(members.map(async (m) => (await kvSession(Number(m.address.split(":").pop()), ["DIGEST"]))[0]));
+    return digests.every((d) => d === digests[0]);
+  }, 5_000).catch(() => {});
+  members.forEach((m, i) => log(`  DIGEST of ${m.name.padEnd(10)} (${m.address}, asked directly): ${digests[i]}`));
+  const same = digests.every((d) => d === digests[0]);
+  log(same ? "every replica holds the primary's state" : "REPLICAS DIFFER from the primary");
+  const stats = await (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/stats?filter=wasmcustom`)).text();
+  log("Envoy stats (filter: wasmcustom):");
+  for (const line of stats.trim().split("\n")) console.log(`    ${line}`);
+  return same;
+}
+
+async function main(): Promise<void> {
+  const configPath = resolve(PROJECT_ROOT, values.config!);
+  const c = loadLockstepConfig(configPath);
+  if (!existsSync(join(PROJECT_ROOT, c.envoy.wasmPath))) {
+    log("building the filter (npm run build)");
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: PROJECT_ROOT, stdio: "inherit" });
+  }
+  const envoyBin = findEnvoy();
+  if (values.samples) await startSamples(c);
+
+  const dir = join(PROJECT_ROOT, ".cache", "run", c.service);
+  mkdirSync(dir, { recursive: true });
+  const relayConfig = join(dir, "relay.json");
+  writeFileSync(relayConfig, JSON.stringify({
+    listen: { host: c.relay.address, port: c.relay.port },
+    metrics: { host: c.relay.address, port: c.relay.metricsPort },
+    replicas: c.replicas,
+    limits: { maxLagBytesPerConnection: c.limits.maxLagBytesPerConnection, maxQueuedBytesTotal: c.limits.maxQueuedBytesTotal },
+  }, null, 2));
+  spawnLogged("relay", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig]);
+  await waitUntil("the relay", async () => (await fetch(`http://127.0.0.1:${c.relay.metricsPort}/healthz`)).ok);
+  log(`relay on ${c.relay.address}:${c.relay.port}, metrics http://127.0.0.1:${c.relay.metricsPort}/metrics`);
+
+  const bootstrap = join(dir, "envoy.yaml");
+  writeFileSync(bootstrap, renderBootstrap(c));
+  spawnLogged("envoy", envoyBin, ["-c", bootstrap, "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", String(100 + (c.listener.port % 1000))]);
+  await waitUntil("Envoy", async () => (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/ready`)).status === 200);
+  log(`Envoy ${execFileSync(envoyBin, ["--version"]).toString().trim().split(" ").pop()} listening on ${c.listener.address}:${c.listener.port} -> primary ${c.primary}; admin http://127.0.0.1:${c.envoy.adminPort}`);
+  log(`replicas: ${c.replicas.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+
+  let ok = true;
+  if (values.scripted) ok = await scriptedSession(c);
+  if (values.once) shutdown(ok ? 0 : 1);
+  log(`running; try: printf 'SET a 1\\nGET a\\n' | nc -q1 127.0.0.1 ${c.listener.port}   (Ctrl-C to stop)`);
+}
+
+main().catch((err) => { console.error(`[lockstep] ${err instanceof Error ? err.message : err}`); shutdown(1); });
