@@ -1,0 +1,42 @@
+// The service description users write: defaults, and a precise error for each kind of mistake.
+import { describe, it, expect } from "vitest";
+import { parseLockstepConfig, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
+import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+
+const minimal = { primary: "127.0.0.1:7001", replicas: [{ name: "a", address: "127.0.0.1:7002" }] };
+
+describe("lockstep config", () => {
+  it("fills documented defaults and freezes the result", () => {
+    const c = parseLockstepConfig(minimal);
+    expect(c.service).toBe("default");
+    expect(c.listener).toEqual({ address: "127.0.0.1", port: 10000 });
+    expect(c.relay).toEqual({ address: "127.0.0.1", port: 10100, metricsPort: 10101 });
+    expect(c.limits).toEqual(DEFAULT_LIMITS);
+    expect(Object.isFrozen(c) && Object.isFrozen(c.replicas[0])).toBe(true);
+  });
+
+  it.each([
+    [{ ...minimal, primary: "nohost" }, '"primary" must be "host:port"'],
+    [{ ...minimal, primary: "h:70000" }, '"primary" has a port outside'],
+    [{ ...minimal, replicas: "a" }, '"replicas" must be a list'],
+    [{ ...minimal, replicas: [{ name: "bad name", address: "127.0.0.1:1" }] }, '"replicas[0].name"'],
+    [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:1" }, { name: "a", address: "127.0.0.1:2" }] }, 'repeats the name "a"'],
+    [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:7001" }] }, "cannot be its own replica"],
+    [{ ...minimal, listener: { port: -1 } }, '"listener.port" must be a port'],
+    [{ ...minimal, limits: { maxLagBytesPerConnection: 0 } }, '"limits.maxLagBytesPerConnection"'],
+    [{ ...minimal, limits: { maxInflightBytesPerConnection: 10, maxInflightBytesTotal: 5 } }, '"limits.maxInflightBytesTotal"'],
+    [{ ...minimal, colour: "blue" }, '"colour" is not a known field'],
+    [[], "must be a JSON object"],
+  ])("rejects %j", (raw, message) => {
+    expect(() => parseLockstepConfig(raw)).toThrow(ConfigError);
+    expect(() => parseLockstepConfig(raw)).toThrow(message);
+  });
+
+  it("renders a bootstrap whose plugin configuration carries the service and bounds", () => {
+    const yaml = renderBootstrap(parseLockstepConfig({ ...minimal, service: "orders", limits: { maxInflightBytesPerConnection: 4096 } }));
+    const plugin = JSON.parse(/value: '(\{.*\})'/.exec(yaml)![1]);
+    expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 4096, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
+    expect(yaml).toContain("cluster: orders_primary");
+    expect(yaml).toContain("failure_policy: FAIL_OPEN");
+  });
+});
