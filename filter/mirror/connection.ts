@@ -5,13 +5,16 @@
 // bounded by the in-flight limits.
 import * as host from "../abi/host";
 import { BufferType } from "../abi/constants";
-import { freeHostBuffer } from "../abi/memory";
+import { freeHostBuffer, HOST_BUFFER_HEADROOM } from "../abi/memory";
 import {
   encodeOpen, encodeEnd, writeDataHeader, DATA_HEADER_BYTES, Ack,
   REPLICA_DETACHED, REPLICA_CLOSED,
 } from "./frames";
 import { MirrorStats } from "./stats";
 import { MirrorConfig } from "./config";
+
+// The DATA header is written into the headroom of the host's buffer.
+assert(DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "DATA header does not fit the host buffer headroom");
 
 export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
 export const MIRROR_METHOD = "Stream";
@@ -91,16 +94,15 @@ export class MirrorConnection {
   mirrorDownstream(size: usize): void {
     if (size == 0) return;
     if (!this.mirroring) { this.skip(size); return; }
-    // The host copies the bytes into memory we allocate; reserve the DATA header in front.
+    // The host copies the bytes into memory we allocate, with headroom in front of them:
+    // the DATA header goes there, and header + payload go out in one send, uncopied.
     const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, 0, size);
     if (payload == 0) { this.skip(size); return; }
     const length = host.lastReturnedSize();
-    const frame = heap.alloc(DATA_HEADER_BYTES + length);
+    const frame = payload - DATA_HEADER_BYTES;
     writeDataHeader(frame, this.sent);
-    memory.copy(frame + DATA_HEADER_BYTES, payload, length);
-    freeHostBuffer(payload);
     host.grpcSend(this.token, frame, DATA_HEADER_BYTES + length, false);
-    heap.free(frame);
+    freeHostBuffer(payload);
     this.sent += length;
     this.stats.add(this.stats.bytesSent, <i64>length);
     this.stats.add(this.stats.inflightBytes, <i64>length);

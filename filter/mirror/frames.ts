@@ -12,7 +12,7 @@ export const FRAME_DATA: u8 = 0x02;
 export const FRAME_END: u8 = 0x03;
 export const FRAME_ACK: u8 = 0x81;
 export const WIRE_VERSION: u8 = 1;
-/** Bytes in front of a DATA frame's payload. */
+/** Bytes in front of a DATA frame's payload (fits in abi/memory's HOST_BUFFER_HEADROOM). */
 export const DATA_HEADER_BYTES: usize = 9;
 
 export const REPLICA_CONNECTING: u8 = 0;
