@@ -9,18 +9,14 @@ function hostPort(address: string): { host: string; port: number } {
 }
 
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
-export function renderListener(c: LockstepConfig, indent = ""): string {
+export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
   const pluginConfig = JSON.stringify({
     relay_cluster: "lockstep_relay",
     service: c.service,
     max_inflight_bytes_per_connection: c.limits.maxInflightBytesPerConnection,
     max_inflight_bytes_total: c.limits.maxInflightBytesTotal,
   });
-  const lines = `- name: lockstep_${c.service}
-  address:
-    socket_address: { address: ${c.listener.address}, port_value: ${c.listener.port} }
-  filter_chains:
-  - filters:
+  const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.
     - name: envoy.filters.network.wasm
       typed_config:
@@ -36,7 +32,12 @@ export function renderListener(c: LockstepConfig, indent = ""): string {
           vm_config:
             vm_id: lockstep
             runtime: envoy.wasm.runtime.v8
-            code: { local: { filename: ${c.envoy.wasmPath} } }
+            code: { local: { filename: ${c.envoy.wasmPath} } }`;
+  const lines = `- name: lockstep_${c.service}
+  address:
+    socket_address: { address: ${c.listener.address}, port_value: ${c.listener.port} }
+  filter_chains:
+  - filters:${mirror ? filter : ""}
     # 2. The primary path is plain tcp_proxy.
     - name: envoy.filters.network.tcp_proxy
       typed_config:
@@ -57,12 +58,14 @@ ${extra}    load_assignment:
         - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
 }
 
-/** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
-export function renderBootstrap(c: LockstepConfig, header = ""): string {
+/** A complete bootstrap: listener, primary cluster, relay cluster, admin. With
+ *  `mirror: false`, the same listener without the lockstep filter (plain tcp_proxy, for
+ *  the benchmarks' baseline). */
+export function renderBootstrap(c: LockstepConfig, header = "", options: { mirror?: boolean } = {}): string {
   const relay = `${c.relay.address}:${c.relay.port}`;
   return `${header}static_resources:
   listeners:
-${renderListener(c, "  ")}
+${renderListener(c, "  ", options.mirror ?? true)}
   clusters:
 ${staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n")}
 ${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s

@@ -29,6 +29,8 @@ export interface StartEnvoyOptions {
   relayPort: number;
   service?: string;
   limits?: Record<string, number>;
+  /** false: the same listener without the lockstep filter (plain tcp_proxy). */
+  mirror?: boolean;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
@@ -44,7 +46,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
   });
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
   const bootstrap = join(dir, "envoy.yaml");
-  writeFileSync(bootstrap, renderBootstrap(config));
+  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true }));
   const proc = startProcess("envoy", findEnvoy(), [
     "-c", bootstrap, "--concurrency", "1", "--base-id", String(baseId++),
     "--log-level", "warn", "--component-log-level", "wasm:debug",

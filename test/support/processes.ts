@@ -1,7 +1,10 @@
 // Child processes of a test (Envoy, the relay): output kept for the failure message,
 // killed when the test file ends.
 import { spawn, type ChildProcess } from "node:child_process";
-import { afterAll, afterEach } from "vitest";
+
+// Under vitest, output is shown for failed tests and processes are killed after each file;
+// elsewhere (bench/) the caller kills what it starts.
+const vitest = process.env.VITEST ? await import("vitest") : null;
 
 export interface Managed {
   readonly name: string;
@@ -15,13 +18,13 @@ const live = new Set<Managed>();
 let hooksInstalled = false;
 
 function installHooks(): void {
-  if (hooksInstalled) return;
+  if (hooksInstalled || !vitest) return;
   hooksInstalled = true;
-  afterEach((ctx) => {
+  vitest.afterEach((ctx) => {
     if (ctx.task.result?.state !== "fail") return;
     for (const p of live) console.error(`\n----- last output of ${p.name} -----\n${p.output().slice(-6000)}\n----- end of ${p.name} -----`);
   });
-  afterAll(async () => { await Promise.all([...live].map((p) => p.kill("SIGKILL"))); });
+  vitest.afterAll(async () => { await Promise.all([...live].map((p) => p.kill("SIGKILL"))); });
 }
 
 export function startProcess(name: string, command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Managed {
