@@ -1,0 +1,94 @@
+// The relay's configuration: where it listens, the replicas, and its memory bounds.
+// Parsed and validated once (errors name the field), then frozen. The replica set can be
+// replaced at runtime (RelayServer.setReplicas); a connection keeps the set it opened with.
+import { readFileSync } from "node:fs";
+
+export interface ReplicaTarget { readonly name: string; readonly address: string }
+
+export interface RelayLimits {
+  /** Bytes queued for one replica of one connection and not yet written to its socket. */
+  readonly maxLagBytesPerConnection: number;
+  /** Bytes queued over all replicas of all connections. */
+  readonly maxQueuedBytesTotal: number;
+  /** How long a replica connection may take to connect. */
+  readonly connectTimeoutMs: number;
+  /** How long a finished connection waits for its replicas to take the last bytes and close. */
+  readonly finishTimeoutMs: number;
+}
+
+export interface RelayConfig {
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly metrics: { readonly host: string; readonly port: number };
+  readonly replicas: readonly ReplicaTarget[];
+  readonly limits: RelayLimits;
+  /** An ACK goes out at least this often while something changed. */
+  readonly ackIntervalMs: number;
+  /** An ACK goes out at once when `received` grew by this much since the last one. */
+  readonly ackEveryBytes: number;
+}
+
+export const RELAY_DEFAULTS = Object.freeze({
+  listen: Object.freeze({ host: "127.0.0.1", port: 10100 }),
+  metrics: Object.freeze({ host: "127.0.0.1", port: 10101 }),
+  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000 }),
+  ackIntervalMs: 10,
+  ackEveryBytes: 64 << 10,
+});
+
+export class RelayConfigError extends Error {}
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
+
+function fail(field: string, message: string): never { throw new RelayConfigError(`relay config: "${field}" ${message}`); }
+
+function int(value: unknown, field: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) fail(field, `must be a whole number from ${min} to ${max}`);
+  return value as number;
+}
+
+export function parseReplicas(raw: unknown, field = "replicas"): readonly ReplicaTarget[] {
+  if (!Array.isArray(raw)) fail(field, "must be a list of {name, address}");
+  const seen = new Set<string>();
+  return Object.freeze(raw.map((r: any, i: number) => {
+    if (typeof r !== "object" || r === null) fail(`${field}[${i}]`, "must be {name, address}");
+    if (typeof r.name !== "string" || !NAME.test(r.name)) fail(`${field}[${i}].name`, "must be 1-64 characters of [A-Za-z0-9_-]");
+    if (seen.has(r.name)) fail(`${field}[${i}].name`, `repeats "${r.name}"`);
+    seen.add(r.name);
+    if (typeof r.address !== "string" || !HOST_PORT.test(r.address)) fail(`${field}[${i}].address`, `must be "host:port" (got ${JSON.stringify(r.address)})`);
+    return Object.freeze({ name: r.name, address: r.address });
+  }));
+}
+
+export function parseRelayConfig(raw: unknown): RelayConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
+  const r = raw as Record<string, any>;
+  const known = ["listen", "metrics", "replicas", "limits", "ackIntervalMs", "ackEveryBytes"];
+  for (const k of Object.keys(r)) if (!known.includes(k)) fail(k, `is not a known field (known: ${known.join(", ")})`);
+  const listen = r.listen ?? {};
+  const metrics = r.metrics ?? {};
+  const limits = r.limits ?? {};
+  for (const k of Object.keys(limits)) if (!(k in RELAY_DEFAULTS.limits)) fail(`limits.${k}`, `is not a known limit (known: ${Object.keys(RELAY_DEFAULTS.limits).join(", ")})`);
+  const d = RELAY_DEFAULTS;
+  return Object.freeze({
+    listen: Object.freeze({ host: listen.host ?? d.listen.host, port: int(listen.port, "listen.port", d.listen.port, 0, 65535) }),
+    metrics: Object.freeze({ host: metrics.host ?? d.metrics.host, port: int(metrics.port, "metrics.port", d.metrics.port, 0, 65535) }),
+    replicas: parseReplicas(r.replicas ?? []),
+    limits: Object.freeze({
+      maxLagBytesPerConnection: int(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", d.limits.maxLagBytesPerConnection, 1),
+      maxQueuedBytesTotal: int(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", d.limits.maxQueuedBytesTotal, 1),
+      connectTimeoutMs: int(limits.connectTimeoutMs, "limits.connectTimeoutMs", d.limits.connectTimeoutMs, 1),
+      finishTimeoutMs: int(limits.finishTimeoutMs, "limits.finishTimeoutMs", d.limits.finishTimeoutMs, 1),
+    }),
+    ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
+    ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),
+  });
+}
+
+export function loadRelayConfig(path: string): RelayConfig {
+  let raw: unknown;
+  try { raw = JSON.parse(readFileSync(path, "utf8")); }
+  catch (err) { throw new RelayConfigError(`relay config: cannot read ${path}: ${(err as Error).message}`); }
+  return parseRelayConfig(raw);
+}

@@ -1,0 +1,71 @@
+// The relay's metrics: counters and gauges with labels, rendered as Prometheus text
+// (/metrics) and JSON (/stats).
+//
+//   lockstep_relay_streams_active                      gauge    gRPC streams (client connections) open
+//   lockstep_relay_streams_total                       counter  streams accepted
+//   lockstep_relay_streams_lost_total                  counter  streams reset by Envoy before they finished
+//   lockstep_relay_bytes_received_total                counter  client bytes received from the filter
+//   lockstep_relay_connections_unmirrored_total        counter  streams whose primary was unknown: mirrored nowhere
+//   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
+//   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections
+//   lockstep_relay_replica_connections_active{replica} gauge    replica connections open
+//   lockstep_relay_replica_connections_total{replica}  counter  replica connections opened
+//   lockstep_relay_replica_bytes_queued_total{replica} counter  bytes accepted for the replica
+//   lockstep_relay_replica_bytes_acked_total{replica}  counter  bytes written to the replica's socket
+//   lockstep_relay_replica_reply_bytes_dropped_total{replica}  counter  replica replies read and dropped
+//   lockstep_relay_replica_detaches_total{replica,reason}      counter  connections on which it fell out of sync
+
+type Labels = Record<string, string>;
+
+class Family {
+  readonly series = new Map<string, { labels: Labels; value: number }>();
+  constructor(readonly name: string, readonly kind: "counter" | "gauge", readonly help: string) {}
+  private entry(labels: Labels) {
+    const key = JSON.stringify(labels);
+    let e = this.series.get(key);
+    if (!e) { e = { labels, value: 0 }; this.series.set(key, e); }
+    return e;
+  }
+  add(n: number, labels: Labels = {}): void { this.entry(labels).value += n; }
+  set(n: number, labels: Labels = {}): void { this.entry(labels).value = n; }
+  get(labels: Labels = {}): number { return this.series.get(JSON.stringify(labels))?.value ?? 0; }
+}
+
+export class RelayMetrics {
+  private readonly families: Family[] = [];
+  private family(name: string, kind: "counter" | "gauge", help: string): Family {
+    const f = new Family(name, kind, help);
+    this.families.push(f);
+    return f;
+  }
+  readonly streamsActive = this.family("lockstep_relay_streams_active", "gauge", "gRPC streams (client connections) open");
+  readonly streamsTotal = this.family("lockstep_relay_streams_total", "counter", "streams accepted");
+  readonly streamsLost = this.family("lockstep_relay_streams_lost_total", "counter", "streams reset by Envoy before they finished");
+  readonly bytesReceived = this.family("lockstep_relay_bytes_received_total", "counter", "client bytes received from the filter");
+  readonly unmirrored = this.family("lockstep_relay_connections_unmirrored_total", "counter", "streams whose primary was unknown: mirrored to no replica");
+  readonly protocolErrors = this.family("lockstep_relay_protocol_errors_total", "counter", "malformed or out-of-order frames");
+  readonly queuedBytes = this.family("lockstep_relay_queued_bytes", "gauge", "bytes held for replicas over all connections");
+  readonly replicaActive = this.family("lockstep_relay_replica_connections_active", "gauge", "replica connections open");
+  readonly replicaConnections = this.family("lockstep_relay_replica_connections_total", "counter", "replica connections opened");
+  readonly replicaQueued = this.family("lockstep_relay_replica_bytes_queued_total", "counter", "bytes accepted for the replica");
+  readonly replicaAcked = this.family("lockstep_relay_replica_bytes_acked_total", "counter", "bytes written to the replica's socket");
+  readonly replicaReplyDropped = this.family("lockstep_relay_replica_reply_bytes_dropped_total", "counter", "replica reply bytes read and dropped");
+  readonly replicaDetaches = this.family("lockstep_relay_replica_detaches_total", "counter", "connections on which the replica fell out of sync");
+
+  prometheus(): string {
+    const lines: string[] = [];
+    for (const f of this.families) {
+      lines.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.kind}`);
+      if (f.series.size === 0 && f.name.indexOf("_replica_") < 0) lines.push(`${f.name} 0`);
+      for (const { labels, value } of f.series.values()) {
+        const l = Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(",");
+        lines.push(`${f.name}${l ? `{${l}}` : ""} ${value}`);
+      }
+    }
+    return lines.join("\n") + "\n";
+  }
+
+  json(): Record<string, { labels: Labels; value: number }[]> {
+    return Object.fromEntries(this.families.map((f) => [f.name, [...f.series.values()]]));
+  }
+}

@@ -1,0 +1,162 @@
+// One client connection, as seen by the relay: one gRPC stream from the filter, and one
+// link per replica chosen when the stream opens (never the connection's primary). Checks
+// the frames' order, fans the client's bytes out to the links, and acknowledges offsets.
+//
+// The session owns a list of links with a role. Today every link is a mirror target; the
+// planned session mode adds a link that carries the primary's stream itself.
+import type { ServerDuplexStream } from "@grpc/grpc-js";
+import { status as GrpcStatus } from "@grpc/grpc-js";
+import { decodeFilterFrame, encodeAck, FrameError, type OpenFrame } from "./frames.ts";
+import { ReplicaLink } from "./replica-link.ts";
+import type { RelayConfig, ReplicaTarget } from "./config.ts";
+import type { ByteBudget } from "./budget.ts";
+import type { RelayMetrics } from "./metrics.ts";
+import { sameEndpoint } from "./endpoints.ts";
+
+export type MirrorCall = ServerDuplexStream<Buffer, Buffer>;
+
+export interface SessionContext {
+  readonly config: RelayConfig;
+  readonly budget: ByteBudget;
+  readonly metrics: RelayMetrics;
+  /** The replica set for connections opening now. */
+  replicas(): readonly ReplicaTarget[];
+  log(line: string): void;
+}
+
+export class MirrorSession {
+  private links: { role: "mirror"; link: ReplicaLink }[] = [];
+  private open?: OpenFrame;
+  /** Client bytes received (the next DATA frame must start here). */
+  private received = 0;
+  private endedAt = -1;
+  private lastAckReceived = -1;
+  private ackTimer?: NodeJS.Timeout;
+  private finishTimer?: NodeJS.Timeout;
+  private state: "open" | "finishing" | "done" = "open";
+
+  constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
+    ctx.metrics.streamsActive.add(1);
+    ctx.metrics.streamsTotal.add(1);
+    call.on("data", (frame: Buffer) => this.onFrame(frame));
+    call.on("end", () => this.finish());
+    call.on("cancelled", () => this.abort());
+    call.on("error", () => this.abort());
+    call.on("close", () => this.abort());
+  }
+
+  private onFrame(frame: Buffer): void {
+    if (this.state !== "open") return;
+    try {
+      const f = decodeFilterFrame(frame);
+      if (!this.open && f.type !== "OPEN") throw new FrameError(`first frame must be OPEN, got ${f.type}`);
+      switch (f.type) {
+        case "OPEN":
+          if (this.open) throw new FrameError("second OPEN on one stream");
+          this.open = f;
+          this.startLinks(f);
+          break;
+        case "DATA":
+          if (this.endedAt >= 0) throw new FrameError("DATA after END");
+          if (f.offset !== this.received) throw new FrameError(`DATA at offset ${f.offset}, expected ${this.received}`);
+          if (f.bytes.length === 0) break;
+          this.received += f.bytes.length;
+          this.ctx.metrics.bytesReceived.add(f.bytes.length);
+          for (const { link } of this.links) link.push(f.bytes);
+          this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);
+          break;
+        case "END":
+          if (f.totalBytes !== this.received) throw new FrameError(`END at ${f.totalBytes}, but ${this.received} bytes were received`);
+          this.endedAt = f.totalBytes;
+          for (const { link } of this.links) link.end();
+          this.scheduleAck(true);
+          break;
+      }
+    } catch (err) {
+      this.protocolError(err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  private startLinks(open: OpenFrame): void {
+    if (open.primary === "") {
+      this.ctx.metrics.unmirrored.add(1);
+      this.ctx.log(`connection ${open.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
+    } else {
+      for (const target of this.ctx.replicas()) {
+        if (sameEndpoint(target, open.primary)) continue; // the connection's primary is never its own mirror
+        const link = new ReplicaLink(target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
+          () => this.onLinkStateChange(), () => this.scheduleAck(false));
+        this.links.push({ role: "mirror", link });
+      }
+    }
+    this.scheduleAck(true);
+  }
+
+  private scheduleAck(now: boolean): void {
+    if (this.state === "done") return;
+    if (now) { this.sendAck(); return; }
+    if (!this.ackTimer) this.ackTimer = setTimeout(() => this.sendAck(), this.ctx.config.ackIntervalMs);
+  }
+
+  private sendAck(): void {
+    if (this.ackTimer) { clearTimeout(this.ackTimer); this.ackTimer = undefined; }
+    if (this.state === "done" || this.call.destroyed) return;
+    this.lastAckReceived = this.received;
+    this.call.write(encodeAck(this.received, this.links.map(({ link }) => link.progress())));
+  }
+
+  /** The filter half-closed the stream: the client connection is over. Flush, then end. */
+  private finish(): void {
+    if (this.state !== "open") return;
+    this.state = "finishing";
+    for (const { link } of this.links) link.end();
+    this.finishTimer = setTimeout(() => {
+      for (const { link } of this.links) link.closeIfDelivered();
+      this.complete();
+    }, this.ctx.config.limits.finishTimeoutMs);
+    this.onLinkStateChange();
+  }
+
+  /** A link connected, detached or closed: tell the filter; complete once all are done. */
+  private onLinkStateChange(): void {
+    if (this.state === "finishing" && this.links.every(({ link }) => link.terminal)) this.complete();
+    else this.scheduleAck(true);
+  }
+
+  private complete(): void {
+    if (this.state === "done") return;
+    this.sendAck();
+    this.state = "done";
+    this.cleanup();
+    this.call.end();
+  }
+
+  /** The stream was reset (Envoy cancelled it, or the connection to Envoy broke). */
+  private abort(): void {
+    if (this.state === "done") return;
+    const wasOpen = this.state === "open" || this.links.some(({ link }) => !link.terminal);
+    this.state = "done";
+    for (const { link } of this.links) link.abandon();
+    if (wasOpen) this.ctx.metrics.streamsLost.add(1);
+    this.cleanup();
+  }
+
+  private protocolError(message: string): void {
+    this.ctx.metrics.protocolErrors.add(1);
+    this.ctx.log(`protocol error on connection ${this.open?.connectionId ?? "?"}: ${message}; stream closed`);
+    for (const { link } of this.links) link.detach("PROTOCOL");
+    this.sendAck();
+    this.state = "done";
+    this.cleanup();
+    // grpc-js turns an 'error' event into the call's status and ends it.
+    this.call.emit("error", { code: GrpcStatus.INVALID_ARGUMENT, details: message });
+  }
+
+  private cleanup(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    if (this.finishTimer) clearTimeout(this.finishTimer);
+    this.ackTimer = this.finishTimer = undefined;
+    if (!this.counted) { this.counted = true; this.ctx.metrics.streamsActive.add(-1); }
+  }
+  private counted = false;
+}

@@ -1,0 +1,144 @@
+// One replica's TCP connection for one client connection: the replica sees an ordinary
+// client. Bytes are queued in order and written exactly once; what the replica answers is
+// read and dropped. Bounded: past the per-connection lag bound or the relay-wide budget the
+// link detaches (socket destroyed, queue freed) and stays detached.
+//
+//   CONNECTING ──connect──► LIVE ──end + all written + replica closed──► CLOSED
+//        │                   │
+//        └──────────────┬────┘ connect failure, replica closed/reset early, bound exceeded
+//                       ▼
+//                    DETACHED (reason)
+import { connect, type Socket } from "node:net";
+import type { ReplicaState, DetachReason, ReplicaProgress } from "./frames.ts";
+import type { ReplicaTarget, RelayLimits } from "./config.ts";
+import type { ByteBudget } from "./budget.ts";
+import type { RelayMetrics } from "./metrics.ts";
+
+function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(":");
+  return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
+}
+
+export class ReplicaLink {
+  state: ReplicaState = "CONNECTING";
+  reason: DetachReason = "NONE";
+  /** Bytes accepted for this replica. */
+  queued = 0;
+  /** Bytes written to the socket and flushed to the kernel. */
+  acked = 0;
+  private readonly socket: Socket;
+  private ending = false;
+  private endSent = false;
+  private readonly labels: { replica: string };
+
+  constructor(
+    readonly target: ReplicaTarget,
+    private readonly limits: RelayLimits,
+    private readonly budget: ByteBudget,
+    private readonly metrics: RelayMetrics,
+    /** Called on every state change (the session sends an ACK). */
+    private readonly onStateChange: () => void,
+    /** Called when bytes were flushed (the session may send an ACK). */
+    private readonly onProgress: () => void,
+  ) {
+    this.labels = { replica: target.name };
+    metrics.replicaConnections.add(1, this.labels);
+    metrics.replicaActive.add(1, this.labels);
+    const { host, port } = splitHostPort(target.address);
+    this.socket = connect({ host, port, allowHalfOpen: true, noDelay: true });
+    this.socket.setTimeout(limits.connectTimeoutMs, () => {
+      if (this.state === "CONNECTING") this.detach("CONNECT_FAILED");
+    });
+    this.socket.on("connect", () => {
+      this.socket.setTimeout(0);
+      if (this.state !== "CONNECTING") return;
+      this.state = "LIVE";
+      this.onStateChange();
+      this.maybeEnd();
+    });
+    this.socket.on("data", (reply: Buffer) => metrics.replicaReplyDropped.add(reply.length, this.labels));
+    this.socket.on("error", () => this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED"));
+    this.socket.on("close", () => {
+      if (this.terminal) return;
+      if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
+      else this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED");
+    });
+  }
+
+  get terminal(): boolean { return this.state === "DETACHED" || this.state === "CLOSED"; }
+  get lag(): number { return this.queued - this.acked; }
+
+  progress(): ReplicaProgress {
+    return { name: this.target.name, queued: this.queued, acked: this.acked, state: this.state, reason: this.reason };
+  }
+
+  /** Queue `bytes` for the replica (written in order once connected). */
+  push(bytes: Buffer): void {
+    if (this.terminal || this.ending) return;
+    if (this.lag + bytes.length > this.limits.maxLagBytesPerConnection) return this.detach("LAG_BOUND");
+    if (!this.budget.take(bytes.length)) return this.detach("RELAY_BOUND");
+    this.queued += bytes.length;
+    this.metrics.replicaQueued.add(bytes.length, this.labels);
+    // Node's socket keeps the bytes in order until connected and written; the callback
+    // fires once they are flushed to the kernel (or the socket failed).
+    this.socket.write(bytes, (err) => {
+      if (err || this.terminal) return;
+      this.acked += bytes.length;
+      this.budget.give(bytes.length);
+      this.metrics.replicaAcked.add(bytes.length, this.labels);
+      this.onProgress();
+      this.maybeEnd();
+    });
+  }
+
+  /** No more bytes: half-close the replica connection once everything is written. */
+  end(): void {
+    this.ending = true;
+    this.maybeEnd();
+  }
+
+  private maybeEnd(): void {
+    if (this.ending && !this.endSent && this.state === "LIVE" && this.acked === this.queued) {
+      this.endSent = true;
+      this.socket.end();
+    }
+  }
+
+  /** Everything written and half-closed, but the replica did not close: finish it ourselves. */
+  closeIfDelivered(): void {
+    if (this.terminal) return;
+    if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
+    else this.detach("LAG_BOUND");
+  }
+
+  /** Out of sync for this connection: free everything now. */
+  detach(reason: DetachReason): void {
+    if (this.terminal) return;
+    this.state = "DETACHED";
+    this.reason = reason;
+    this.metrics.replicaDetaches.add(1, { replica: this.target.name, reason });
+    this.release();
+    this.onStateChange();
+  }
+
+  /** The client connection was reset: drop the replica connection without counting a detach. */
+  abandon(): void {
+    if (this.terminal) return;
+    this.state = "DETACHED";
+    this.reason = "NONE";
+    this.metrics.replicaDetaches.add(1, { replica: this.target.name, reason: "STREAM_LOST" });
+    this.release();
+  }
+
+  private finish(state: "CLOSED"): void {
+    this.state = state;
+    this.release();
+    this.onStateChange();
+  }
+
+  private release(): void {
+    this.budget.give(this.lag);
+    this.socket.destroy();
+    this.metrics.replicaActive.add(-1, this.labels);
+  }
+}
