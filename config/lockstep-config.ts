@@ -26,7 +26,7 @@ export interface LockstepConfig {
 }
 
 export const DEFAULT_LIMITS = Object.freeze({
-  maxInflightBytesPerConnection: 1 << 20,
+  maxInflightBytesPerConnection: 4 << 20,
   maxInflightBytesTotal: 64 << 20,
   maxLagBytesPerConnection: 4 << 20,
   maxQueuedBytesTotal: 256 << 20,
@@ -52,9 +52,12 @@ function hostPort(value: unknown, field: string): string {
   return value;
 }
 
-function positive(value: unknown, field: string, fallback: number): number {
+/** Envoy reads up to 1 MiB from a connection at a time: a bound below that detaches on one read. */
+export const MIN_BOUND_BYTES = 1 << 20;
+
+function bound(value: unknown, field: string, fallback: number): number {
   if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || (value as number) < 1) fail(field, "must be a whole number of bytes, at least 1");
+  if (!Number.isInteger(value) || (value as number) < MIN_BOUND_BYTES) fail(field, `must be a whole number of bytes, at least ${MIN_BOUND_BYTES} (1 MiB, one Envoy read)`);
   return value as number;
 }
 
@@ -91,10 +94,10 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     relay: Object.freeze({ address: relay.address ?? "127.0.0.1", port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
     envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),
     limits: Object.freeze({
-      maxInflightBytesPerConnection: positive(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),
-      maxInflightBytesTotal: positive(limits.maxInflightBytesTotal, "limits.maxInflightBytesTotal", DEFAULT_LIMITS.maxInflightBytesTotal),
-      maxLagBytesPerConnection: positive(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", DEFAULT_LIMITS.maxLagBytesPerConnection),
-      maxQueuedBytesTotal: positive(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", DEFAULT_LIMITS.maxQueuedBytesTotal),
+      maxInflightBytesPerConnection: bound(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),
+      maxInflightBytesTotal: bound(limits.maxInflightBytesTotal, "limits.maxInflightBytesTotal", DEFAULT_LIMITS.maxInflightBytesTotal),
+      maxLagBytesPerConnection: bound(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", DEFAULT_LIMITS.maxLagBytesPerConnection),
+      maxQueuedBytesTotal: bound(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", DEFAULT_LIMITS.maxQueuedBytesTotal),
     }),
   };
   if (config.limits.maxInflightBytesTotal < config.limits.maxInflightBytesPerConnection) fail("limits.maxInflightBytesTotal", "must be at least limits.maxInflightBytesPerConnection");

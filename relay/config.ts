@@ -14,6 +14,10 @@ export interface RelayLimits {
   readonly connectTimeoutMs: number;
   /** How long a finished connection waits for its replicas to take the last bytes and close. */
   readonly finishTimeoutMs: number;
+  /** A replica behind by more than a quarter of maxLagBytesPerConnection holds the connection's
+   *  stream (backpressure to Envoy, then to the client); one that writes nothing for this long
+   *  meanwhile is detached (STALLED), so a stuck replica delays a connection by at most this. */
+  readonly stallTimeoutMs: number;
 }
 
 export interface RelayConfig {
@@ -30,7 +34,7 @@ export interface RelayConfig {
 export const RELAY_DEFAULTS = Object.freeze({
   listen: Object.freeze({ host: "127.0.0.1", port: 10100 }),
   metrics: Object.freeze({ host: "127.0.0.1", port: 10101 }),
-  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000 }),
+  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000, stallTimeoutMs: 500 }),
   ackIntervalMs: 10,
   ackEveryBytes: 64 << 10,
 });
@@ -76,10 +80,12 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
     metrics: Object.freeze({ host: metrics.host ?? d.metrics.host, port: int(metrics.port, "metrics.port", d.metrics.port, 0, 65535) }),
     replicas: parseReplicas(r.replicas ?? []),
     limits: Object.freeze({
-      maxLagBytesPerConnection: int(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", d.limits.maxLagBytesPerConnection, 1),
-      maxQueuedBytesTotal: int(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", d.limits.maxQueuedBytesTotal, 1),
+      // At least 1 MiB: Envoy hands the filter up to 1 MiB per read, and one read is one DATA frame.
+      maxLagBytesPerConnection: int(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", d.limits.maxLagBytesPerConnection, 1 << 20),
+      maxQueuedBytesTotal: int(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", d.limits.maxQueuedBytesTotal, 1 << 20),
       connectTimeoutMs: int(limits.connectTimeoutMs, "limits.connectTimeoutMs", d.limits.connectTimeoutMs, 1),
       finishTimeoutMs: int(limits.finishTimeoutMs, "limits.finishTimeoutMs", d.limits.finishTimeoutMs, 1),
+      stallTimeoutMs: int(limits.stallTimeoutMs, "limits.stallTimeoutMs", d.limits.stallTimeoutMs, 1),
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
     ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),

@@ -10,7 +10,7 @@ export const WIRE_VERSION = 1;
 
 export const REPLICA_STATES = ["CONNECTING", "LIVE", "DETACHED", "CLOSED"] as const;
 export type ReplicaState = (typeof REPLICA_STATES)[number];
-export const DETACH_REASONS = ["NONE", "CONNECT_FAILED", "REPLICA_CLOSED", "LAG_BOUND", "RELAY_BOUND", "PROTOCOL"] as const;
+export const DETACH_REASONS = ["NONE", "CONNECT_FAILED", "REPLICA_CLOSED", "LAG_BOUND", "RELAY_BOUND", "PROTOCOL", "STALLED"] as const;
 export type DetachReason = (typeof DETACH_REASONS)[number];
 
 export interface OpenFrame { type: "OPEN"; version: number; connectionId: bigint; flags: number; service: string; primary: string; client: string }

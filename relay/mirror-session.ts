@@ -33,6 +33,9 @@ export class MirrorSession {
   private lastAckReceived = -1;
   private ackTimer?: NodeJS.Timeout;
   private finishTimer?: NodeJS.Timeout;
+  /** Not reading the stream while a live replica is far behind (see holdIfBehind). */
+  private holding = false;
+  private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
@@ -63,6 +66,7 @@ export class MirrorSession {
           this.received += f.bytes.length;
           this.ctx.metrics.bytesReceived.add(f.bytes.length);
           for (const { link } of this.links) link.push(f.bytes);
+          this.holdIfBehind();
           this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);
           break;
         case "END":
@@ -85,7 +89,7 @@ export class MirrorSession {
       for (const target of this.ctx.replicas()) {
         if (sameEndpoint(target, open.primary)) continue; // the connection's primary is never its own mirror
         const link = new ReplicaLink(target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
-          () => this.onLinkStateChange(), () => this.scheduleAck(false));
+          () => this.onLinkStateChange(), () => { this.releaseIfCaughtUp(); this.scheduleAck(false); });
         this.links.push({ role: "mirror", link });
       }
     }
@@ -117,8 +121,36 @@ export class MirrorSession {
     this.onLinkStateChange();
   }
 
+  private get highWater(): number { return this.ctx.config.limits.maxLagBytesPerConnection / 4; }
+
+  /** Backpressure: while a live replica is behind by more than the high-water mark, stop
+   *  reading the stream (HTTP/2 flow control then holds Envoy, whose filter pauses the client).
+   *  A replica that makes no progress for stallTimeoutMs meanwhile is detached. */
+  private holdIfBehind(): void {
+    if (this.holding || !this.links.some(({ link }) => !link.terminal && link.lag > this.highWater)) return;
+    this.holding = true;
+    this.call.pause();
+    const period = Math.max(10, Math.min(100, this.ctx.config.limits.stallTimeoutMs / 5));
+    this.stallTimer = setInterval(() => {
+      const now = Date.now();
+      for (const { link } of this.links) {
+        if (!link.terminal && link.lag > 0 && now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs) link.detach("STALLED");
+      }
+      this.releaseIfCaughtUp();
+    }, period);
+  }
+
+  private releaseIfCaughtUp(): void {
+    if (!this.holding || this.links.some(({ link }) => !link.terminal && link.lag > this.highWater / 2)) return;
+    this.holding = false;
+    if (this.stallTimer) clearInterval(this.stallTimer);
+    this.stallTimer = undefined;
+    if (this.state === "open") this.call.resume();
+  }
+
   /** A link connected, detached or closed: tell the filter; complete once all are done. */
   private onLinkStateChange(): void {
+    this.releaseIfCaughtUp();
     if (this.state === "finishing" && this.links.every(({ link }) => link.terminal)) this.complete();
     else this.scheduleAck(true);
   }
@@ -155,7 +187,8 @@ export class MirrorSession {
   private cleanup(): void {
     if (this.ackTimer) clearTimeout(this.ackTimer);
     if (this.finishTimer) clearTimeout(this.finishTimer);
-    this.ackTimer = this.finishTimer = undefined;
+    if (this.stallTimer) clearInterval(this.stallTimer);
+    this.ackTimer = this.finishTimer = this.stallTimer = undefined;
     if (!this.counted) { this.counted = true; this.ctx.metrics.streamsActive.add(-1); }
   }
   private counted = false;

@@ -5,7 +5,7 @@
 //
 //   CONNECTING ──connect──► LIVE ──end + all written + replica closed──► CLOSED
 //        │                   │
-//        └──────────────┬────┘ connect failure, replica closed/reset early, bound exceeded
+//        └──────────────┬────┘ connect failure, replica closed/reset early, bound exceeded, stalled
 //                       ▼
 //                    DETACHED (reason)
 import { connect, type Socket } from "node:net";
@@ -26,6 +26,8 @@ export class ReplicaLink {
   queued = 0;
   /** Bytes written to the socket and flushed to the kernel. */
   acked = 0;
+  /** When bytes were last flushed (or the link was created). */
+  lastProgressAt = Date.now();
   private readonly socket: Socket;
   private ending = false;
   private endSent = false;
@@ -51,6 +53,7 @@ export class ReplicaLink {
     });
     this.socket.on("connect", () => {
       this.socket.setTimeout(0);
+      this.lastProgressAt = Date.now();
       if (this.state !== "CONNECTING") return;
       this.state = "LIVE";
       this.onStateChange();
@@ -84,6 +87,7 @@ export class ReplicaLink {
     this.socket.write(bytes, (err) => {
       if (err || this.terminal) return;
       this.acked += bytes.length;
+      this.lastProgressAt = Date.now();
       this.budget.give(bytes.length);
       this.metrics.replicaAcked.add(bytes.length, this.labels);
       this.onProgress();

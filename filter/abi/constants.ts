@@ -21,6 +21,14 @@ export namespace Action {
   export const PAUSE: u32 = 1;
 }
 
+/** proxy_stream_type_t, argument of proxy_continue_stream / proxy_close_stream. */
+export namespace StreamType {
+  export const HTTP_REQUEST: u32 = 0;
+  export const HTTP_RESPONSE: u32 = 1;
+  export const DOWNSTREAM: u32 = 2;
+  export const UPSTREAM: u32 = 3;
+}
+
 /** proxy_log_level_t */
 export namespace LogLevel {
   export const TRACE: u32 = 0;

@@ -1,7 +1,7 @@
 // Typed wrappers over the raw imports: strings and ArrayBuffers in, values or null out.
 // Nothing here knows about mirroring. Each wrapper notes when Envoy allows the call.
 import * as env from "./imports";
-import { Status, LogLevel, BufferType } from "./constants";
+import { Status, LogLevel, BufferType, StreamType } from "./constants";
 import { freeHostBuffer } from "./memory";
 
 // Two return slots for host-allocated results (pointer, size); single-threaded VM.
@@ -71,6 +71,11 @@ export function getPropertyU64(path: string, fallback: u64): u64 {
 
 export function setEffectiveContext(contextId: u32): bool {
   return env.proxy_set_effective_context(contextId) == Status.OK;
+}
+
+/** Resume the client→upstream direction of the effective connection after a PAUSE. */
+export function continueDownstream(): bool {
+  return env.proxy_continue_stream(StreamType.DOWNSTREAM) == Status.OK;
 }
 
 export function setTickPeriodMilliseconds(periodMs: u32): void {

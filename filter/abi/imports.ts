@@ -28,6 +28,12 @@ export declare function proxy_set_buffer_bytes(bufferType: u32, start: usize, si
 @external("env", "proxy_get_property")
 export declare function proxy_get_property(pathData: usize, pathSize: usize, returnData: usize, returnSize: usize): u32;
 
+/** Stream control: resume a direction paused by returning PAUSE (Downstream = 2 resumes the
+ *  client's bytes towards the upstream). Envoy cannot resume Upstream. Effective context must
+ *  be the connection: from a root callback, call proxy_set_effective_context first. */
+@external("env", "proxy_continue_stream")
+export declare function proxy_continue_stream(streamType: u32): u32;
+
 /** Context lifecycle: act for `contextId` from a root callback (gRPC, tick). */
 @external("env", "proxy_set_effective_context")
 export declare function proxy_set_effective_context(contextId: u32): u32;

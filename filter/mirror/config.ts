@@ -3,19 +3,25 @@
 // message naming the field: Envoy then rejects the listener instead of running half-set-up.
 import { parseFlatObject, JSON_STRING, JSON_NUMBER } from "./json";
 
-export const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: u64 = 1 << 20; // 1 MiB
+export const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: u64 = 4 << 20; // 4 MiB: a few of Envoy's reads (up to 1 MiB each)
 export const DEFAULT_MAX_INFLIGHT_BYTES_TOTAL: u64 = 64 << 20; // 64 MiB per worker
 export const DEFAULT_CLOSE_TIMEOUT_MS: u64 = 30_000;
+/** Longer than the relay's own replica stall timeout (500 ms), so a stuck replica is
+ *  detached by the relay before the filter gives up on the relay. */
+export const DEFAULT_RELAY_STALL_TIMEOUT_MS: u64 = 2_000;
 
 export class MirrorConfig {
   /** Envoy cluster (HTTP/2) that reaches the mirror relay. Required. */
   relayCluster: string = "";
   /** Service name: sent to the relay and used in metric names. Required. */
   service: string = "";
-  /** Bytes sent to the relay but not yet acknowledged as received, per connection. */
+  /** Bytes sent to the relay but not yet acknowledged as received, per connection: above it
+   *  the client's bytes wait in Envoy (PAUSE) until the relay catches up to half of it. */
   maxInflightBytesPerConnection: u64 = DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION;
   /** The same, summed over this worker's connections. */
   maxInflightBytesTotal: u64 = DEFAULT_MAX_INFLIGHT_BYTES_TOTAL;
+  /** How long a connection may wait for the relay before its mirror is cut and it goes on. */
+  relayStallTimeoutMs: u64 = DEFAULT_RELAY_STALL_TIMEOUT_MS;
   /** How long a finished connection's stream may wait for the relay's final answer. */
   closeTimeoutMs: u64 = DEFAULT_CLOSE_TIMEOUT_MS;
 }
@@ -24,7 +30,7 @@ export class ConfigResult {
   constructor(public config: MirrorConfig | null, public error: string) {}
 }
 
-const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms"];
+const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms"];
 
 function isName(s: string): bool {
   if (s.length == 0 || s.length > 64) return false;
@@ -57,7 +63,7 @@ export function parseMirrorConfig(json: string): ConfigResult {
     return bad("\"service\" must be 1 to 64 characters of [A-Za-z0-9_-]");
   config.service = service.text;
 
-  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms"];
+  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms"];
   for (let i = 0; i < names.length; i++) {
     const v = obj.get(names[i]);
     if (v === null) continue;
@@ -66,7 +72,8 @@ export function parseMirrorConfig(json: string): ConfigResult {
     const n = <u64>v.number;
     if (i == 0) config.maxInflightBytesPerConnection = n;
     else if (i == 1) config.maxInflightBytesTotal = n;
-    else config.closeTimeoutMs = n;
+    else if (i == 2) config.closeTimeoutMs = n;
+    else config.relayStallTimeoutMs = n;
   }
   if (config.maxInflightBytesTotal < config.maxInflightBytesPerConnection)
     return bad("\"max_inflight_bytes_total\" must be at least \"max_inflight_bytes_per_connection\"");

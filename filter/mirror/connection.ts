@@ -55,6 +55,12 @@ export class MirrorConnection {
   unmirrored: u64 = 0;
   endSent: bool = false;
   closingSinceNs: u64 = 0;
+  /** The client's bytes are held in Envoy (we returned PAUSE) until the relay catches up. */
+  paused: bool = false;
+  pausedSinceNs: u64 = 0;
+  /** While paused, Envoy's buffer keeps growing and is handed to us whole on each read:
+   *  this many of its bytes were mirrored already. */
+  bufferedMirrored: usize = 0;
   replicas: ReplicaView[] = [];
 
   constructor(
@@ -90,14 +96,16 @@ export class MirrorConnection {
     return token;
   }
 
-  /** Mirror the `size` bytes now in DOWNSTREAM_DATA. Call only from on_downstream_data. */
+  /** Mirror the bytes of DOWNSTREAM_DATA (`size` long) not mirrored yet. Only from on_downstream_data. */
   mirrorDownstream(size: usize): void {
-    if (size == 0) return;
-    if (!this.mirroring) { this.skip(size); return; }
+    const start = this.bufferedMirrored;
+    if (size <= start) return;
+    const fresh = size - start;
+    if (!this.mirroring) { this.skip(fresh); return; }
     // The host copies the bytes into memory we allocate, with headroom in front of them:
     // the DATA header goes there, and header + payload go out in one send, uncopied.
-    const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, 0, size);
-    if (payload == 0) { this.skip(size); return; }
+    const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, start, fresh);
+    if (payload == 0) { this.skip(fresh); return; }
     const length = host.lastReturnedSize();
     const frame = payload - DATA_HEADER_BYTES;
     writeDataHeader(frame, this.sent);
@@ -118,6 +126,7 @@ export class MirrorConnection {
 
   /** The client connection is over: half-close the stream; the relay flushes and answers. */
   finish(nowNs: u64): void {
+    this.paused = false; // the connection is gone: nothing to resume
     if (this.state == STATE_STREAMING) {
       host.grpcClose(this.token);
       this.state = STATE_CLOSING;

@@ -1,6 +1,7 @@
 // The network context of one client connection: feeds the connection's mirror from Envoy's
-// data callbacks. Always returns Continue and never changes the bytes, so the primary path
-// through tcp_proxy is untouched whatever happens to the mirror.
+// data callbacks. Never changes the bytes. Returns Pause only while the relay (a local
+// process, never a replica) is behind by more than the in-flight bound, for at most the
+// stall timeout; never pauses the primary's replies.
 import { NetworkContext } from "../abi/context";
 import { Action } from "../abi/constants";
 import * as host from "../abi/host";
@@ -15,8 +16,15 @@ export class MirrorFilter extends NetworkContext {
 
   onDownstreamData(size: usize, endOfStream: bool): u32 {
     this.mirrorRoot.open(this.mirror);
-    this.mirrorRoot.mirrorDownstream(this.mirror, size);
+    const pause = this.mirrorRoot.mirrorDownstream(this.mirror, size);
     if (endOfStream) this.mirror.endDownstream();
+    if (pause) {
+      // The relay is behind: hold these bytes in Envoy (its read buffer's watermarks then
+      // stop reading the client) until an ACK, or the stall timeout, resumes the connection.
+      this.mirror.bufferedMirrored = size;
+      return Action.PAUSE;
+    }
+    this.mirror.bufferedMirrored = 0;
     return Action.CONTINUE;
   }
 

@@ -10,7 +10,8 @@ import { MirrorStats } from "./stats";
 import { MirrorConnection, STATE_CLOSING, STATE_DONE } from "./connection";
 import { MirrorFilter } from "./filter";
 
-const TICK_PERIOD_MS: u32 = 1000;
+/** Checks paused connections (resume, stall timeout) and streams the relay never finished. */
+const TICK_PERIOD_MS: u32 = 100;
 
 export class MirrorRoot extends RootContext {
   config: MirrorConfig = new MirrorConfig();
@@ -49,25 +50,42 @@ export class MirrorRoot extends RootContext {
     if (token != 0 && before == 0) this.byToken.set(token, mirror);
   }
 
-  /** Mirror DOWNSTREAM_DATA, then cut the mirror if a bound is exceeded. */
-  mirrorDownstream(mirror: MirrorConnection, size: usize): void {
+  /** Mirror DOWNSTREAM_DATA. Returns true if the connection must wait for the relay (PAUSE). */
+  mirrorDownstream(mirror: MirrorConnection, size: usize): bool {
     const before = mirror.sent;
     mirror.mirrorDownstream(size);
     this.inflightTotal += mirror.sent - before;
+    if (!mirror.mirroring) return false;
     if (mirror.inflight > this.config.maxInflightBytesPerConnection || this.inflightTotal > this.config.maxInflightBytesTotal) {
-      host.logWarn("lockstep: relay is " + mirror.inflight.toString() + " bytes behind on connection " +
-        mirror.contextId.toString() + " (" + this.inflightTotal.toString() + " on this worker); mirror cut, replicas out of sync");
-      const stats = changetype<MirrorStats>(this.stats);
-      stats.add(stats.overflows, 1);
-      this.drop(mirror, true);
+      if (!mirror.paused) {
+        mirror.paused = true;
+        mirror.pausedSinceNs = host.nowNanoseconds();
+        const stats = changetype<MirrorStats>(this.stats);
+        stats.add(stats.pauses, 1);
+      }
+      return true;
     }
+    return false;
   }
 
-  /** Forget `mirror`'s stream: cancel it (if `cancel`) and release its in-flight bytes. */
+  /** Let a paused connection's bytes go on to the primary once the relay has caught up. */
+  private maybeResume(mirror: MirrorConnection, force: bool): void {
+    if (!mirror.paused) return;
+    const caughtUp = mirror.inflight <= this.config.maxInflightBytesPerConnection / 2 &&
+      this.inflightTotal <= this.config.maxInflightBytesTotal / 4 * 3;
+    if (!force && !caughtUp) return;
+    mirror.paused = false;
+    mirror.bufferedMirrored = 0;
+    if (host.setEffectiveContext(mirror.contextId)) host.continueDownstream();
+  }
+
+  /** Forget `mirror`'s stream: cancel it (if `cancel`), release its in-flight bytes, and let
+   *  its connection go on if it was waiting. */
   drop(mirror: MirrorConnection, cancel: bool): void {
     this.inflightTotal -= mirror.inflight;
     this.byToken.delete(mirror.token);
     if (cancel) mirror.cancel();
+    this.maybeResume(mirror, true);
   }
 
   onGrpcReceive(token: u32, size: usize): void {
@@ -79,6 +97,7 @@ export class MirrorRoot extends RootContext {
     const receivedBefore = mirror.received;
     if (ack !== null && mirror.applyAck(changetype<Ack>(ack))) {
       this.inflightTotal -= mirror.received - receivedBefore;
+      this.maybeResume(mirror, false);
     } else {
       host.logError("lockstep: bad frame from the relay on connection " + mirror.contextId.toString() + ": " +
         (ack === null ? lastDecodeError : "acknowledged more than was sent") + "; mirror cut");
@@ -103,11 +122,20 @@ export class MirrorRoot extends RootContext {
   onTick(): void {
     if (this.byToken.size == 0) return;
     const now = host.nowNanoseconds();
-    const limit = this.config.closeTimeoutMs * 1_000_000;
+    const closeLimit = this.config.closeTimeoutMs * 1_000_000;
+    const stallLimit = this.config.relayStallTimeoutMs * 1_000_000;
+    const stats = changetype<MirrorStats>(this.stats);
     const mirrors = this.byToken.values();
     for (let i = 0; i < mirrors.length; i++) {
       const m = mirrors[i];
-      if (m.state == STATE_CLOSING && now - m.closingSinceNs > limit) {
+      if (m.paused && now - m.pausedSinceNs > stallLimit) {
+        host.logWarn("lockstep: relay stalled for " + this.config.relayStallTimeoutMs.toString() + " ms on connection " +
+          m.contextId.toString() + " (" + m.inflight.toString() + " bytes unacknowledged); mirror cut, connection goes on");
+        stats.add(stats.overflows, 1);
+        this.drop(m, true);
+      } else if (m.paused) {
+        this.maybeResume(m, false); // the worker-wide total may have fallen through other connections' ACKs
+      } else if (m.state == STATE_CLOSING && now - m.closingSinceNs > closeLimit) {
         host.logWarn("lockstep: relay gave no final answer for connection " + m.contextId.toString() + "; stream reset");
         this.drop(m, true);
       } else if (m.state == STATE_DONE) {

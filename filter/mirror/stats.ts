@@ -28,8 +28,10 @@ export class MirrorStats {
   bytesSent: u32;
   /** Client bytes not mirrored (stream lost, bound exceeded, no relay). */
   bytesUnmirrored: u32;
-  /** Connections whose mirror was cut because the relay fell behind the in-flight bound. */
+  /** Connections whose mirror was cut because the relay stalled (behind the in-flight bound for longer than the stall timeout). */
   overflows: u32;
+  /** Times a connection's client bytes waited in Envoy for the relay to catch up. */
+  pauses: u32;
   /** Bytes sent to the relay and not yet acknowledged, summed over this worker. */
   inflightBytes: u32;
   /** Frames from the relay that did not decode. */
@@ -48,6 +50,7 @@ export class MirrorStats {
     this.bytesSent = defineMetric(MetricType.COUNTER, p + "bytes_sent");
     this.bytesUnmirrored = defineMetric(MetricType.COUNTER, p + "bytes_unmirrored");
     this.overflows = defineMetric(MetricType.COUNTER, p + "overflows");
+    this.pauses = defineMetric(MetricType.COUNTER, p + "pauses");
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
   }

@@ -24,7 +24,8 @@ describe("lockstep config", () => {
     [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:7001" }] }, "cannot be its own replica"],
     [{ ...minimal, listener: { port: -1 } }, '"listener.port" must be a port'],
     [{ ...minimal, limits: { maxLagBytesPerConnection: 0 } }, '"limits.maxLagBytesPerConnection"'],
-    [{ ...minimal, limits: { maxInflightBytesPerConnection: 10, maxInflightBytesTotal: 5 } }, '"limits.maxInflightBytesTotal"'],
+    [{ ...minimal, limits: { maxLagBytesPerConnection: 65536 } }, "at least 1048576 (1 MiB, one Envoy read)"],
+    [{ ...minimal, limits: { maxInflightBytesPerConnection: 8 << 20, maxInflightBytesTotal: 4 << 20 } }, '"limits.maxInflightBytesTotal"'],
     [{ ...minimal, colour: "blue" }, '"colour" is not a known field'],
     [[], "must be a JSON object"],
   ])("rejects %j", (raw, message) => {
@@ -33,9 +34,9 @@ describe("lockstep config", () => {
   });
 
   it("renders a bootstrap whose plugin configuration carries the service and bounds", () => {
-    const yaml = renderBootstrap(parseLockstepConfig({ ...minimal, service: "orders", limits: { maxInflightBytesPerConnection: 4096 } }));
+    const yaml = renderBootstrap(parseLockstepConfig({ ...minimal, service: "orders", limits: { maxInflightBytesPerConnection: 2 << 20 } }));
     const plugin = JSON.parse(/value: '(\{.*\})'/.exec(yaml)![1]);
-    expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 4096, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
+    expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 2 << 20, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
     expect(yaml).toContain("cluster: orders_primary");
     expect(yaml).toContain("failure_policy: FAIL_OPEN");
   });
