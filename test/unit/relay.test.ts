@@ -1,0 +1,150 @@
+// The relay on its own: a grpc-js client plays the filter, real TCP servers play replicas.
+// Covers what Envoy-level tests cannot provoke: malformed and out-of-order frames, the
+// primary's exclusion, an unknown primary, and the exact ACK contents.
+import { describe, it, expect, beforeEach, afterEach } from "vitest";
+import { createHash, randomBytes } from "node:crypto";
+import { makeGenericClientConstructor, credentials, status, type ClientDuplexStream, type Client } from "@grpc/grpc-js";
+import { startRelay, MIRROR_SERVICE, type RelayServer } from "../../relay/server.ts";
+import { parseRelayConfig, RelayConfigError } from "../../relay/config.ts";
+import { encodeOpen, encodeData, encodeEnd, decodeAck, type AckFrame } from "../../relay/frames.ts";
+import { RecordingBackend, startBackends } from "../support/backends.ts";
+import { waitFor } from "../support/ports.ts";
+
+const MirrorClient = makeGenericClientConstructor(MIRROR_SERVICE, "Mirror");
+
+interface Stream { call: ClientDuplexStream<Buffer, Buffer>; acks: AckFrame[]; status: Promise<{ code: number; details: string }> }
+
+describe("mirror relay", () => {
+  let relay: RelayServer;
+  let replicas: RecordingBackend[];
+  let client: Client;
+
+  function open(primary = "127.0.0.1:1", connectionId = 1n): Stream {
+    const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
+    const acks: AckFrame[] = [];
+    call.on("data", (b: Buffer) => acks.push(decodeAck(b)));
+    const statusP = new Promise<{ code: number; details: string }>((resolve) => {
+      call.on("status", (s) => resolve({ code: s.code, details: s.details }));
+      call.on("error", () => {});
+    });
+    call.write(encodeOpen({ version: 1, connectionId, flags: 0, service: "t", primary, client: "127.0.0.1:5" }));
+    return { call, acks, status: statusP };
+  }
+
+  beforeEach(async () => {
+    replicas = await startBackends(["ra", "rb"]);
+    relay = await startRelay(parseRelayConfig({
+      listen: { port: 0 }, metrics: { port: 0 },
+      replicas: replicas.map((r) => ({ name: r.name, address: r.address })),
+    }));
+    client = new MirrorClient(`127.0.0.1:${relay.grpcPort}`, credentials.createInsecure());
+  });
+
+  afterEach(async () => {
+    client.close();
+    await relay.close();
+    for (const r of replicas) await r.kill();
+  });
+
+  it("writes each stream's bytes in order to one new connection per replica, then half-closes", async () => {
+    const s = open();
+    const chunks = Array.from({ length: 20 }, () => randomBytes(1 + Math.floor(Math.random() * 9000)));
+    let offset = 0;
+    for (const c of chunks) { s.call.write(encodeData(offset, c)); offset += c.length; }
+    s.call.write(encodeEnd(offset));
+    s.call.end();
+    expect((await s.status).code).toBe(status.OK);
+    const want = createHash("sha256").update(Buffer.concat(chunks)).digest("hex");
+    for (const r of replicas) {
+      expect(r.connections).toHaveLength(1);
+      expect(r.connections[0].ended).toBe(true);
+      expect(r.connections[0].receivedHash.copy().digest("hex")).toBe(want);
+    }
+    const last = s.acks.at(-1)!;
+    expect(last.received).toBe(offset);
+    expect(last.replicas.map((x) => [x.name, x.queued, x.acked, x.state])).toEqual([["ra", offset, offset, "CLOSED"], ["rb", offset, offset, "CLOSED"]]);
+    expect(relay.metrics.replicaReplyDropped.get({ replica: "ra" })).toBe(replicas[0].connections[0].sent);
+  });
+
+  it("never mirrors a connection to the replica that is its primary", async () => {
+    const s = open(replicas[0].address.replace("127.0.0.1", "localhost"));
+    s.call.write(encodeData(0, Buffer.from("hello")));
+    s.call.end();
+    await s.status;
+    expect(replicas[0].connections).toHaveLength(0);
+    expect(replicas[1].connections).toHaveLength(1);
+    expect(s.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["rb"]);
+  });
+
+  it("mirrors nowhere when Envoy could not name the primary", async () => {
+    const s = open("");
+    s.call.write(encodeData(0, Buffer.from("hello")));
+    s.call.end();
+    expect((await s.status).code).toBe(status.OK);
+    expect(replicas.every((r) => r.connections.length === 0)).toBe(true);
+    expect(relay.metrics.unmirrored.get()).toBe(1);
+  });
+
+  it.each([
+    ["DATA before OPEN", (c: ClientDuplexStream<Buffer, Buffer>) => c.write(encodeData(0, Buffer.from("x"))), "first frame must be OPEN"],
+    ["a gap in the offsets", (c: ClientDuplexStream<Buffer, Buffer>) => { c.write(encodeOpen({ version: 1, connectionId: 1n, flags: 0, service: "t", primary: "127.0.0.1:1", client: "" })); c.write(encodeData(5, Buffer.from("x"))); }, "DATA at offset 5, expected 0"],
+    ["an END that disagrees", (c: ClientDuplexStream<Buffer, Buffer>) => { c.write(encodeOpen({ version: 1, connectionId: 1n, flags: 0, service: "t", primary: "127.0.0.1:1", client: "" })); c.write(encodeEnd(3)); }, "END at 3, but 0 bytes"],
+    ["garbage", (c: ClientDuplexStream<Buffer, Buffer>) => c.write(Buffer.from([0x42, 1, 2])), "unknown frame type 0x42"],
+  ])("ends a stream with %s as INVALID_ARGUMENT and keeps serving others", async (_what, send, message) => {
+    const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
+    call.on("data", () => {});
+    call.on("error", () => {});
+    const st = new Promise<{ code: number; details: string }>((resolve) => call.on("status", (s) => resolve(s)));
+    send(call);
+    const got = await st;
+    expect(got.code).toBe(status.INVALID_ARGUMENT);
+    expect(got.details).toContain(message);
+    expect(relay.metrics.protocolErrors.get()).toBe(1);
+    const ok = open();
+    ok.call.write(encodeData(0, Buffer.from("still here")));
+    ok.call.end();
+    expect((await ok.status).code).toBe(status.OK);
+    await waitFor("replica connections to close", () => replicas.every((r) => r.connections.length >= 1 && r.connections.every((c) => c.closed)));
+  });
+
+  it("leaves nothing open after 200 streams, finished or cancelled", async () => {
+    const streams = Array.from({ length: 200 }, (_, i) => {
+      const s = open("127.0.0.1:1", BigInt(i));
+      s.call.write(encodeData(0, randomBytes(100)));
+      if (i % 4 === 0) s.call.cancel(); else s.call.end();
+      return s;
+    });
+    await Promise.all(streams.map((s) => s.status));
+    await waitFor("streams and replica connections to drain", () =>
+      relay.metrics.streamsActive.get() === 0 && relay.metrics.replicaActive.get({ replica: "ra" }) === 0 && relay.metrics.replicaActive.get({ replica: "rb" }) === 0);
+    // A stream cancelled at once may never reach the relay; every finished one did.
+    expect(relay.metrics.streamsTotal.get()).toBeGreaterThanOrEqual(150);
+    expect(relay.metrics.queuedBytes.get()).toBe(0);
+    await waitFor("replica sockets to close", () => replicas.every((r) => r.connections.every((c) => c.closed)));
+  });
+
+  it("takes a new replica set for new connections only", async () => {
+    const first = open();
+    await waitFor("first ACK listing both replicas", () => first.acks.some((a) => a.replicas.length === 2 && a.replicas.every((r) => r.state === "LIVE")));
+    await relay.setReplicas([{ name: "rb", address: replicas[1].address }]);
+    const second = open();
+    first.call.write(encodeData(0, Buffer.from("one")));
+    second.call.write(encodeData(0, Buffer.from("two")));
+    first.call.end(); second.call.end();
+    await Promise.all([first.status, second.status]);
+    expect(first.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["ra", "rb"]);
+    expect(second.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["rb"]);
+    await expect(relay.setReplicas([{ name: "bad name", address: "x" }])).rejects.toThrow('"replicas[0].name"');
+  });
+
+  it.each([
+    [{ listen: { port: 70000 } }, '"listen.port"'],
+    [{ limits: { maxLagBytesPerConnection: 1000 } }, '"limits.maxLagBytesPerConnection" must be a whole number from 1048576'],
+    [{ limits: { speed: 1 } }, '"limits.speed" is not a known limit'],
+    [{ replicas: [{ name: "a", address: "nope" }] }, '"replicas[0].address" must be "host:port"'],
+    [{ extra: true }, '"extra" is not a known field'],
+  ])("refuses the configuration %j", (raw, message) => {
+    expect(() => parseRelayConfig(raw)).toThrow(RelayConfigError);
+    expect(() => parseRelayConfig(raw)).toThrow(message);
+  });
+});
