@@ -1,0 +1,227 @@
+// The compiled lockstep filter in the host emulator, release and debug builds alike: the
+// frames it sends match the shared wire fixtures, ACKs drive its stats, flow control pauses
+// and resumes the client, and the relay's failures never touch the bytes to the primary.
+import { describe, it, expect } from "vitest";
+import { writeFileSync, mkdtempSync, readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createNetworkHost, type NetworkHost } from "../emulator/network-host.ts";
+import { Action } from "../emulator/abi-spec.ts";
+import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { encodeAck, decodeFilterFrame } from "../../relay/frames.ts";
+import { fixtureBytes, fixture } from "../support/wire-fixtures.ts";
+
+const BUILDS = ["build/lockstep.wasm", "build/lockstep.debug.wasm"];
+const CONFIG = { relay_cluster: "lockstep_relay", service: "demo" };
+
+function load(build: string, config: object = CONFIG) {
+  return createNetworkHost({ wasmPath: join(PROJECT_ROOT, build), pluginConfig: JSON.stringify(config) });
+}
+
+/** A connection as in the OPEN fixture: id 42, client 127.0.0.1:50000, primary 127.0.0.1:7001. */
+function fixtureConnection(host: NetworkHost) {
+  return host.newConnection({ connectionId: 42n, source: "127.0.0.1:50000", upstream: "127.0.0.1:7001" });
+}
+
+const stat = (host: NetworkHost, name: string) => host.metric(`lockstep.demo.${name}`);
+
+describe.each(BUILDS)("filter (%s)", (build) => {
+  it("loads with exactly the spec's import signatures and configures", () => {
+    const { host } = load(build);
+    expect(host.configured).toBe(true);
+    expect(host.logs).toContainEqual({ level: "info", message: 'lockstep: mirroring service "demo" through cluster "lockstep_relay"' });
+    expect(host.tickPeriodMs).toBeGreaterThan(0);
+  });
+
+  it.each([
+    ["not JSON", "relay_cluster", 'configuration is not valid JSON: expected \'{\' (the configuration must be a JSON object) at offset 0'],
+    ["an unknown field", { ...CONFIG, colour: 1 }, 'unknown field "colour"'],
+    ["no relay cluster", { service: "demo" }, '"relay_cluster" must be'],
+    ["a bad service name", { ...CONFIG, service: "a b" }, '"service" must be 1 to 64 characters'],
+    ["a fractional bound", { ...CONFIG, max_inflight_bytes_per_connection: 1.5 }, '"max_inflight_bytes_per_connection" must be a whole number'],
+    ["a nested value", { ...CONFIG, limits: {} }, 'configuration is not valid JSON: nested objects and arrays are not supported for "limits" at offset'],
+    ["a total below the per-connection bound", { ...CONFIG, max_inflight_bytes_per_connection: 10, max_inflight_bytes_total: 5 }, '"max_inflight_bytes_total" must be at least'],
+  ])("refuses a configuration with %s, saying why", (_what, config, message) => {
+    const { host } = createNetworkHost({ wasmPath: join(PROJECT_ROOT, build), pluginConfig: typeof config === "string" ? config : JSON.stringify(config) });
+    expect(host.configured).toBe(false);
+    const critical = host.logs.filter((l) => l.level === "critical").map((l) => l.message);
+    expect(critical).toHaveLength(1);
+    expect(critical[0]).toContain("lockstep: invalid plugin configuration: " + message);
+  });
+
+  it("sends OPEN, DATA and END frames byte for byte as the wire fixtures, and never changes the client's bytes", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    expect(conn.downstreamData("SET a 1\n")).toEqual({ action: Action.CONTINUE, forwarded: Buffer.from("SET a 1\n") });
+    expect(conn.downstreamData("GET a\n", true).forwarded).toEqual(Buffer.from("GET a\n"));
+    const [stream] = host.grpcStreams.values();
+    expect(stream).toMatchObject({ cluster: "lockstep_relay", service: "lockstep.mirror.v1.Mirror", method: "Stream" });
+    expect(stream.sent.map((b) => b.toString("hex"))).toEqual(["open", "data", "data-offset", "end"].map((n) => fixture(n).hex));
+    expect(stat(host, "bytes_sent")).toBe(14);
+    expect(host.violations).toEqual([]);
+  });
+
+  it("applies an ACK (fixture) to the per-replica stats, routed by token from the root", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    conn.downstreamData("GET a\n", true);
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token + 1000, fixtureBytes("ack-two-replicas")); // unknown token: ignored
+    host.grpcReceive(stream.token, fixtureBytes("ack-two-replicas"));
+    expect(stat(host, "inflight_bytes")).toBe(0);
+    expect(stat(host, "replica.replica-a.connections")).toBe(1);
+    expect(stat(host, "replica.replica-a.bytes_mirrored")).toBe(14);
+    expect(stat(host, "replica.replica-a.bytes_acked")).toBe(8);
+    expect(stat(host, "replica.replica-b.detaches")).toBe(1);
+    expect(stat(host, "replica.replica-a.detaches")).toBe(0);
+    expect(stat(host, "relay_protocol_errors")).toBe(0);
+  });
+
+  it("opens the mirror when the primary speaks first, and never pauses the primary's bytes", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    expect(conn.upstreamData("+banner\r\n").action).toBe(Action.CONTINUE);
+    const [stream] = host.grpcStreams.values();
+    expect(decodeFilterFrame(stream.sent[0])).toMatchObject({ type: "OPEN", primary: "127.0.0.1:7001" });
+    expect(host.violations).toEqual([]);
+  });
+
+  it("half-closes the stream when the connection ends and counts a complete mirror", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    conn.closeDownstream();
+    conn.done();
+    const [stream] = host.grpcStreams.values();
+    expect(stream.closedByModule).toBe("close");
+    expect(stat(host, "streams_active")).toBe(1); // waiting for the relay's final answer
+    host.grpcReceive(stream.token, encodeAck(8, [{ name: "r1", queued: 8, acked: 8, state: "CLOSED", reason: "NONE" }]));
+    host.grpcClose(stream.token, 0);
+    expect(stat(host, "streams_active")).toBe(0);
+    expect(stat(host, "streams_lost")).toBe(0);
+    expect(stat(host, "replica.r1.completed")).toBe(1);
+  });
+
+  it("counts the loss when the relay fails, and keeps passing the client's bytes", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("abc");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, encodeAck(0, [{ name: "r1", queued: 0, acked: 0, state: "LIVE", reason: "NONE" }]));
+    host.grpcClose(stream.token, 14); // UNAVAILABLE
+    expect(conn.downstreamData("defg").forwarded).toEqual(Buffer.from("defg"));
+    expect(stream.sent).toHaveLength(2); // OPEN + the first DATA; nothing after the loss
+    expect(stat(host, "streams_lost")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(7);
+    expect(stat(host, "replica.r1.detaches")).toBe(1);
+    expect(stat(host, "inflight_bytes")).toBe(0);
+  });
+
+  it("cuts the mirror on a malformed or impossible ACK, not the connection", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("abc");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, encodeAck(99, [])); // acknowledges more than was sent
+    expect(stream.closedByModule).toBe("cancel");
+    expect(stat(host, "relay_protocol_errors")).toBe(1);
+    expect(host.logs.some((l) => l.level === "error" && l.message.includes("acknowledged more than was sent"))).toBe(true);
+    expect(conn.downstreamData("more").action).toBe(Action.CONTINUE);
+  });
+
+  it("goes on unmirrored when Envoy refuses to open the stream", () => {
+    const { host } = load(build);
+    host.grpcFailNextStreamOpen(1);
+    const conn = fixtureConnection(host);
+    expect(conn.downstreamData("hello").forwarded).toEqual(Buffer.from("hello"));
+    expect(stat(host, "stream_open_failures")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(5);
+  });
+
+  it("pauses the client while the relay is behind, mirrors only new bytes of Envoy's grown buffer, and resumes on ACK", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000 });
+    const conn = fixtureConnection(host);
+    const first = conn.downstreamData(Buffer.alloc(1500, 1));
+    expect(first.action).toBe(Action.PAUSE);
+    expect(conn.downstreamData(Buffer.alloc(200, 2)).action).toBe(Action.PAUSE); // Envoy hands over 1700 bytes
+    const [stream] = host.grpcStreams.values();
+    const data = stream.sent.slice(1).map((b) => decodeFilterFrame(b));
+    expect(data.map((f) => f.type === "DATA" && [f.offset, f.bytes.length])).toEqual([[0, 1500], [1500, 200]]);
+    expect(conn.toUpstream).toHaveLength(0);
+    host.grpcReceive(stream.token, encodeAck(1100, [])); // 600 in flight: still above half the bound
+    expect(conn.continued).toBe(0);
+    host.grpcReceive(stream.token, encodeAck(1700, []));
+    expect(conn.continued).toBe(1);
+    expect(Buffer.concat(conn.toUpstream)).toEqual(Buffer.concat([Buffer.alloc(1500, 1), Buffer.alloc(200, 2)]));
+    expect(stat(host, "pauses")).toBe(1);
+    expect(conn.downstreamData("x").action).toBe(Action.CONTINUE);
+  });
+
+  it("gives up on a stalled relay after the stall timeout: mirror cut, connection resumed", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000, relay_stall_timeout_ms: 300 });
+    const conn = fixtureConnection(host);
+    expect(conn.downstreamData(Buffer.alloc(2000)).action).toBe(Action.PAUSE);
+    host.advance(200); host.tick();
+    expect(conn.continued).toBe(0);
+    host.advance(200); host.tick();
+    expect(conn.continued).toBe(1);
+    const [stream] = host.grpcStreams.values();
+    expect(stream.closedByModule).toBe("cancel");
+    expect(stat(host, "overflows")).toBe(1);
+    expect(stat(host, "inflight_bytes")).toBe(0);
+    expect(conn.downstreamData("after").action).toBe(Action.CONTINUE);
+  });
+
+  it("does not grow its memory over many connections", () => {
+    const { host } = load(build);
+    const run = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const conn = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
+        conn.downstreamData(Buffer.alloc(512, i));
+        const stream = [...host.grpcStreams.values()].at(-1)!;
+        host.grpcReceive(stream.token, encodeAck(512, [{ name: "r", queued: 512, acked: 512, state: "LIVE", reason: "NONE" }]));
+        conn.closeDownstream();
+        conn.done();
+        host.grpcClose(stream.token, 0);
+        host.grpcStreams.delete(stream.token);
+      }
+    };
+    run(300);
+    const after300 = host.memoryBytes();
+    run(3000);
+    expect(host.memoryBytes()).toBe(after300);
+    expect(stat(host, "streams_active")).toBe(0);
+    expect(host.violations).toEqual([]);
+  });
+});
+
+describe("host emulator", () => {
+  function compile(source: string): string {
+    const dir = mkdtempSync(join(tmpdir(), "lockstep-emu-"));
+    writeFileSync(join(dir, "m.ts"), source);
+    execFileSync(process.execPath, [join(PROJECT_ROOT, "node_modules/assemblyscript/bin/asc.js"), "m.ts", "-o", "m.wasm",
+      "--runtime", "stub", "--exportStart", "_initialize", "--use", "abort=m/ab"], { cwd: dir });
+    return join(dir, "m.wasm");
+  }
+  const base = `export function proxy_abi_version_0_2_1(): void {}
+export function malloc(n: usize): usize { return heap.alloc(n); }
+export function ab(m: string | null, f: string | null, l: u32, c: u32): void { unreachable(); }
+`;
+
+  it("refuses a module whose import arity differs from the ABI, naming it", () => {
+    const wasm = compile(base + `@external("env", "proxy_grpc_send") declare function send(t: u32, p: usize, n: usize): u32;
+export function proxy_on_context_create(a: u32, b: u32): void { send(1, 0, 0); }`);
+    expect(() => createNetworkHost({ wasmPath: wasm, pluginConfig: "" })).toThrow(/import type mismatch for env\.proxy_grpc_send: the module declares \(i32, i32, i32\) -> \(i32\), the ABI says \(i32, i32, i32, i32\) -> \(i32\)/);
+  });
+
+  it("refuses an import Envoy does not provide, and throws on a spec call it does not implement", () => {
+    const bad = compile(base + `@external("env", "abort") declare function abort2(a: u32, b: u32, c: u32, d: u32): void;
+export function proxy_on_context_create(a: u32, b: u32): void { abort2(0, 0, 0, 0); }`);
+    expect(() => createNetworkHost({ wasmPath: bad, pluginConfig: "" })).toThrow("env.abort, which Envoy does not provide");
+    const unimplemented = compile(base + `@external("env", "proxy_get_shared_data") declare function gsd(a: usize, b: usize, c: usize, d: usize, e: usize): u32;
+export function proxy_on_context_create(a: u32, b: u32): void { gsd(0, 0, 0, 0, 0); }`);
+    expect(() => createNetworkHost({ wasmPath: unimplemented, pluginConfig: "" })).toThrow("emulator: env.proxy_get_shared_data not implemented");
+  });
+});
