@@ -6,6 +6,7 @@ import { RecordingBackend, startBackends } from "../support/backends.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { freePort, waitFor } from "../support/ports.ts";
+import { expectExactWithPrimary, expectMirrored } from "../support/exchanges.ts";
 import { randomPlan, runClient, pool, type ClientResult } from "../support/clients.ts";
 
 const CONNECTIONS = 1000;
@@ -47,22 +48,12 @@ describe("mirror path on real Envoy", () => {
   it("delivers each connection's bytes to each replica exactly once and in order (SHA-256)", () => {
     for (const replica of replicas) {
       expect(replica.connections.length, `${replica.name}: one connection per client connection`).toBe(CONNECTIONS);
-      const byHead = replica.byHead();
-      const mismatches = results.filter((r) => {
-        const rec = byHead.get(r.idHex);
-        return !rec || rec.received !== r.sentBytes || rec.receivedHash.copy().digest("hex") !== r.sentHash;
-      });
-      expect(mismatches.map((m) => m.idHex), `${replica.name}: connections whose bytes differ`).toEqual([]);
+      expectMirrored(replica, results);
     }
   });
 
   it("gives the client exactly what the primary sent, none of the replicas' replies", async () => {
-    const byHead = primary.byHead();
-    const wrong = results.filter((r) => {
-      const rec = byHead.get(r.idHex)!;
-      return rec.sent !== r.receivedBytes || rec.sentHash.copy().digest("hex") !== r.receivedHash;
-    });
-    expect(wrong.map((w) => w.idHex)).toEqual([]);
+    expectExactWithPrimary(primary, results);
     for (const replica of replicas) {
       const answered = replica.connections.reduce((n, c) => n + c.sent, 0);
       expect(answered).toBeGreaterThan(0);

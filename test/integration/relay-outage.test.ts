@@ -6,6 +6,7 @@ import { RecordingBackend, startBackends } from "../support/backends.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { freePorts, waitFor } from "../support/ports.ts";
+import { expectExactWithPrimary, expectMirrored } from "../support/exchanges.ts";
 import { randomPlan, runClient, pool, type ClientResult } from "../support/clients.ts";
 
 describe("relay outage", () => {
@@ -20,14 +21,12 @@ describe("relay outage", () => {
     return pool(count, 8, () => runClient(envoy.listenerPort, randomPlan(16 << 10, 4, 1)));
   }
 
-  function expectPrimaryExact(results: ClientResult[]): void {
-    const byHead = primary.byHead();
-    for (const r of results) {
-      expect(r.error).toBeUndefined();
-      const rec = byHead.get(r.idHex)!;
-      expect(rec.receivedHash.copy().digest("hex")).toBe(r.sentHash);
-      expect(r.receivedHash).toBe(rec.sentHash.copy().digest("hex"));
-    }
+  const expectPrimaryExact = (results: ClientResult[]) => expectExactWithPrimary(primary, results);
+
+  /** Once `count` more replica connections have finished, each got its client's bytes. */
+  async function expectReplicaCaughtUp(before: number, results: ClientResult[]): Promise<void> {
+    await waitFor("replica connections to finish", () => replica.connections.length === before + results.length && replica.connections.every((c) => c.closed));
+    expectMirrored(replica, results);
   }
 
   beforeAll(async () => {
@@ -50,9 +49,7 @@ describe("relay outage", () => {
     const before = replica.connections.length;
     const results = await exchange(40);
     expectPrimaryExact(results);
-    await waitFor("replica connections to finish", () => replica.connections.length === before + 40 && replica.connections.every((c) => c.closed));
-    const byHead = replica.byHead();
-    for (const r of results) expect(byHead.get(r.idHex)?.receivedHash.copy().digest("hex")).toBe(r.sentHash);
+    await expectReplicaCaughtUp(before, results);
     await relay.kill("SIGKILL");
   });
 
@@ -70,9 +67,7 @@ describe("relay outage", () => {
     const before = replica.connections.length;
     const after = await exchange(20);
     expectPrimaryExact(after);
-    await waitFor("replica connections to finish", () => replica.connections.length === before + 20 && replica.connections.every((c) => c.closed));
-    const byHead = replica.byHead();
-    for (const r of after) expect(byHead.get(r.idHex)?.receivedHash.copy().digest("hex")).toBe(r.sentHash);
+    await expectReplicaCaughtUp(before, after);
     await relay.kill();
   });
 });
