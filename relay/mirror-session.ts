@@ -37,6 +37,8 @@ export class MirrorSession {
   private holding = false;
   private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
+  /** streamsActive was decremented for this session (cleanup may run more than once). */
+  private uncounted = false;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
@@ -189,7 +191,6 @@ export class MirrorSession {
     if (this.finishTimer) clearTimeout(this.finishTimer);
     if (this.stallTimer) clearInterval(this.stallTimer);
     this.ackTimer = this.finishTimer = this.stallTimer = undefined;
-    if (!this.counted) { this.counted = true; this.ctx.metrics.streamsActive.add(-1); }
+    if (!this.uncounted) { this.uncounted = true; this.ctx.metrics.streamsActive.add(-1); }
   }
-  private counted = false;
 }

@@ -108,11 +108,13 @@ export class ReplicaLink {
     }
   }
 
-  /** Everything written and half-closed, but the replica did not close: finish it ourselves. */
+  /** The connection's finish timeout passed: if everything was written and half-closed, the
+   *  replica merely did not close its side, so finish it ourselves; else it never took the
+   *  last bytes (STALLED). */
   closeIfDelivered(): void {
     if (this.terminal) return;
     if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
-    else this.detach("LAG_BOUND");
+    else this.detach("STALLED");
   }
 
   /** Out of sync for this connection: free everything now. */

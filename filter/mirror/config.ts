@@ -2,6 +2,7 @@
 // parsed and validated once in proxy_on_configure. A bad configuration is refused with a
 // message naming the field: Envoy then rejects the listener instead of running half-set-up.
 import { parseFlatObject, JSON_STRING, JSON_NUMBER } from "./json";
+import { isName } from "./names";
 
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: u64 = 4 << 20; // 4 MiB: a few of Envoy's reads (up to 1 MiB each)
 export const DEFAULT_MAX_INFLIGHT_BYTES_TOTAL: u64 = 64 << 20; // 64 MiB per worker
@@ -31,16 +32,6 @@ export class ConfigResult {
 }
 
 const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms"];
-
-function isName(s: string): bool {
-  if (s.length == 0 || s.length > 64) return false;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    const ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || c == 0x2d;
-    if (!ok) return false;
-  }
-  return true;
-}
 
 function bad(message: string): ConfigResult { return new ConfigResult(null, message); }
 

@@ -12,6 +12,7 @@ import {
 } from "./frames";
 import { MirrorStats } from "./stats";
 import { MirrorConfig } from "./config";
+import { sanitizeName } from "./names";
 
 // The DATA header is written into the headroom of the host's buffer.
 assert(DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "DATA header does not fit the host buffer headroom");
@@ -32,18 +33,7 @@ class ReplicaView {
   constructor(public name: string, public queued: u64, public acked: u64, public state: u8) {}
 }
 
-function sanitizeName(raw: string): string {
-  let out = "";
-  const n = min(raw.length, 64);
-  for (let i = 0; i < n; i++) {
-    const c = raw.charCodeAt(i);
-    const ok = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x5f || c == 0x2d;
-    out += ok ? String.fromCharCode(c) : "_";
-  }
-  return out.length > 0 ? out : "_";
-}
-
-/** What the owner (the root) must do after a connection event. */
+/** One client connection's mirror: stream state, offsets, and the replicas the relay reported. */
 export class MirrorConnection {
   state: u8 = STATE_IDLE;
   token: u32 = 0;
@@ -51,8 +41,6 @@ export class MirrorConnection {
   sent: u64 = 0;
   /** Client bytes the relay holds (from its last ACK). */
   received: u64 = 0;
-  /** Client bytes not mirrored. */
-  unmirrored: u64 = 0;
   endSent: bool = false;
   closingSinceNs: u64 = 0;
   /** The client's bytes are held in Envoy (we returned PAUSE) until the relay catches up. */
@@ -190,7 +178,6 @@ export class MirrorConnection {
   }
 
   private skip(size: usize): void {
-    this.unmirrored += size;
     this.stats.add(this.stats.bytesUnmirrored, <i64>size);
   }
 }
