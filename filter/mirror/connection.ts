@@ -28,6 +28,9 @@ export const STATE_STREAMING: u8 = 1;
 export const STATE_CLOSING: u8 = 2;
 /** Nothing more will be mirrored (stream done, lost, cancelled, or never opened). */
 export const STATE_DONE: u8 = 3;
+/** The relay has no replica for this connection (the set is fixed when it opens): the stream
+ *  is half-closed and the client's bytes are not sent anywhere, and not counted as lost. */
+export const STATE_NO_REPLICAS: u8 = 4;
 
 class ReplicaView {
   constructor(public name: string, public queued: u64, public acked: u64, public state: u8) {}
@@ -87,7 +90,7 @@ export class MirrorConnection {
   /** Mirror the bytes of DOWNSTREAM_DATA (`size` long) not mirrored yet. Only from on_downstream_data. */
   mirrorDownstream(size: usize): void {
     const start = this.bufferedMirrored;
-    if (size <= start) return;
+    if (size <= start || this.state == STATE_NO_REPLICAS) return;
     const fresh = size - start;
     if (!this.mirroring) { this.skip(fresh); return; }
     // The host copies the bytes into memory we allocate, with headroom in front of them:
@@ -129,6 +132,14 @@ export class MirrorConnection {
     if (ack.received > this.sent || ack.received < this.received) return false;
     this.stats.add(this.stats.inflightBytes, -<i64>(ack.received - this.received));
     this.received = ack.received;
+    if (ack.replicas.length == 0 && this.replicas.length == 0 && this.state == STATE_STREAMING) {
+      // No replica to feed: stop sending; the relay ends the stream once we half-close.
+      this.state = STATE_NO_REPLICAS;
+      this.closingSinceNs = host.nowNanoseconds();
+      this.stats.add(this.stats.connectionsWithoutReplicas, 1);
+      host.grpcClose(this.token);
+      return true;
+    }
     for (let i = 0; i < ack.replicas.length; i++) {
       const update = ack.replicas[i];
       const name = sanitizeName(update.name);
@@ -154,7 +165,7 @@ export class MirrorConnection {
   /** The stream is over. `complete` when the relay ended it normally after our half-close;
    *  otherwise every replica still attached is counted detached (out of sync). */
   end(complete: bool): void {
-    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING) this.stats.add(this.stats.streamsActive, -1);
+    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING || this.state == STATE_NO_REPLICAS) this.stats.add(this.stats.streamsActive, -1);
     if (!complete) {
       this.stats.add(this.stats.streamsLost, 1);
       for (let i = 0; i < this.replicas.length; i++) {
@@ -173,7 +184,7 @@ export class MirrorConnection {
 
   /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream. */
   cancel(): void {
-    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING) host.grpcCancel(this.token);
+    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING || this.state == STATE_NO_REPLICAS) host.grpcCancel(this.token);
     this.end(false);
   }
 

@@ -7,7 +7,7 @@ import * as host from "../abi/host";
 import { parseMirrorConfig, MirrorConfig } from "./config";
 import { decodeAck, lastDecodeError, Ack } from "./frames";
 import { MirrorStats } from "./stats";
-import { MirrorConnection, STATE_CLOSING, STATE_DONE } from "./connection";
+import { MirrorConnection, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
 import { MirrorFilter } from "./filter";
 
 /** Checks paused connections (resume, stall timeout) and streams the relay never finished. */
@@ -110,7 +110,7 @@ export class MirrorRoot extends RootContext {
   onGrpcClose(token: u32, statusCode: u32): void {
     if (!this.byToken.has(token)) return;
     const mirror = this.byToken.get(token);
-    const complete = statusCode == GrpcStatus.OK && mirror.state == STATE_CLOSING;
+    const complete = statusCode == GrpcStatus.OK && (mirror.state == STATE_CLOSING || mirror.state == STATE_NO_REPLICAS);
     if (!complete) {
       host.logWarn("lockstep: mirror stream of connection " + mirror.contextId.toString() + " ended with gRPC status " +
         statusCode.toString() + "; replicas out of sync for it");
@@ -135,7 +135,7 @@ export class MirrorRoot extends RootContext {
         this.drop(m, true);
       } else if (m.paused) {
         this.maybeResume(m, false); // the worker-wide total may have fallen through other connections' ACKs
-      } else if (m.state == STATE_CLOSING && now - m.closingSinceNs > closeLimit) {
+      } else if ((m.state == STATE_CLOSING || m.state == STATE_NO_REPLICAS) && now - m.closingSinceNs > closeLimit) {
         host.logWarn("lockstep: relay gave no final answer for connection " + m.contextId.toString() + "; stream reset");
         this.drop(m, true);
       } else if (m.state == STATE_DONE) {

@@ -32,6 +32,8 @@ export class MirrorStats {
   overflows: u32;
   /** Times a connection's client bytes waited in Envoy for the relay to catch up. */
   pauses: u32;
+  /** Connections the relay had no replica for: after its first answer, nothing is sent. */
+  connectionsWithoutReplicas: u32;
   /** Bytes sent to the relay and not yet acknowledged, summed over this worker. */
   inflightBytes: u32;
   /** Frames from the relay that did not decode. */
@@ -51,6 +53,7 @@ export class MirrorStats {
     this.bytesUnmirrored = defineMetric(MetricType.COUNTER, p + "bytes_unmirrored");
     this.overflows = defineMetric(MetricType.COUNTER, p + "overflows");
     this.pauses = defineMetric(MetricType.COUNTER, p + "pauses");
+    this.connectionsWithoutReplicas = defineMetric(MetricType.COUNTER, p + "connections_without_replicas");
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
   }

@@ -104,6 +104,23 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stat(host, "replica.r1.completed")).toBe(1);
   });
 
+  it("stops sending once the relay says the connection has no replica, without counting a loss", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("first");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+    expect(stream.closedByModule).toBe("close");
+    expect(conn.downstreamData("second", true).forwarded).toEqual(Buffer.from("second"));
+    expect(stream.sent).toHaveLength(2); // OPEN and the first DATA only
+    conn.closeDownstream(); conn.done();
+    host.grpcClose(stream.token, 0);
+    expect(stat(host, "connections_without_replicas")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(0);
+    expect(stat(host, "streams_lost")).toBe(0);
+    expect(stat(host, "streams_active")).toBe(0);
+  });
+
   it("counts the loss when the relay fails, and keeps passing the client's bytes", () => {
     const { host } = load(build);
     const conn = fixtureConnection(host);
