@@ -31,6 +31,8 @@ export interface StartEnvoyOptions {
   limits?: Record<string, number>;
   /** false: the same listener without the lockstep filter (plain tcp_proxy). */
   mirror?: boolean;
+  /** Envoy worker threads (each has its own wasm VM and root context); default 1. */
+  concurrency?: number;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
@@ -48,7 +50,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
   const bootstrap = join(dir, "envoy.yaml");
   writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true }));
   const proc = startProcess("envoy", findEnvoy(), [
-    "-c", bootstrap, "--concurrency", "1", "--base-id", String(baseId++),
+    "-c", bootstrap, "--concurrency", String(options.concurrency ?? 1), "--base-id", String(baseId++),
     "--log-level", "warn", "--component-log-level", "wasm:debug",
   ]);
   const admin = `http://127.0.0.1:${adminPort}`;
