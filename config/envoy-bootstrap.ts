@@ -58,16 +58,48 @@ ${extra}    load_assignment:
         - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
 }
 
-/** A complete bootstrap: listener, primary cluster, relay cluster, admin. With
- *  `mirror: false`, the same listener without the lockstep filter (plain tcp_proxy, for
- *  the benchmarks' baseline). */
-export function renderBootstrap(c: LockstepConfig, header = "", options: { mirror?: boolean } = {}): string {
+/** The primary cluster fed by the controller over REST long-poll EDS (controller/xds):
+ *  the primary at priority 0, standbys at priority 1. */
+function edsCluster(name: string, controller: string): string {
+  return `  - name: ${name}
+    type: EDS
+    connect_timeout: 1s
+    # Apply endpoint changes at once (the default merge window is 1 s).
+    common_lb_config: { update_merge_window: 0s }
+    eds_cluster_config:
+      service_name: ${name}
+      eds_config:
+        resource_api_version: V3
+        api_config_source:
+          api_type: REST
+          transport_api_version: V3
+          cluster_names: [lockstep_controller]
+          # Long-poll: the controller holds each request until something changes, so this
+          # is only the pause between an answer and the next request.
+          refresh_delay: 0.001s
+          request_timeout: 5s
+${staticCluster("lockstep_controller", controller, "    connect_timeout: 0.25s\n")}`;
+}
+
+export interface BootstrapOptions {
+  /** false: the same listener without the lockstep filter (plain tcp_proxy, the benchmarks' baseline). */
+  mirror?: boolean;
+  /** "host:port" of the controller: the primary cluster comes from its EDS instead of the config. */
+  controller?: string;
+}
+
+/** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
+export function renderBootstrap(c: LockstepConfig, header = "", options: BootstrapOptions = {}): string {
   const relay = `${c.relay.address}:${c.relay.port}`;
-  return `${header}static_resources:
+  const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
+  const primaryCluster = options.controller
+    ? edsCluster(`${c.service}_primary`, options.controller)
+    : staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n");
+  return `${header}${node}static_resources:
   listeners:
 ${renderListener(c, "  ", options.mirror ?? true)}
   clusters:
-${staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n")}
+${primaryCluster}
 ${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s
     # The relay speaks gRPC: HTTP/2 without TLS.
     typed_extension_protocol_options:

@@ -33,6 +33,8 @@ export interface StartEnvoyOptions {
   mirror?: boolean;
   /** Envoy worker threads (each has its own wasm VM and root context); default 1. */
   concurrency?: number;
+  /** "host:port" of an xDS controller serving the primary cluster's endpoints. */
+  controller?: string;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
@@ -48,7 +50,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
   });
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
   const bootstrap = join(dir, "envoy.yaml");
-  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true }));
+  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller }));
   const proc = startProcess("envoy", findEnvoy(), [
     "-c", bootstrap, "--concurrency", String(options.concurrency ?? 1), "--base-id", String(baseId++),
     "--log-level", "warn", "--component-log-level", "wasm:debug",

@@ -1,0 +1,30 @@
+// xDS type URLs and the JSON shapes lockstep serves (Envoy v3 API, REST-JSON encoding).
+
+export const TYPE_URL = Object.freeze({
+  ENDPOINTS: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+});
+
+/** REST path of each type (Envoy POSTs a DiscoveryRequest there). */
+export const REST_PATH = Object.freeze({
+  [TYPE_URL.ENDPOINTS]: "/v3/discovery:endpoints",
+});
+
+/** EDS priority of the primary; standbys (replicas) sit one level below. */
+export const PRIMARY_PRIORITY = 0;
+export const STANDBY_PRIORITY = 1;
+
+export interface SocketAddress { socket_address: { address: string; port_value: number } }
+
+export interface ClusterLoadAssignment {
+  "@type": typeof TYPE_URL.ENDPOINTS;
+  cluster_name: string;
+  endpoints: { priority: number; lb_endpoints: { endpoint: { address: SocketAddress } }[] }[];
+}
+
+export interface DiscoveryRequest { version_info?: string; resource_names?: string[]; type_url?: string; node?: { id?: string; cluster?: string } }
+export interface DiscoveryResponse { version_info: string; type_url: string; resources: ClusterLoadAssignment[] }
+
+export function socketAddress(hostPort: string): SocketAddress {
+  const i = hostPort.lastIndexOf(":");
+  return { socket_address: { address: hostPort.slice(0, i).replace(/^\[|\]$/g, ""), port_value: Number(hostPort.slice(i + 1)) } };
+}

@@ -1,0 +1,74 @@
+// Snapshots and the long-poll transport, without Envoy: what a controller decision turns into,
+// the consistency checks, and when a held request is answered.
+import { describe, it, expect, afterEach } from "vitest";
+import express from "express";
+import type { Server } from "node:http";
+import { buildSnapshot, SnapshotError } from "../../controller/xds/snapshot.ts";
+import { XdsRestServer } from "../../controller/xds/rest-server.ts";
+import { TYPE_URL } from "../../controller/xds/resources.ts";
+
+const svc = { cluster: "kv_primary", primary: "127.0.0.1:7001", standbys: ["127.0.0.1:7002", "127.0.0.1:7003"] };
+
+describe("xDS snapshots", () => {
+  it("puts the primary at priority 0 and the standbys, in order, at priority 1", () => {
+    const snap = buildSnapshot("1", [svc]);
+    const cla = snap.endpoints.get("kv_primary")!;
+    expect(cla["@type"]).toBe(TYPE_URL.ENDPOINTS);
+    expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.map((l) => l.endpoint.address.socket_address.port_value)])).toEqual([[0, [7001]], [1, [7002, 7003]]]);
+    expect(Object.isFrozen(snap) && Object.isFrozen(cla)).toBe(true);
+  });
+
+  it.each([
+    [[svc, svc], 'cluster "kv_primary" appears twice'],
+    [[{ ...svc, standbys: ["127.0.0.1:7001"] }], "the primary 127.0.0.1:7001 is also listed as a standby"],
+    [[{ ...svc, standbys: ["127.0.0.1:7002", "127.0.0.1:7002"] }], "a standby is listed twice"],
+    [[{ ...svc, primary: "nowhere" }], '"nowhere" is not host:port'],
+  ])("refuses an inconsistent snapshot (%#)", (services, message) => {
+    expect(() => buildSnapshot("2", services)).toThrow(SnapshotError);
+    expect(() => buildSnapshot("2", services)).toThrow(message);
+  });
+});
+
+describe("REST long-poll transport", () => {
+  let server: Server | undefined;
+  afterEach(() => server?.close());
+
+  async function start(xds: XdsRestServer): Promise<string> {
+    const app = express();
+    app.use(xds.router());
+    server = await new Promise<Server>((resolve) => { const s = app.listen(0, "127.0.0.1", () => resolve(s)); });
+    return `http://127.0.0.1:${(server.address() as { port: number }).port}/v3/discovery:endpoints`;
+  }
+  const post = (url: string, body: object) => fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+
+  it("answers a stale version at once, and holds a current one until the next publish", async () => {
+    const xds = new XdsRestServer({ holdMs: 10_000 });
+    xds.publish(buildSnapshot("1", [svc]));
+    const url = await start(xds);
+    const first = await (await post(url, { version_info: "", resource_names: ["kv_primary"] })).json();
+    expect(first.version_info).toBe("1");
+    let answered = false;
+    const held = post(url, { version_info: "1", resource_names: ["kv_primary"] }).then(async (r) => { answered = true; return r.json(); });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(answered).toBe(false);
+    xds.publish(buildSnapshot("2", [{ ...svc, primary: "127.0.0.1:7002", standbys: ["127.0.0.1:7003"] }]));
+    const second = await held;
+    expect(second.version_info).toBe("2");
+    expect(second.resources[0].endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(7002);
+    expect(xds.counters.pushes).toBe(1);
+  });
+
+  it("answers a held request with the same version before Envoy's timeout", async () => {
+    const xds = new XdsRestServer({ holdMs: 50 });
+    xds.publish(buildSnapshot("7", [svc]));
+    const got = await (await post(await start(xds), { version_info: "7" })).json();
+    expect(got.version_info).toBe("7");
+    expect(got.resources).toHaveLength(1);
+  });
+
+  it("says 503 with a reason before anything is published", async () => {
+    const res = await post(await start(new XdsRestServer()), { version_info: "" });
+    expect(res.status).toBe(503);
+    expect((await res.json()).message).toBe("no snapshot published yet");
+  });
+});
