@@ -1,0 +1,88 @@
+// One replicated service as the controller knows it: members and their roles, and the rules
+// for changing them. Pure functions over immutable values; the controller persists the result.
+//
+//   replica ──promote──► primary ──fails / switchover──► stale (failed) | replica (planned)
+//      │                                                   │
+//      ├──detached/diverged (relay, digest check)──► not promotable until rejoined
+//      └──fails──► stale                         stale ──rejoin (API, after reseeding)──► replica
+
+export type Role = "primary" | "replica" | "stale" | "detached" | "diverged";
+
+export interface Member {
+  readonly name: string;
+  readonly address: string;
+  readonly role: Role;
+  /** Health as last seen (health checks), and what the relay reports. */
+  readonly alive: boolean;
+  /** Bytes sent to it and not yet acknowledged, summed over open connections. */
+  readonly lagBytes: number;
+  /** Last measured round-trip time, ms (undefined: not measured yet). */
+  readonly rttMs?: number;
+}
+
+export interface Service {
+  readonly name: string;
+  readonly members: readonly Member[];
+}
+
+export class ModelError extends Error {
+  constructor(readonly code: "NO_SUCH_MEMBER" | "NOT_PROMOTABLE" | "NO_CANDIDATE" | "IS_PRIMARY" | "DUPLICATE", message: string) { super(message); }
+}
+
+export function primaryOf(s: Service): Member | undefined { return s.members.find((m) => m.role === "primary"); }
+
+/** Members that may become primary: live replicas, never stale, detached or diverged ones. */
+export function promotable(s: Service): Member[] { return s.members.filter((m) => m.role === "replica" && m.alive); }
+
+/**
+ * The best replica to promote: alive and in sync, least lag, ties broken by lowest measured
+ * RTT (unmeasured last), then by name so the choice is deterministic.
+ */
+export function bestReplica(s: Service): Member | undefined {
+  return [...promotable(s)].sort((a, b) =>
+    a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name))[0];
+}
+
+function withRoles(s: Service, roles: Record<string, Role>): Service {
+  return Object.freeze({ ...s, members: Object.freeze(s.members.map((m) => (roles[m.name] ? Object.freeze({ ...m, role: roles[m.name] }) : m))) });
+}
+
+/**
+ * Promote `name` (or the best replica). The old primary becomes `stale` after a failure (it
+ * missed what the new primary serves from now on) or a `replica` after a planned switchover
+ * (it keeps receiving every new connection's bytes).
+ */
+export function promote(s: Service, reason: "failure" | "switchover", name?: string): { service: Service; promoted: Member; demoted?: Member } {
+  const target = name === undefined ? bestReplica(s) : s.members.find((m) => m.name === name);
+  if (!target) throw name === undefined
+    ? new ModelError("NO_CANDIDATE", `service "${s.name}" has no live, in-sync replica to promote`)
+    : new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
+  if (target.role === "primary") throw new ModelError("IS_PRIMARY", `"${target.name}" is already the primary of "${s.name}"`);
+  if (target.role !== "replica" || !target.alive) {
+    throw new ModelError("NOT_PROMOTABLE", `"${target.name}" is ${target.alive ? target.role : "down"}; only a live, in-sync replica can be promoted`);
+  }
+  const old = primaryOf(s);
+  const roles: Record<string, Role> = { [target.name]: "primary" };
+  if (old) roles[old.name] = reason === "failure" ? "stale" : "replica";
+  const service = withRoles(s, roles);
+  return { service, promoted: service.members.find((m) => m.name === target.name)!, demoted: old && service.members.find((m) => m.name === old.name) };
+}
+
+/** A replica fell out of sync (relay detach, digest mismatch) or died: it stops being promotable. */
+export function markOutOfSync(s: Service, name: string, role: "stale" | "detached" | "diverged"): Service {
+  const m = s.members.find((x) => x.name === name);
+  if (!m) throw new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
+  if (m.role === "primary") throw new ModelError("IS_PRIMARY", `"${name}" is the primary; a primary fails over, it is not marked ${role}`);
+  return withRoles(s, { [name]: role });
+}
+
+/** An operator reseeded a stale/detached/diverged member from the primary's state: it is a replica again. */
+export function rejoin(s: Service, name: string): Service {
+  const m = s.members.find((x) => x.name === name);
+  if (!m) throw new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
+  if (m.role === "primary" || m.role === "replica") throw new ModelError("DUPLICATE", `"${name}" is already ${m.role}`);
+  return withRoles(s, { [name]: "replica" });
+}
+
+/** Which replicas get new connections' bytes: every live replica that is not stale, detached or diverged. */
+export function mirrorTargets(s: Service): Member[] { return s.members.filter((m) => m.role === "replica"); }

@@ -1,0 +1,88 @@
+// The controller's membership rules and its store, without processes.
+import { describe, it, expect } from "vitest";
+import { mkdtempSync, writeFileSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { bestReplica, promote, markOutOfSync, rejoin, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
+import { FileStore, StoreError } from "../../controller/store/file-store.ts";
+
+const m = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + name.charCodeAt(0)}`, role, alive: true, lagBytes: 0, ...extra });
+const svc = (...members: Member[]): Service => ({ name: "kv", members });
+
+describe("choosing the replica to promote", () => {
+  it("prefers least lag, then lowest RTT, never a dead, stale, detached or diverged member", () => {
+    const s = svc(m("p", "primary"), m("a", "replica", { lagBytes: 10, rttMs: 0.1 }), m("b", "replica", { lagBytes: 0, rttMs: 0.9 }),
+      m("c", "replica", { lagBytes: 0, rttMs: 0.2 }), m("d", "replica", { alive: false }), m("e", "diverged"), m("f", "stale"), m("g", "detached"));
+    expect(bestReplica(s)?.name).toBe("c");
+    expect(bestReplica(svc(m("p", "primary"), m("x", "diverged"), m("y", "replica", { alive: false })))).toBeUndefined();
+  });
+
+  it("puts unmeasured RTT last and breaks full ties by name", () => {
+    expect(bestReplica(svc(m("b", "replica"), m("a", "replica", { rttMs: 5 })))?.name).toBe("a");
+    expect(bestReplica(svc(m("b", "replica"), m("a", "replica")))?.name).toBe("a");
+  });
+});
+
+describe("promotion", () => {
+  const s = svc(m("p", "primary"), m("a", "replica"), m("b", "replica", { lagBytes: 5 }));
+
+  it("after a failure: the best replica leads, the old primary is stale and leaves the mirror set", () => {
+    const { service, promoted, demoted } = promote(s, "failure");
+    expect([promoted.name, demoted?.role]).toEqual(["a", "stale"]);
+    expect(mirrorTargets(service).map((x) => x.name)).toEqual(["b"]);
+  });
+
+  it("after a planned switchover: the old primary becomes a replica for new connections", () => {
+    const { service, demoted } = promote(s, "switchover", "b");
+    expect(demoted?.role).toBe("replica");
+    expect(mirrorTargets(service).map((x) => x.name).sort()).toEqual(["a", "p"]);
+  });
+
+  it.each([
+    ["an unknown member", (x: Service) => promote(x, "switchover", "zz"), "NO_SUCH_MEMBER"],
+    ["the primary itself", (x: Service) => promote(x, "switchover", "p"), "IS_PRIMARY"],
+    ["a diverged member", (x: Service) => promote(markOutOfSync(x, "a", "diverged"), "switchover", "a"), "NOT_PROMOTABLE"],
+    ["a stale member", (x: Service) => promote(markOutOfSync(x, "a", "stale"), "switchover", "a"), "NOT_PROMOTABLE"],
+    ["nobody left", (x: Service) => promote(markOutOfSync(markOutOfSync(x, "a", "detached"), "b", "stale"), "failure"), "NO_CANDIDATE"],
+  ])("refuses to promote %s, leaving the service as it was", (_what, act, code) => {
+    const before = JSON.stringify(s);
+    expect(() => act(s)).toThrow(ModelError);
+    try { act(s); } catch (err) { expect((err as ModelError).code).toBe(code); }
+    expect(JSON.stringify(s)).toBe(before);
+  });
+
+  it("takes a stale member back only through an explicit rejoin", () => {
+    const failed = promote(s, "failure").service;
+    expect(failed.members.find((x) => x.name === "p")?.role).toBe("stale");
+    const back = rejoin(failed, "p");
+    expect(back.members.find((x) => x.name === "p")?.role).toBe("replica");
+    expect(() => rejoin(back, "p")).toThrow('"p" is already replica');
+    expect(() => markOutOfSync(back, "a", "diverged")).toThrow("is the primary");
+  });
+});
+
+describe("file store", () => {
+  const validate = (raw: unknown) => {
+    if (typeof raw !== "object" || raw === null || (raw as any).schema !== 1) throw new StoreError("not a lockstep store (schema 1)");
+    return raw as { schema: 1; services: Service[] };
+  };
+
+  it("round-trips a document and leaves no temporary file behind", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lockstep-store-"));
+    const store = new FileStore(join(dir, "state", "controller.json"), validate);
+    expect(store.load()).toBeUndefined();
+    const doc = { schema: 1 as const, services: [svc(m("p", "primary"), m("a", "replica"))] };
+    store.save(doc);
+    store.save({ ...doc, services: [promote(doc.services[0], "failure").service] });
+    expect(store.load()?.services[0].members.map((x) => x.role)).toEqual(["stale", "primary"]);
+    expect(readdirSync(join(dir, "state"))).toEqual(["controller.json"]);
+  });
+
+  it("refuses a corrupt or foreign file instead of starting empty", () => {
+    const dir = mkdtempSync(join(tmpdir(), "lockstep-store-"));
+    writeFileSync(join(dir, "bad.json"), "{ half");
+    expect(() => new FileStore(join(dir, "bad.json"), validate).load()).toThrow("not valid JSON");
+    writeFileSync(join(dir, "other.json"), '{"schema": 9}');
+    expect(() => new FileStore(join(dir, "other.json"), validate).load()).toThrow("not a lockstep store");
+  });
+});
