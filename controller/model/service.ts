@@ -26,7 +26,7 @@ export interface Service {
 }
 
 export class ModelError extends Error {
-  constructor(readonly code: "NO_SUCH_MEMBER" | "NOT_PROMOTABLE" | "NO_CANDIDATE" | "IS_PRIMARY" | "DUPLICATE", message: string) { super(message); }
+  constructor(readonly code: "UNKNOWN_SERVICE" | "NO_SUCH_MEMBER" | "NOT_PROMOTABLE" | "NO_CANDIDATE" | "IS_PRIMARY" | "DUPLICATE", message: string) { super(message); }
 }
 
 export function primaryOf(s: Service): Member | undefined { return s.members.find((m) => m.role === "primary"); }

@@ -1,0 +1,55 @@
+// OpenAPI 3.1 description of the controller's HTTP API (routes.ts). Served at GET /v1/openapi.json.
+import { API_ERRORS } from "./errors.ts";
+
+const error = { $ref: "#/components/schemas/Error" };
+const service = { $ref: "#/components/schemas/Service" };
+const errors = (...codes: (keyof typeof API_ERRORS)[]) => Object.fromEntries(
+  [...new Set(codes.map((c) => API_ERRORS[c].status))].map((status) => [String(status), {
+    description: codes.filter((c) => API_ERRORS[c].status === status).map((c) => `${c}: ${API_ERRORS[c].summary}`).join("; "),
+    content: { "application/json": { schema: error } },
+  }]));
+const ok = (description: string, schema: object, status = "200") => ({ [status]: { description, content: { "application/json": { schema } } } });
+const serviceParam = { name: "service", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
+const memberParam = { name: "member", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
+const secured = [{ bearer: [] }];
+const mutating = ["UNAUTHORIZED", "BAD_REQUEST", "UNKNOWN_SERVICE"] as const;
+
+export const OPENAPI = {
+  openapi: "3.1.0",
+  info: { title: "lockstep controller", version: "1", description: "Replicated TCP services behind Envoy: members, promotion, events. Mutating calls need a bearer token." },
+  paths: {
+    "/v1/openapi.json": { get: { summary: "This document", responses: ok("the OpenAPI document", { type: "object" }) } },
+    "/v1/services": { get: { summary: "All services with their members", responses: ok("services", { type: "object", properties: { services: { type: "array", items: service } } }) } },
+    "/v1/services/{service}": { get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors("UNKNOWN_SERVICE", "BAD_REQUEST") } } },
+    "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string" } }], responses: ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }) } },
+    "/v1/services/{service}/promote": { post: {
+      summary: "Planned switchover: promote a replica (the best one if none is named); the old primary becomes a replica",
+      security: secured, parameters: [serviceParam],
+      requestBody: { required: false, content: { "application/json": { schema: { type: "object", additionalProperties: false, properties: { member: { type: "string" } } } } } },
+      responses: { ...ok("the service after the switchover", service), ...errors(...mutating, "NO_SUCH_MEMBER", "NOT_PROMOTABLE", "IS_PRIMARY", "NO_CANDIDATE", "PAYLOAD_TOO_LARGE") },
+    } },
+    "/v1/services/{service}/members": { post: {
+      summary: "Add a replica (started from the primary's state)", security: secured, parameters: [serviceParam],
+      requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string" }, address: { type: "string", description: "host:port" } } } } } },
+      responses: { ...ok("the service with the new replica", service, "201"), ...errors(...mutating, "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+    } },
+    "/v1/services/{service}/members/{member}": { delete: {
+      summary: "Remove a member (not the primary)", security: secured, parameters: [serviceParam, memberParam],
+      responses: { ...ok("the service without the member", service), ...errors(...mutating, "NO_SUCH_MEMBER", "IS_PRIMARY") },
+    } },
+    "/v1/services/{service}/members/{member}/rejoin": { post: {
+      summary: "Take back a stale, detached or diverged member as a replica, after reseeding it from the primary's state",
+      security: secured, parameters: [serviceParam, memberParam],
+      responses: { ...ok("the service with the member as a replica", service), ...errors(...mutating, "NO_SUCH_MEMBER", "DUPLICATE") },
+    } },
+  },
+  components: {
+    securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
+    schemas: {
+      Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
+      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: "boolean" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
+      Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
+      Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
+    },
+  },
+} as const;

@@ -1,0 +1,92 @@
+// The controller's HTTP API under /v1 (express). Reads are open; mutating calls need
+// `Authorization: Bearer <token>`. Bad input gets a 4xx with a coded error and changes nothing.
+// The OpenAPI document (openapi.ts) describes exactly these routes; a test keeps them in step.
+import express, { type Request, type Response, type NextFunction, type Router } from "express";
+import { timingSafeEqual } from "node:crypto";
+import { ApiError, toApiError } from "./errors.ts";
+import { OPENAPI } from "./openapi.ts";
+import type { ControllerState } from "../state.ts";
+import type { Service } from "../model/service.ts";
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
+export const MAX_BODY_BYTES = 16 * 1024;
+
+function view(s: Service, state: ControllerState) {
+  const last = state.history(s.name).filter((e) => e.kind === "promotion" || e.kind === "switchover").at(-1);
+  return {
+    name: s.name,
+    primary: s.members.find((m) => m.role === "primary")?.name ?? null,
+    members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
+    lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
+  };
+}
+
+function param(req: Request, key: string): string {
+  const v = req.params[key];
+  if (typeof v !== "string" || !NAME.test(v)) throw new ApiError("BAD_REQUEST", `"${key}" must be 1-64 characters of [A-Za-z0-9_-]`);
+  return v;
+}
+
+function body(req: Request): Record<string, unknown> {
+  const b = req.body;
+  if (b === undefined || b === null) return {};
+  if (typeof b !== "object" || Array.isArray(b)) throw new ApiError("BAD_REQUEST", "the body must be a JSON object");
+  return b as Record<string, unknown>;
+}
+
+function onlyKeys(b: Record<string, unknown>, allowed: string[]): void {
+  for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError("BAD_REQUEST", `unknown field "${k}" (allowed: ${allowed.join(", ") || "none"})`);
+}
+
+export function createApiRouter(state: ControllerState, options: { token: string }): Router {
+  const expected = Buffer.from(`Bearer ${options.token}`);
+  const requireToken = (req: Request, _res: Response, next: NextFunction) => {
+    const got = Buffer.from(req.get("authorization") ?? "");
+    if (got.length !== expected.length || !timingSafeEqual(got, expected)) return next(new ApiError("UNAUTHORIZED", "this call needs the header Authorization: Bearer <token>"));
+    next();
+  };
+  const json = express.json({ limit: MAX_BODY_BYTES, strict: true, type: () => true });
+
+  const r = express.Router();
+  r.get("/v1/openapi.json", (_req, res) => { res.json(OPENAPI); });
+  r.get("/v1/services", (_req, res) => { res.json({ services: state.list().map((s) => view(s, state)) }); });
+  r.get("/v1/services/:service", (req, res) => {
+    const s = state.get(param(req, "service"));
+    if (!s) throw new ApiError("UNKNOWN_SERVICE", `no service "${req.params.service}"`);
+    res.json(view(s, state));
+  });
+  r.get("/v1/events", (req, res) => {
+    const service = typeof req.query.service === "string" ? req.query.service : undefined;
+    res.json({ events: state.history(service) });
+  });
+  r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
+    const b = body(req);
+    onlyKeys(b, ["member"]);
+    if (b.member !== undefined && (typeof b.member !== "string" || !NAME.test(b.member))) throw new ApiError("BAD_REQUEST", '"member" must be a member name');
+    res.json(view(state.promote(param(req, "service"), "switchover", b.member as string | undefined), state));
+  });
+  r.post("/v1/services/:service/members", requireToken, json, (req, res) => {
+    const b = body(req);
+    onlyKeys(b, ["name", "address"]);
+    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", '"name" must be 1-64 characters of [A-Za-z0-9_-]');
+    if (typeof b.address !== "string" || !HOST_PORT.test(b.address)) throw new ApiError("BAD_REQUEST", '"address" must be "host:port"');
+    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: b.address }), state));
+  });
+  r.delete("/v1/services/:service/members/:member", requireToken, (req, res) => {
+    res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state));
+  });
+  r.post("/v1/services/:service/members/:member/rejoin", requireToken, (req, res) => {
+    res.json(view(state.rejoin(param(req, "service"), param(req, "member")), state));
+  });
+  r.use((_req, _res, next) => next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json")));
+  r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    const e = err as { type?: string; status?: number; message?: string };
+    const apiError = toApiError(err)
+      ?? (e.type === "entity.too.large" ? new ApiError("PAYLOAD_TOO_LARGE", `the body is larger than ${MAX_BODY_BYTES} bytes`)
+        : e.type === "entity.parse.failed" ? new ApiError("BAD_REQUEST", `the body is not valid JSON: ${e.message}`) : undefined);
+    if (!apiError) { res.status(500).json({ error: { code: "INTERNAL", message: "internal error; see the controller's log" } }); return; }
+    res.status(apiError.status).json(apiError.body());
+  });
+  return r;
+}

@@ -1,0 +1,106 @@
+// The controller's state: services, their members, and the event history. Every change goes
+// through here, is saved to the store, and is announced to listeners (xDS snapshot, relay).
+import { FileStore, StoreError } from "./store/file-store.ts";
+import { promote, rejoin, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
+
+export interface ControllerEvent {
+  readonly at: string;
+  readonly service: string;
+  readonly kind: "promotion" | "switchover" | "detach" | "rejoin" | "member_added" | "member_removed";
+  readonly member: string;
+  readonly detail: string;
+}
+
+export interface StoredState { schema: 1; services: Service[]; events: ControllerEvent[] }
+
+export function validateStoredState(raw: unknown): StoredState {
+  const r = raw as StoredState;
+  if (typeof raw !== "object" || raw === null || r.schema !== 1 || !Array.isArray(r.services) || !Array.isArray(r.events)) {
+    throw new StoreError("not a lockstep controller store (expected { schema: 1, services: [], events: [] })");
+  }
+  return r;
+}
+
+/** Events kept in memory and in the store (older ones are dropped). */
+export const MAX_EVENTS = 1000;
+
+export class ControllerState {
+  private services = new Map<string, Service>();
+  private events: ControllerEvent[] = [];
+  private readonly listeners: ((services: readonly Service[]) => void)[] = [];
+
+  constructor(private readonly store?: FileStore<StoredState>, private readonly now: () => Date = () => new Date()) {
+    const saved = store?.load();
+    if (saved) {
+      for (const s of saved.services) this.services.set(s.name, s);
+      this.events = saved.events;
+    }
+  }
+
+  onChange(listener: (services: readonly Service[]) => void): void { this.listeners.push(listener); }
+  list(): Service[] { return [...this.services.values()]; }
+  get(name: string): Service | undefined { return this.services.get(name); }
+  history(service?: string): ControllerEvent[] { return this.events.filter((e) => !service || e.service === service); }
+
+  /** Declare a service (from the config file at boot) unless the store already knows it. */
+  declare(service: Service): void {
+    if (this.services.has(service.name)) return;
+    this.commit(service, []);
+  }
+
+  promote(name: string, reason: "failure" | "switchover", member?: string): Service {
+    const { service, promoted, demoted } = promote(this.require(name), reason, member);
+    this.commit(service, [this.event(name, reason === "failure" ? "promotion" : "switchover", promoted.name,
+      `${promoted.name} is primary${demoted ? `; ${demoted.name} is ${demoted.role}` : ""}`)]);
+    return service;
+  }
+
+  rejoin(name: string, member: string): Service {
+    const service = rejoin(this.require(name), member);
+    this.commit(service, [this.event(name, "rejoin", member, `${member} is a replica again (operator reseeded it)`)]);
+    return service;
+  }
+
+  addReplica(name: string, member: { name: string; address: string }): Service {
+    const s = this.require(name);
+    if (s.members.some((m) => m.name === member.name || m.address === member.address)) {
+      throw new ModelError("DUPLICATE", `service "${name}" already has a member named "${member.name}" or at ${member.address}`);
+    }
+    const added: Member = { name: member.name, address: member.address, role: "replica", alive: true, lagBytes: 0 };
+    const service = Object.freeze({ ...s, members: Object.freeze([...s.members, Object.freeze(added)]) });
+    this.commit(service, [this.event(name, "member_added", member.name, `${member.name} at ${member.address} joins as a replica`)]);
+    return service;
+  }
+
+  removeMember(name: string, member: string): Service {
+    const s = this.require(name);
+    const m = s.members.find((x) => x.name === member);
+    if (!m) throw new ModelError("NO_SUCH_MEMBER", `service "${name}" has no member "${member}"`);
+    if (m.role === "primary") throw new ModelError("IS_PRIMARY", `"${member}" is the primary of "${name}"; promote another member first`);
+    const service = Object.freeze({ ...s, members: Object.freeze(s.members.filter((x) => x.name !== member)) });
+    this.commit(service, [this.event(name, "member_removed", member, `${member} removed`)]);
+    return service;
+  }
+
+  private require(name: string): Service {
+    const s = this.services.get(name);
+    if (!s) throw new ModelError("UNKNOWN_SERVICE", `no service "${name}"`);
+    return s;
+  }
+
+  private event(service: string, kind: ControllerEvent["kind"], member: string, detail: string): ControllerEvent {
+    return Object.freeze({ at: this.now().toISOString(), service, kind, member, detail });
+  }
+
+  /** Save first, then make the change visible: a change that could not be stored did not happen. */
+  private commit(service: Service, events: ControllerEvent[]): void {
+    const services = new Map(this.services).set(service.name, service);
+    const history = [...this.events, ...events].slice(-MAX_EVENTS);
+    this.store?.save({ schema: 1, services: [...services.values()], events: history });
+    this.services = services;
+    this.events = history;
+    for (const l of this.listeners) l(this.list());
+  }
+}
+
+export { primaryOf, mirrorTargets };
