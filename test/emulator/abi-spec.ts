@@ -1,44 +1,58 @@
 // The host functions of proxy-wasm ABI v0.2.1 (proxy-wasm/spec, abi-versions/v0.2.1) and the
-// WASI calls Envoy provides, with their exact signatures, plus the ABI's enumerations.
+// WASI calls Envoy provides, with their exact signatures. The emulator refuses a module whose
+// import of one of these names has another signature (Envoy fails such a module at load).
 import type { ValType } from "./wasm-imports.ts";
 
+export * from "./abi-status.ts";
+
 const i32 = (n: number): ValType[] => Array(n).fill("i32");
-type Sig = { params: ValType[]; results: ValType[] };
+export type Sig = { params: ValType[]; results: ValType[] };
 const sig = (params: ValType[], results: ValType[] = ["i32"]): Sig => ({ params, results });
 
+/** Every `env` function of the v0.2.1 spec. */
 export const ENV_SPEC: Record<string, Sig> = {
+  proxy_done: sig([]),
+  proxy_set_effective_context: sig(i32(1)),
   proxy_log: sig(i32(3)),
   proxy_get_log_level: sig(i32(1)),
   proxy_get_current_time_nanoseconds: sig(i32(1)),
   proxy_set_tick_period_milliseconds: sig(i32(1)),
-  proxy_get_buffer_bytes: sig(i32(5)),
   proxy_set_buffer_bytes: sig(i32(5)),
+  proxy_get_buffer_bytes: sig(i32(5)),
   proxy_get_buffer_status: sig(i32(3)),
-  proxy_get_property: sig(i32(4)),
-  proxy_set_property: sig(i32(4)),
-  proxy_set_effective_context: sig(i32(1)),
-  proxy_done: sig([]),
+  proxy_get_header_map_size: sig(i32(2)),
+  proxy_get_header_map_pairs: sig(i32(3)),
+  proxy_set_header_map_pairs: sig(i32(3)),
+  proxy_get_header_map_value: sig(i32(5)),
+  proxy_add_header_map_value: sig(i32(5)),
+  proxy_replace_header_map_value: sig(i32(5)),
+  proxy_remove_header_map_value: sig(i32(3)),
   proxy_continue_stream: sig(i32(1)),
   proxy_close_stream: sig(i32(1)),
+  proxy_get_status: sig(i32(3)),
+  proxy_send_local_response: sig(i32(8)),
+  proxy_http_call: sig(i32(10)),
+  proxy_grpc_call: sig(i32(12)),
   proxy_grpc_stream: sig(i32(9)),
   proxy_grpc_send: sig(i32(4)),
-  proxy_grpc_close: sig(i32(1)),
   proxy_grpc_cancel: sig(i32(1)),
-  proxy_grpc_call: sig(i32(12)),
-  proxy_http_call: sig(i32(10)),
-  proxy_define_metric: sig(i32(4)),
-  proxy_increment_metric: sig(["i32", "i64"]),
-  proxy_record_metric: sig(["i32", "i64"]),
-  proxy_get_metric: sig(i32(2)),
-  proxy_get_shared_data: sig(i32(5)),
+  proxy_grpc_close: sig(i32(1)),
   proxy_set_shared_data: sig(i32(5)),
+  proxy_get_shared_data: sig(i32(5)),
   proxy_register_shared_queue: sig(i32(3)),
   proxy_resolve_shared_queue: sig(i32(5)),
   proxy_enqueue_shared_queue: sig(i32(3)),
   proxy_dequeue_shared_queue: sig(i32(3)),
+  proxy_define_metric: sig(i32(4)),
+  proxy_record_metric: sig(["i32", "i64"]),
+  proxy_increment_metric: sig(["i32", "i64"]),
+  proxy_get_metric: sig(i32(2)),
+  proxy_get_property: sig(i32(4)),
+  proxy_set_property: sig(i32(4)),
   proxy_call_foreign_function: sig(i32(6)),
 };
 
+/** The WASI functions the emulator provides (the spec's, plus the minimal fd_* Envoy has). */
 export const WASI_SPEC: Record<string, Sig> = {
   fd_write: sig(i32(4)),
   fd_close: sig(i32(1)),
@@ -53,9 +67,4 @@ export const WASI_SPEC: Record<string, Sig> = {
   proc_exit: sig(i32(1), []),
 };
 
-export const Status = { OK: 0, NOT_FOUND: 1, BAD_ARGUMENT: 2, EMPTY: 7, INTERNAL_FAILURE: 10, UNIMPLEMENTED: 12 } as const;
-export const Action = { CONTINUE: 0, PAUSE: 1 } as const;
-export const BufferType = { DOWNSTREAM_DATA: 2, UPSTREAM_DATA: 3, GRPC_RECEIVE_BUFFER: 5, VM_CONFIGURATION: 6, PLUGIN_CONFIGURATION: 7 } as const;
-export const StreamType = { DOWNSTREAM: 2, UPSTREAM: 3 } as const;
-export const MetricType = { COUNTER: 0, GAUGE: 1, HISTOGRAM: 2 } as const;
-export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "critical"] as const;
+export const sigText = (s: Sig): string => `(${s.params.join(", ")}) -> (${s.results.join(", ")})`;

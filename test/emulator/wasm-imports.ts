@@ -2,10 +2,10 @@
 // so the emulator can refuse a module whose import arities differ from the ABI spec, as
 // Envoy does ("import type mismatch"). WebAssembly.Module.imports() gives no signatures.
 
-export type ValType = "i32" | "i64" | "f32" | "f64";
+export type ValType = "i32" | "i64" | "f32" | "f64" | "v128" | "funcref" | "externref";
 export interface FunctionImport { module: string; name: string; params: ValType[]; results: ValType[] }
 
-const VALTYPES: Record<number, ValType> = { 0x7f: "i32", 0x7e: "i64", 0x7d: "f32", 0x7c: "f64" };
+const VALTYPES: Record<number, ValType> = { 0x7f: "i32", 0x7e: "i64", 0x7d: "f32", 0x7c: "f64", 0x7b: "v128", 0x70: "funcref", 0x6f: "externref" };
 
 class Cursor {
   at = 0;
@@ -23,6 +23,7 @@ class Cursor {
 
 export function functionImports(binary: Uint8Array): FunctionImport[] {
   const c = new Cursor(binary);
+  if (binary.length < 8 || binary[0] !== 0 || binary[1] !== 0x61 || binary[2] !== 0x73 || binary[3] !== 0x6d) throw new Error("emulator: not a wasm binary (bad magic)");
   c.at = 8; // magic + version
   const types: { params: ValType[]; results: ValType[] }[] = [];
   const imports: FunctionImport[] = [];
@@ -42,10 +43,16 @@ export function functionImports(binary: Uint8Array): FunctionImport[] {
         const module = c.name();
         const name = c.name();
         const kind = c.u8();
-        if (kind === 0) imports.push({ module, name, ...types[c.leb()] });
+        if (kind === 0) {
+          const t = types[c.leb()];
+          if (!t) throw new Error(`emulator: ${module}.${name} refers to a missing function type`);
+          imports.push({ module, name, params: t.params, results: t.results });
+        }
         else if (kind === 1) { c.u8(); c.limits(); }
         else if (kind === 2) c.limits();
         else if (kind === 3) { c.valtype(); c.u8(); }
+        else if (kind === 4) { c.u8(); c.leb(); }
+        else throw new Error(`emulator: unknown import kind ${kind} for ${module}.${name}`);
       }
     }
     c.at = end;
