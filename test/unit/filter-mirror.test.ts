@@ -237,8 +237,8 @@ export function proxy_on_context_create(a: u32, b: u32): void { send(1, 0, 0); }
     const bad = compile(base + `@external("env", "abort") declare function abort2(a: u32, b: u32, c: u32, d: u32): void;
 export function proxy_on_context_create(a: u32, b: u32): void { abort2(0, 0, 0, 0); }`);
     expect(() => createNetworkHost({ wasmPath: bad, pluginConfig: "" })).toThrow("env.abort, which Envoy does not provide");
-    const unimplemented = compile(base + `@external("env", "proxy_get_shared_data") declare function gsd(a: usize, b: usize, c: usize, d: usize, e: usize): u32;
-export function proxy_on_context_create(a: u32, b: u32): void { gsd(0, 0, 0, 0, 0); }`);
-    expect(() => createNetworkHost({ wasmPath: unimplemented, pluginConfig: "" })).toThrow("emulator: env.proxy_get_shared_data not implemented");
+    const unimplemented = compile(base + `@external("env", "proxy_http_call") declare function hc(a: usize, b: usize, c: usize, d: usize, e: usize, f: usize, g: usize, h: usize, i: u32, j: usize): u32;
+export function proxy_on_context_create(a: u32, b: u32): void { hc(0, 0, 0, 0, 0, 0, 0, 0, 0, 0); }`);
+    expect(() => createNetworkHost({ wasmPath: unimplemented, pluginConfig: "" })).toThrow("emulator: proxy_http_call not implemented");
   });
 });
