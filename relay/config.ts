@@ -29,6 +29,9 @@ export interface RelayConfig {
   readonly ackIntervalMs: number;
   /** An ACK goes out at once when `received` grew by this much since the last one. */
   readonly ackEveryBytes: number;
+  /** If set, the control call (PUT /v1/services/<service>/replicas on the metrics port) needs
+   *  `Authorization: Bearer <controlToken>`. The metrics port binds 127.0.0.1 by default. */
+  readonly controlToken?: string;
 }
 
 export const RELAY_DEFAULTS = Object.freeze({
@@ -68,7 +71,7 @@ export function parseReplicas(raw: unknown, field = "replicas"): readonly Replic
 export function parseRelayConfig(raw: unknown): RelayConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["listen", "metrics", "replicas", "limits", "ackIntervalMs", "ackEveryBytes"];
+  const known = ["listen", "metrics", "replicas", "limits", "ackIntervalMs", "ackEveryBytes", "controlToken"];
   for (const k of Object.keys(r)) if (!known.includes(k)) fail(k, `is not a known field (known: ${known.join(", ")})`);
   const listen = r.listen ?? {};
   const metrics = r.metrics ?? {};
@@ -89,6 +92,7 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
     ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),
+    ...(r.controlToken === undefined ? {} : { controlToken: typeof r.controlToken === "string" && r.controlToken.length >= 8 ? r.controlToken : fail("controlToken", "must be a string of at least 8 characters") }),
   });
 }
 

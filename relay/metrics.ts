@@ -8,12 +8,16 @@
 //   lockstep_relay_connections_unmirrored_total        counter  streams whose primary was unknown: mirrored nowhere
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
 //   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections
-//   lockstep_relay_replica_connections_active{replica} gauge    replica connections open
-//   lockstep_relay_replica_connections_total{replica}  counter  replica connections opened
-//   lockstep_relay_replica_bytes_queued_total{replica} counter  bytes accepted for the replica
-//   lockstep_relay_replica_bytes_acked_total{replica}  counter  bytes written to the replica's socket
-//   lockstep_relay_replica_reply_bytes_dropped_total{replica}  counter  replica replies read and dropped
-//   lockstep_relay_replica_detaches_total{replica,reason}      counter  connections on which it fell out of sync
+//
+// Per-replica series carry the labels {service, replica} (a replica's name is unique within
+// its service):
+//   lockstep_relay_replica_connections_active   gauge    replica connections open
+//   lockstep_relay_replica_connections_total    counter  replica connections opened
+//   lockstep_relay_replica_bytes_queued_total   counter  bytes accepted for the replica
+//   lockstep_relay_replica_bytes_acked_total    counter  bytes written to the replica's socket
+//   lockstep_relay_replica_lag_bytes            gauge    accepted and not yet written, over its open connections
+//   lockstep_relay_replica_reply_bytes_dropped_total  counter  replica replies read and dropped
+//   lockstep_relay_replica_detaches_total{…,reason}   counter  connections on which it fell out of sync
 
 type Labels = Record<string, string>;
 
@@ -28,7 +32,12 @@ class Family {
   }
   add(n: number, labels: Labels = {}): void { this.entry(labels).value += n; }
   set(n: number, labels: Labels = {}): void { this.entry(labels).value = n; }
-  get(labels: Labels = {}): number { return this.series.get(JSON.stringify(labels))?.value ?? 0; }
+  /** Sum of the series whose labels include all of `labels` ({} sums the whole family). */
+  get(labels: Labels = {}): number {
+    let total = 0;
+    for (const e of this.series.values()) if (Object.entries(labels).every(([k, v]) => e.labels[k] === v)) total += e.value;
+    return total;
+  }
 }
 
 export class RelayMetrics {
@@ -49,6 +58,7 @@ export class RelayMetrics {
   readonly replicaConnections = this.family("lockstep_relay_replica_connections_total", "counter", "replica connections opened");
   readonly replicaQueued = this.family("lockstep_relay_replica_bytes_queued_total", "counter", "bytes accepted for the replica");
   readonly replicaAcked = this.family("lockstep_relay_replica_bytes_acked_total", "counter", "bytes written to the replica's socket");
+  readonly replicaLag = this.family("lockstep_relay_replica_lag_bytes", "gauge", "bytes accepted for the replica and not yet written, over its open connections");
   readonly replicaReplyDropped = this.family("lockstep_relay_replica_reply_bytes_dropped_total", "counter", "replica reply bytes read and dropped");
   readonly replicaDetaches = this.family("lockstep_relay_replica_detaches_total", "counter", "connections on which the replica fell out of sync");
 

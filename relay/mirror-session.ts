@@ -19,8 +19,8 @@ export interface SessionContext {
   readonly config: RelayConfig;
   readonly budget: ByteBudget;
   readonly metrics: RelayMetrics;
-  /** The replica set for connections opening now. */
-  replicas(): readonly ReplicaTarget[];
+  /** The replica set for a service's connections opening now. */
+  replicas(service: string): readonly ReplicaTarget[];
   log(line: string): void;
 }
 
@@ -88,9 +88,9 @@ export class MirrorSession {
       this.ctx.metrics.unmirrored.add(1);
       this.ctx.log(`connection ${open.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
     } else {
-      for (const target of this.ctx.replicas()) {
+      for (const target of this.ctx.replicas(open.service)) {
         if (sameEndpoint(target, open.primary)) continue; // the connection's primary is never its own mirror
-        const link = new ReplicaLink(target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
+        const link = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
           () => this.onLinkStateChange(), () => { this.releaseIfCaughtUp(); this.scheduleAck(false); });
         this.links.push({ role: "mirror", link });
       }

@@ -31,9 +31,10 @@ export class ReplicaLink {
   private readonly socket: Socket;
   private ending = false;
   private endSent = false;
-  private readonly labels: { replica: string };
+  private readonly labels: { service: string; replica: string };
 
   constructor(
+    readonly service: string,
     readonly target: ReplicaTarget,
     private readonly limits: RelayLimits,
     private readonly budget: ByteBudget,
@@ -43,7 +44,7 @@ export class ReplicaLink {
     /** Called when bytes were flushed (the session may send an ACK). */
     private readonly onProgress: () => void,
   ) {
-    this.labels = { replica: target.name };
+    this.labels = { service, replica: target.name };
     metrics.replicaConnections.add(1, this.labels);
     metrics.replicaActive.add(1, this.labels);
     const { host, port } = splitHostPort(target.address);
@@ -82,6 +83,7 @@ export class ReplicaLink {
     if (!this.budget.take(bytes.length)) return this.detach("RELAY_BOUND");
     this.queued += bytes.length;
     this.metrics.replicaQueued.add(bytes.length, this.labels);
+    this.metrics.replicaLag.add(bytes.length, this.labels);
     // Node's socket keeps the bytes in order until connected and written; the callback
     // fires once they are flushed to the kernel (or the socket failed).
     this.socket.write(bytes, (err) => {
@@ -90,6 +92,7 @@ export class ReplicaLink {
       this.lastProgressAt = Date.now();
       this.budget.give(bytes.length);
       this.metrics.replicaAcked.add(bytes.length, this.labels);
+      this.metrics.replicaLag.add(-bytes.length, this.labels);
       this.onProgress();
       this.maybeEnd();
     });
@@ -122,7 +125,7 @@ export class ReplicaLink {
     if (this.terminal) return;
     this.state = "DETACHED";
     this.reason = reason;
-    this.metrics.replicaDetaches.add(1, { replica: this.target.name, reason });
+    this.metrics.replicaDetaches.add(1, { ...this.labels, reason });
     this.release();
     this.onStateChange();
   }
@@ -132,7 +135,7 @@ export class ReplicaLink {
     if (this.terminal) return;
     this.state = "DETACHED";
     this.reason = "NONE";
-    this.metrics.replicaDetaches.add(1, { replica: this.target.name, reason: "STREAM_LOST" });
+    this.metrics.replicaDetaches.add(1, { ...this.labels, reason: "STREAM_LOST" });
     this.release();
   }
 
@@ -144,6 +147,7 @@ export class ReplicaLink {
 
   private release(): void {
     this.budget.give(this.lag);
+    this.metrics.replicaLag.add(-this.lag, this.labels);
     this.socket.destroy();
     this.metrics.replicaActive.add(-1, this.labels);
   }

@@ -1,9 +1,9 @@
 // The relay process's parts put together: the gRPC server that accepts one stream per
 // client connection, the shared byte budget, the metrics endpoint, and the replica set.
 import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
-import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { parseReplicas, type RelayConfig, type ReplicaTarget } from "./config.ts";
+import { parseReplicas, RelayConfigError, type RelayConfig, type ReplicaTarget } from "./config.ts";
 import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
 import { MirrorSession, type MirrorCall } from "./mirror-session.ts";
@@ -28,18 +28,44 @@ export interface RelayServer {
   readonly grpcPort: number;
   readonly metricsPort: number;
   readonly metrics: RelayMetrics;
-  /** Replace the replica set for connections that open from now on. */
-  setReplicas(replicas: unknown): Promise<void>;
-  replicas(): readonly ReplicaTarget[];
+  /** Replace the replica set for connections that open from now on: of `service`, or the
+   *  default set (services without a set of their own) when `service` is omitted. */
+  setReplicas(replicas: unknown, service?: string): Promise<void>;
+  replicas(service?: string): readonly ReplicaTarget[];
   close(): Promise<void>;
+}
+
+const SERVICE_REPLICAS_PATH = /^\/v1\/services\/([A-Za-z0-9_-]{1,64})\/replicas$/;
+const MAX_CONTROL_BODY_BYTES = 64 * 1024;
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_CONTROL_BODY_BYTES) { reject(new RelayConfigError(`body larger than ${MAX_CONTROL_BODY_BYTES} bytes`)); req.destroy(); return; }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.on("error", reject);
+  });
 }
 
 export async function startRelay(config: RelayConfig, log: (line: string) => void = () => {}): Promise<RelayServer> {
   const metrics = new RelayMetrics();
   const budget = new ByteBudget(config.limits.maxQueuedBytesTotal, metrics);
-  let replicas = config.replicas;
-  await resolveTargets(replicas);
-  const ctx = { config, budget, metrics, log, replicas: () => replicas };
+  let defaultReplicas = config.replicas;
+  const byService = new Map<string, readonly ReplicaTarget[]>();
+  await resolveTargets(defaultReplicas);
+  const replicasOf = (service?: string) => (service !== undefined && byService.get(service)) || defaultReplicas;
+  const setReplicas = async (raw: unknown, service?: string) => {
+    const next = parseReplicas(raw);
+    await resolveTargets(next);
+    if (service === undefined) defaultReplicas = next; else byService.set(service, next);
+    log(`replica set${service === undefined ? "" : ` of "${service}"`} now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+  };
+  const ctx = { config, budget, metrics, log, replicas: replicasOf };
 
   const grpc = new Server({
     "grpc.max_receive_message_length": MAX_FRAME_BYTES,
@@ -50,25 +76,44 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const grpcPort = await new Promise<number>((resolve, reject) =>
     grpc.bindAsync(`${config.listen.host}:${config.listen.port}`, ServerCredentials.createInsecure(), (err, port) => err ? reject(err) : resolve(port)));
 
+  const json = (res: ServerResponse, status: number, body: unknown) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body) + "\n");
+  };
+  // The control call the controller makes: PUT /v1/services/<service>/replicas {"replicas":[{name,address}]}.
+  const control = async (req: IncomingMessage, res: ServerResponse, service: string) => {
+    if (config.controlToken !== undefined && req.headers.authorization !== `Bearer ${config.controlToken}`) {
+      return json(res, 401, { error: "this call needs the header Authorization: Bearer <controlToken>" });
+    }
+    try {
+      let raw: unknown;
+      try { raw = JSON.parse(await readBody(req)); }
+      catch (err) { throw new RelayConfigError(err instanceof RelayConfigError ? err.message : `body is not valid JSON: ${(err as Error).message}`); }
+      if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...]}');
+      await setReplicas((raw as { replicas: unknown }).replicas, service);
+      json(res, 200, { service, replicas: replicasOf(service) });
+    } catch (err) {
+      if (!(err instanceof RelayConfigError)) throw err;
+      json(res, 400, { error: err.message });
+    }
+  };
   const http: HttpServer = createHttpServer((req, res) => {
     const url = req.url ?? "/";
+    const serviceReplicas = SERVICE_REPLICAS_PATH.exec(url.split("?")[0]);
+    if (serviceReplicas && req.method === "PUT") { control(req, res, serviceReplicas[1]).catch(() => json(res, 500, { error: "internal error" })); return; }
+    if (serviceReplicas && req.method === "GET") { json(res, 200, { service: serviceReplicas[1], replicas: replicasOf(serviceReplicas[1]) }); return; }
     if (url.startsWith("/metrics")) { res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }); res.end(metrics.prometheus()); }
     else if (url.startsWith("/stats")) { res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify(metrics.json())); }
     else if (url.startsWith("/healthz")) { res.writeHead(200, { "content-type": "text/plain" }); res.end("ok\n"); }
-    else { res.writeHead(404, { "content-type": "text/plain" }); res.end("not found: try /metrics, /stats or /healthz\n"); }
+    else { res.writeHead(404, { "content-type": "text/plain" }); res.end("not found: try /metrics, /stats, /healthz or /v1/services/<service>/replicas\n"); }
   });
   await new Promise<void>((resolve, reject) => { http.once("error", reject); http.listen(config.metrics.port, config.metrics.host, () => resolve()); });
   const metricsPort = (http.address() as AddressInfo).port;
 
   return {
     grpcPort, metricsPort, metrics,
-    replicas: () => replicas,
-    async setReplicas(raw) {
-      const next = parseReplicas(raw);
-      await resolveTargets(next);
-      replicas = next;
-      log(`replica set now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
-    },
+    replicas: replicasOf,
+    setReplicas,
     async close() {
       await new Promise<void>((resolve) => grpc.tryShutdown(() => resolve()));
       await new Promise<void>((resolve) => http.close(() => resolve()));

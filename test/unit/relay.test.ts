@@ -137,6 +137,28 @@ describe("mirror relay", () => {
     await expect(relay.setReplicas([{ name: "bad name", address: "x" }])).rejects.toThrow('"replicas[0].name"');
   });
 
+  it("keeps a replica set per service, set through its control call, and refuses bad ones without change", async () => {
+    const base = `http://127.0.0.1:${relay.metricsPort}/v1/services/t/replicas`;
+    const put = (body: string) => fetch(base, { method: "PUT", body });
+    expect((await put(JSON.stringify({ replicas: [{ name: "rb", address: replicas[1].address }] }))).status).toBe(200);
+    for (const bad of ["not json", JSON.stringify({ replicas: [{ name: "x y", address: "a:1" }] }), JSON.stringify({ other: 1 })]) {
+      const res = await put(bad);
+      expect(res.status).toBe(400);
+      expect((await res.json()).error).toMatch(/JSON|replicas/);
+    }
+    expect((await (await fetch(base)).json()).replicas).toEqual([{ name: "rb", address: replicas[1].address }]);
+    // Service "t" now feeds rb only; another service still has the default set.
+    const s = open();
+    s.call.write(encodeData(0, Buffer.from("to t")));
+    s.call.end();
+    await s.status;
+    expect(s.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["rb"]);
+    expect(relay.replicas("other").map((r) => r.name)).toEqual(["ra", "rb"]);
+    expect(relay.metrics.replicaConnections.get({ service: "t", replica: "rb" })).toBe(1);
+    expect(relay.metrics.replicaConnections.get({ replica: "ra" })).toBe(0);
+    expect(relay.metrics.replicaLag.get()).toBe(0);
+  });
+
   it.each([
     [{ listen: { port: 70000 } }, '"listen.port"'],
     [{ limits: { maxLagBytesPerConnection: 1000 } }, '"limits.maxLagBytesPerConnection" must be a whole number from 1048576'],
