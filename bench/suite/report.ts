@@ -1,0 +1,254 @@
+// The report of one run: a Markdown table per section, the targets of issue 5 reported against
+// (never asserted), and an SVG plot drawn here by hand (no plotting dependency).
+import type { BulkSection, ConnsSection, FailoverSection, LatencySection, PlacementRow } from "./sections.ts";
+import type { Spread } from "./stats.ts";
+
+export interface Results {
+  meta: {
+    date: string; mode: string; loadBefore: string; loadAfter: string; seconds: number;
+    cpus: string; envoy: string; node: string; fileLimit: number; placement: string;
+  };
+  latency?: LatencySection[];
+  placement?: PlacementRow[];
+  bulk?: BulkSection;
+  conns?: ConnsSection;
+  failover?: FailoverSection;
+}
+
+const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "–");
+const sp = (s: Spread | null | undefined, d = 1, scale = 1) =>
+  s ? (s.n > 1 ? `${f(s.median * scale, d)} (${f(s.min * scale, d)}–${f(s.max * scale, d)})` : f(s.median * scale, d)) : "–";
+const pctOf = (x: number) => `${f(x * 100, 0)}%`;
+const MiB = 1 / 2 ** 20;
+const KiB = 1 / 2 ** 10;
+
+export interface Target { what: string; target: string; ours: string; met: boolean | null }
+
+export function targets(r: Results): Target[] {
+  const out: Target[] = [];
+  for (const l of r.latency ?? []) {
+    const row = (k: string) => l.rows.find((x) => x.setup === k);
+    for (const [k, limit] of [["lockstep-0", 1.03], ["lockstep-1", 1.10], ["lockstep-3", 1.20]] as const) {
+      const x = row(k);
+      if (x) out.push({ what: `p50 latency ${l.size} B, ${k.replace("lockstep-", "")} replicas`, target: `≤ ×${limit.toFixed(2)}`, ours: `×${f(x.ratio.p50, 3)}`, met: x.ratio.p50 <= limit });
+    }
+    const lock = l.rows.filter((x) => x.setup.startsWith("lockstep-"));
+    if (lock.length) {
+      const worst = lock.reduce((a, b) => (b.ratio.p99 > a.ratio.p99 ? b : a));
+      out.push({ what: `p99 latency ${l.size} B, worst lockstep set-up (${worst.setup})`, target: "≤ ×1.25", ours: `×${f(worst.ratio.p99, 3)}`, met: worst.ratio.p99 <= 1.25 });
+    }
+  }
+  if (r.bulk) {
+    for (const [k, limit] of [["lockstep-1", 0.6], ["lockstep-3", 0.35]] as const) {
+      const x = r.bulk.rows.find((y) => y.setup === k);
+      if (x) {
+        const clean = x.detaches === 0 && x.overflows === 0 && x.replicasComplete;
+        out.push({ what: `bulk throughput, ${k.replace("lockstep-", "")} replica${k === "lockstep-1" ? "" : "s"}, no detach`, target: `≥ ${pctOf(limit)} of tcp_proxy`,
+          ours: `${pctOf(x.ratio)}, ${x.detaches} detaches, ${x.overflows} mirrors cut`, met: x.ratio >= limit && clean });
+      }
+    }
+  }
+  if (r.conns) {
+    const n = Math.max(...r.conns.counts);
+    const x = r.conns.rows.find((y) => y.connections === n && y.setup !== "tcp_proxy");
+    if (x) out.push({ what: `memory at ${n} connections, ${r.conns.replicas} replicas (Envoy + relay RSS)`, target: "≤ ×2 plain tcp_proxy", ours: `×${f(x.totalRatio, 2)}`, met: x.totalRatio <= 2 });
+  }
+  const fo = r.failover;
+  for (const [kind, limit] of [["kill", 10], ["stop", 300]] as const) {
+    const x = fo?.rows.find((y) => y.kind === kind);
+    const what = `failover p99, ${kind === "kill" ? "kill -9" : "SIGSTOP (silent)"} primary, 0 failed connects`;
+    out.push(x
+      ? { what, target: `≤ ${limit} ms`, ours: `${f(x.p99, 1)} ms, ${x.failedConnects} failed connects (${x.trials} trials)`, met: x.p99 <= limit && x.failedConnects === 0 }
+      : { what, target: `≤ ${limit} ms`, ours: fo?.status ?? "not run", met: null });
+  }
+  return out;
+}
+
+export function renderMarkdown(r: Results): string {
+  const m = r.meta;
+  const out: string[] = [
+    `# Benchmark results (${m.mode} mode, ${m.date.slice(0, 16).replace("T", " ")} UTC)`,
+    "",
+    `Written by \`${m.mode === "quick" ? "npm run bench -- --quick" : "npm run bench"}\` (bench/run.ts); method and discussion: [docs/BENCHMARKS.md](../../docs/BENCHMARKS.md)${m.mode === "quick" ? " (quick mode is too small to mean much: it proves the harness)" : ""}.`,
+    `Machine: ${m.cpus}; Envoy ${m.envoy}; Node ${m.node}; load average before ${m.loadBefore}, after ${m.loadAfter}; ${m.seconds} s in all.`,
+    `Placement: ${m.placement}. Cells with a range are the median over rounds (min–max over rounds).`,
+    "",
+    "![plot](results.svg)",
+    "",
+  ];
+  for (const l of r.latency ?? []) {
+    out.push(`## Latency, ${l.size} B request / ${l.size} B reply`, "",
+      `One connection, closed loop, ${l.exchanges} timed exchanges per round after a warm-up, ${l.rounds} rounds. µs; ratios are medians over the tcp_proxy row's medians.`, "",
+      "| set-up | p50 µs | p99 µs | p99.9 µs | p50 ×tcp_proxy | p99 ×tcp_proxy | p99.9 ×tcp_proxy | client CPU busy |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+      ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${pctOf(x.clientBusy)} |`), "");
+  }
+  if (r.placement) {
+    out.push("## Placement check (64 B, p50 µs)", "",
+      "The same exchange with the processes placed three ways: a wake-up that crosses cores costs tens of µs on this machine.", "",
+      "| placement | direct | tcp_proxy |", "| --- | ---: | ---: |",
+      ...r.placement.map((p) => `| ${p.placement} | ${f(p.direct)} | ${f(p.tcpProxy)} |`), "");
+  }
+  if (r.bulk) {
+    const b = r.bulk;
+    out.push(`## Bulk throughput, ${f(b.bytes * MiB, 0)} MiB per run`, "",
+      `One connection streams to a sink backend, half-closes and waits for the close; ${b.rounds} round${b.rounds > 1 ? "s" : ""}. CPU s/GB from /proc/<pid>/stat (utime + stime) over the run, counted until every replica took the last byte. Pauses: times the filter paused the client because the relay was behind; detaches and mirrors cut over all rounds.`, "",
+      "| set-up | MB/s | ×tcp_proxy | Envoy CPU s/GB | relay CPU s/GB | client CPU busy | pauses | detaches | mirrors cut | replicas got every byte | last replica caught up |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+      ...b.rows.map((x) => `| ${x.label} | ${sp(x.mbps, 0)} | ${f(x.ratio, 3)} | ${sp(x.envoyCpuPerGB, 2)} | ${sp(x.relayCpuPerGB, 2)} | ${pctOf(x.clientBusy)} | ${x.replicas ? x.pauses : "–"} | ${x.replicas ? x.detaches : "–"} | ${x.replicas ? x.overflows : "–"} | ${x.replicas ? (x.replicasComplete ? "yes" : "**no**") : "–"} | ${x.replicas ? `${x.catchUpMs} ms` : "–"} |`), "");
+  }
+  if (r.conns) {
+    const c = r.conns;
+    out.push(`## Many connections, ${c.replicas} replicas`, "",
+      `Connections opened and held, each after one 16-byte echo exchange (for lockstep: until the relay holds every stream and every replica connection). RSS from /proc/<pid>/status; per connection = (RSS holding them − RSS before) / connections. Fresh processes every round; ${c.rounds} round${c.rounds > 1 ? "s" : ""}.`, "",
+      "| connections | set-up | Envoy RSS MiB | relay RSS MiB | Envoy KiB/conn | relay KiB/conn | (Envoy + relay) ×tcp_proxy | open all, s |",
+      "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+      ...c.rows.map((x) => `| ${x.connections} | ${x.label} | ${sp(x.envoyRss, 1, MiB)} | ${sp(x.relayRss, 1, MiB)} | ${sp(x.envoyPerConn, 2, KiB)} | ${sp(x.relayPerConn, 2, KiB)} | ${f(x.totalRatio, 2)} | ${sp(x.openSeconds, 2)} |`), "");
+  }
+  if (r.failover) {
+    out.push("## Failover", "", `Status: ${r.failover.status}.`, "");
+    if (r.failover.rows.length) {
+      out.push("| primary | trials | failure → first served p50 ms | p99 ms | max ms | failed connects | note |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ...r.failover.rows.map((x) => `| ${x.kind === "kill" ? "kill -9" : "SIGSTOP"} | ${x.trials} | ${f(x.p50, 1)} | ${f(x.p99, 1)} | ${f(x.max, 1)} | ${x.failedConnects} | ${x.note.replace(/\|/g, "/")} |`), "");
+    }
+  }
+  out.push("## Targets of issue 5 (reported, not asserted)", "", "| what | target | this run | met |", "| --- | --- | --- | --- |",
+    ...targets(r).map((t) => `| ${t.what} | ${t.target} | ${t.ours} | ${t.met === null ? "not measured" : t.met ? "yes" : "**no**"} |`), "");
+  return out.join("\n");
+}
+
+// ---------------------------------------------------------------- SVG
+
+const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1"];
+
+interface Series { name: string; values: (number | null)[]; lo?: (number | null)[]; hi?: (number | null)[]; color?: string }
+interface Chart {
+  x: number; y: number; w: number; h: number; title: string; yLabel: string;
+  categories: string[]; series: Series[]; stacked?: boolean; refLines?: { y: number; label: string }[];
+  valueLabel?: (v: number) => string;
+}
+
+function niceMax(v: number): number {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const k of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (k * p >= v) return k * p;
+  return 10 * p;
+}
+
+function barChart(c: Chart): string {
+  const pad = { l: 56, r: 28, t: 28, b: 64 };
+  const pw = c.w - pad.l - pad.r, ph = c.h - pad.t - pad.b;
+  const ox = c.x + pad.l, oy = c.y + pad.t + ph;
+  const tops = c.categories.map((_, i) => c.stacked
+    ? c.series.reduce((n, s) => n + (s.values[i] ?? 0), 0)
+    : Math.max(...c.series.map((s) => Math.max(s.hi?.[i] ?? 0, s.values[i] ?? 0))));
+  const ymax = niceMax(Math.max(...tops, ...(c.refLines ?? []).map((r) => r.y)) * 1.08);
+  const Y = (v: number) => oy - (v / ymax) * ph;
+  const o: string[] = [];
+  o.push(`<text x="${c.x + c.w / 2}" y="${c.y + 16}" text-anchor="middle" font-size="13" font-weight="bold">${esc(c.title)}</text>`);
+  const ticks = [5, 4, 6, 3].find((n) => Number.isInteger(+((ymax / n) * 100).toPrecision(6)) && +(ymax / n).toPrecision(2) === ymax / n) ?? 4;
+  for (let k = 0; k <= ticks; k++) {
+    const v = (ymax * k) / ticks;
+    o.push(`<line x1="${ox}" x2="${ox + pw}" y1="${Y(v)}" y2="${Y(v)}" stroke="#ddd"/>`);
+    o.push(`<text x="${ox - 4}" y="${Y(v) + 4}" text-anchor="end" font-size="10">${+v.toPrecision(3)}</text>`);
+  }
+  o.push(`<text transform="translate(${c.x + 12},${c.y + pad.t + ph / 2}) rotate(-90)" text-anchor="middle" font-size="11">${esc(c.yLabel)}</text>`);
+  const gw = pw / c.categories.length;
+  const nb = c.stacked ? 1 : c.series.length;
+  const bw = Math.min(28, (gw * 0.8) / nb);
+  c.categories.forEach((cat, i) => {
+    const gx = ox + gw * i + (gw - bw * nb) / 2;
+    let acc = 0;
+    c.series.forEach((s, j) => {
+      const v = s.values[i];
+      if (v === null || v === undefined || !Number.isFinite(v)) return;
+      const bx = c.stacked ? gx : gx + j * bw;
+      const y0 = Y(acc + v), y1 = Y(acc);
+      o.push(`<rect x="${bx.toFixed(1)}" y="${y0.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${Math.max(0.5, y1 - y0).toFixed(1)}" fill="${s.color ?? COLORS[j % COLORS.length]}"><title>${esc(`${cat} ${s.name}: ${v}`)}</title></rect>`);
+      const lo = s.lo?.[i], hi = s.hi?.[i];
+      if (!c.stacked && lo != null && hi != null && hi > lo) {
+        const cx = bx + (bw - 2) / 2;
+        o.push(`<path d="M${cx} ${Y(lo)}V${Y(hi)}M${cx - 3} ${Y(lo)}h6M${cx - 3} ${Y(hi)}h6" stroke="#333" fill="none"/>`);
+      }
+      if (c.valueLabel && !c.stacked) o.push(`<text x="${bx + (bw - 2) / 2}" y="${Y(Math.max(v, hi ?? v)) - 3}" text-anchor="middle" font-size="9">${esc(c.valueLabel(v))}</text>`);
+      if (c.stacked) acc += v;
+    });
+    if (c.stacked && c.valueLabel) o.push(`<text x="${gx + (bw - 2) / 2}" y="${Y(acc) - 3}" text-anchor="middle" font-size="9">${esc(c.valueLabel(acc))}</text>`);
+    const lines = cat.split("\n");
+    lines.forEach((line, k) => o.push(`<text x="${ox + gw * i + gw / 2}" y="${oy + 14 + k * 12}" text-anchor="middle" font-size="10">${esc(line)}</text>`));
+  });
+  for (const r of c.refLines ?? []) {
+    o.push(`<line x1="${ox}" x2="${ox + pw}" y1="${Y(r.y)}" y2="${Y(r.y)}" stroke="#c00" stroke-dasharray="4 3"/>`);
+    o.push(`<text x="${ox + pw + 2}" y="${Y(r.y) + 3}" text-anchor="start" font-size="9" fill="#c00">${esc(r.label)}</text>`);
+  }
+  o.push(`<line x1="${ox}" x2="${ox + pw}" y1="${oy}" y2="${oy}" stroke="#333"/><line x1="${ox}" x2="${ox}" y1="${oy}" y2="${oy - ph}" stroke="#333"/>`);
+  // legend
+  let lx = ox;
+  c.series.forEach((s, j) => {
+    o.push(`<rect x="${lx}" y="${c.y + c.h - 16}" width="10" height="10" fill="${s.color ?? COLORS[j % COLORS.length]}"/><text x="${lx + 14}" y="${c.y + c.h - 7}" font-size="10">${esc(s.name)}</text>`);
+    lx += 22 + s.name.length * 6;
+  });
+  return o.join("\n");
+}
+
+function message(x: number, y: number, w: number, h: number, title: string, text: string): string {
+  return `<text x="${x + w / 2}" y="${y + 16}" text-anchor="middle" font-size="13" font-weight="bold">${esc(title)}</text>
+<text x="${x + w / 2}" y="${y + h / 2}" text-anchor="middle" font-size="12" fill="#666">${esc(text)}</text>`;
+}
+
+const short = (k: string) => k === "tcp_proxy" ? "tcp_proxy" : k === "direct" ? "direct" : k.replace("lockstep-", "lockstep\n") + (k.startsWith("lockstep") ? " repl." : "");
+
+export function renderSvg(r: Results): string {
+  const W = 1200, H = 720, cw = W / 3, ch = (H - 40) / 2;
+  const parts: string[] = [];
+  const cell = (i: number) => ({ x: (i % 3) * cw, y: 36 + Math.floor(i / 3) * ch, w: cw, h: ch });
+  (r.latency ?? []).slice(0, 2).forEach((l, i) => {
+    parts.push(barChart({ ...cell(i), title: `Latency ${l.size} B, ×plain tcp_proxy`, yLabel: "ratio of medians",
+      categories: l.rows.map((x) => short(x.setup)),
+      series: [
+        { name: "p50", values: l.rows.map((x) => x.ratio.p50) },
+        { name: "p99", values: l.rows.map((x) => x.ratio.p99) },
+        { name: "p99.9", values: l.rows.map((x) => x.ratio.p999) },
+      ],
+      refLines: [{ y: 1, label: "×1" }], valueLabel: (v) => v.toFixed(2) }));
+  });
+  if (!r.latency) { parts.push(message(cell(0).x, cell(0).y, cw, ch, "Latency", "not run")); }
+  if (r.bulk) {
+    const b = r.bulk;
+    parts.push(barChart({ ...cell(2), title: `Bulk throughput (${(b.bytes * MiB).toFixed(0)} MiB per run)`, yLabel: "MB/s",
+      categories: b.rows.map((x) => short(x.setup)),
+      series: [{ name: "MB/s, median with min–max", values: b.rows.map((x) => x.mbps.median), lo: b.rows.map((x) => x.mbps.min), hi: b.rows.map((x) => x.mbps.max) }],
+      valueLabel: (v) => v.toFixed(0) }));
+    const rows = b.rows.filter((x) => x.envoyCpuPerGB);
+    parts.push(barChart({ ...cell(3), title: "CPU per GB streamed", yLabel: "CPU seconds / GB", stacked: true,
+      categories: rows.map((x) => short(x.setup)),
+      series: [
+        { name: "Envoy", values: rows.map((x) => x.envoyCpuPerGB?.median ?? null) },
+        { name: "relay", values: rows.map((x) => x.relayCpuPerGB?.median ?? null) },
+      ], valueLabel: (v) => v.toFixed(1) }));
+  } else parts.push(message(cell(2).x, cell(2).y, cw, ch, "Bulk throughput", "not run"));
+  if (r.conns) {
+    const c = r.conns;
+    parts.push(barChart({ ...cell(4), title: `Memory holding N connections (${c.replicas} replicas)`, yLabel: "RSS MiB", stacked: true,
+      categories: c.rows.map((x) => `${x.connections}\n${x.setup === "tcp_proxy" ? "tcp_proxy" : "lockstep"}`),
+      series: [
+        { name: "Envoy", values: c.rows.map((x) => x.envoyRss.median * MiB) },
+        { name: "relay", values: c.rows.map((x) => (x.relayRss?.median ?? 0) * MiB) },
+      ], valueLabel: (v) => v.toFixed(0) }));
+  } else parts.push(message(cell(4).x, cell(4).y, cw, ch, "Many connections", "not run"));
+  const fo = r.failover;
+  if (fo && fo.rows.length) {
+    parts.push(barChart({ ...cell(5), title: "Failover: failure → first served", yLabel: "ms",
+      categories: fo.rows.map((x) => `${x.kind === "kill" ? "kill -9" : "SIGSTOP"}\n${x.trials} trials, ${x.failedConnects} failed`),
+      series: [{ name: "p50", values: fo.rows.map((x) => x.p50) }, { name: "p99", values: fo.rows.map((x) => x.p99) }],
+      valueLabel: (v) => v.toFixed(1) }));
+  } else parts.push(message(cell(5).x, cell(5).y, cw, ch, "Failover", fo?.status ?? "not run"));
+  const title = `lockstep benchmarks, ${r.meta.mode} mode, ${r.meta.date.slice(0, 16).replace("T", " ")} UTC (Envoy on CPU 0; client, backends, relay on CPU 1)`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="DejaVu Sans, Arial, sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(title)}</text>
+${parts.join("\n")}
+</svg>
+`;
+}

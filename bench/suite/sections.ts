@@ -1,0 +1,251 @@
+// The four sections of the suite. Each takes its options and a progress callback, runs its
+// rounds (interleaving the set-ups so drift hits them alike) and returns plain data for the
+// report.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { waitFor } from "../../test/support/ports.ts";
+import * as native from "./native.ts";
+import { cpuSeconds, rssBytes } from "./procfs.ts";
+import { spread, type Spread } from "./stats.ts";
+import {
+  BASELINE, ENVOY_CPU, LOAD_CPU, relayStats, startLockstep, startPlain, stopSetup, sumEnvoy, sumFamily, type Setup,
+} from "./setups.ts";
+
+export type Progress = (line: string) => void;
+
+// ---------------------------------------------------------------- latency
+
+export interface LatencyRow {
+  setup: string; label: string;
+  p50: Spread; p99: Spread; p999: Spread;
+  ratio: { p50: number; p99: number; p999: number };
+  /** The client's CPU time over its wall time, worst round: far below 1 means it was waiting, not working. */
+  clientBusy: number;
+}
+export interface LatencySection { size: number; exchanges: number; rounds: number; rows: LatencyRow[] }
+
+export async function latencySection(setups: Setup[], size: number, exchanges: number, rounds: number, progress: Progress): Promise<LatencySection> {
+  const raw = new Map(setups.map((s) => [s.key, [] as native.LatencyRun[]]));
+  for (let round = 1; round <= rounds; round++) {
+    for (const s of setups) {
+      progress(`latency ${size}B: ${s.key} round ${round}/${rounds}`);
+      raw.get(s.key)!.push(await native.latency(s.port, size, exchanges, Math.max(200, Math.floor(exchanges / 10)), LOAD_CPU));
+    }
+  }
+  const rows = setups.map((s) => {
+    const runs = raw.get(s.key)!;
+    return {
+      setup: s.key, label: s.label,
+      p50: spread(runs.map((r) => r.p50)), p99: spread(runs.map((r) => r.p99)), p999: spread(runs.map((r) => r.p999)),
+      ratio: { p50: 0, p99: 0, p999: 0 },
+      clientBusy: Math.max(...runs.map((r) => r.cpu_s / r.wall_s)),
+    };
+  });
+  const base = rows.find((r) => r.setup === BASELINE)!;
+  for (const r of rows) r.ratio = { p50: r.p50.median / base.p50.median, p99: r.p99.median / base.p99.median, p999: r.p999.median / base.p999.median };
+  return { size, exchanges, rounds, rows };
+}
+
+export interface PlacementRow { placement: string; direct: number; tcpProxy: number }
+
+/** Why plain tcp_proxy looked slow in the first latency bench: the same 64-byte exchange with
+ *  the processes placed three ways. Every core-to-core wake-up costs tens of µs on this VM. */
+export async function placementCheck(setups: Setup[], backends: native.Backends[], exchanges: number, progress: Progress): Promise<PlacementRow[]> {
+  const direct = setups.find((s) => s.key === "direct")!;
+  const plain = setups.find((s) => s.key === BASELINE)!;
+  const envoyPid = plain.envoy!.process.child.pid!;
+  const placements: { name: string; envoy: string; others: string }[] = [
+    { name: "suite: Envoy on CPU 0, client and backend on CPU 1", envoy: ENVOY_CPU, others: LOAD_CPU },
+    { name: "all on CPU 1", envoy: LOAD_CPU, others: LOAD_CPU },
+    { name: "unpinned (scheduler's choice, as bench/latency.ts ran)", envoy: "0,1", others: "0,1" },
+  ];
+  const rows: PlacementRow[] = [];
+  for (const p of placements) {
+    progress(`latency placement: ${p.name}`);
+    native.pin(envoyPid, p.envoy);
+    for (const b of backends) native.pin(b.pid, p.others);
+    const d = await native.latency(direct.port, 64, exchanges, 500, p.others);
+    const t = await native.latency(plain.port, 64, exchanges, 500, p.others);
+    rows.push({ placement: p.name, direct: d.p50, tcpProxy: t.p50 });
+  }
+  native.pin(envoyPid, ENVOY_CPU);
+  for (const b of backends) native.pin(b.pid, LOAD_CPU);
+  return rows;
+}
+
+// ---------------------------------------------------------------- bulk
+
+export interface BulkRow {
+  setup: string; label: string; replicas: number;
+  mbps: Spread; ratio: number;
+  envoyCpuPerGB: Spread | null; relayCpuPerGB: Spread | null;
+  clientBusy: number;
+  /** Filter pauses (the relay or a replica was behind), mirrors cut, replica detaches, over all rounds. */
+  pauses: number; overflows: number; detaches: number; unmirroredBytes: number;
+  /** Every replica received every byte of every round. */
+  replicasComplete: boolean;
+  /** Longest wait, after the client was done, for the last replica to take its last byte. */
+  catchUpMs: number;
+}
+export interface BulkSection { bytes: number; rounds: number; rows: BulkRow[] }
+
+export async function bulkSection(setups: Setup[], bytes: number, rounds: number, progress: Progress): Promise<BulkSection> {
+  type Run = { mbps: number; envoyCpu?: number; relayCpu?: number; clientBusy: number; catchUpMs: number; complete: boolean };
+  const raw = new Map(setups.map((s) => [s.key, [] as Run[]]));
+  const before = new Map<string, { envoy?: Map<string, number>; relay?: any }>();
+  for (const s of setups) before.set(s.key, { envoy: await s.envoy?.stats(), relay: s.relay ? await relayStats(s.relay) : undefined });
+  for (let round = 1; round <= rounds; round++) {
+    for (const s of setups) {
+      progress(`bulk ${(bytes / 2 ** 20).toFixed(0)} MiB: ${s.key} round ${round}/${rounds}`);
+      const envoyPid = s.envoy?.process.child.pid;
+      const relayPid = s.relay?.process.child.pid;
+      const ackedBefore = s.relay ? sumFamily(await relayStats(s.relay), "lockstep_relay_replica_bytes_acked_total") : 0;
+      const e0 = envoyPid ? cpuSeconds(envoyPid) : 0;
+      const r0 = relayPid ? cpuSeconds(relayPid) : 0;
+      const run = await native.bulk(s.port, bytes, LOAD_CPU);
+      const done = Date.now();
+      let complete = true;
+      if (s.relay && s.replicas > 0) {
+        const want = ackedBefore + bytes * s.replicas;
+        complete = await waitFor("replicas to take every byte", async () => sumFamily(await relayStats(s.relay!), "lockstep_relay_replica_bytes_acked_total") >= want, 30_000, 20)
+          .then(() => true, () => false);
+      }
+      const catchUpMs = Date.now() - done;
+      raw.get(s.key)!.push({
+        mbps: run.mb_s,
+        envoyCpu: envoyPid ? cpuSeconds(envoyPid) - e0 : undefined,
+        relayCpu: relayPid ? cpuSeconds(relayPid) - r0 : undefined,
+        clientBusy: run.cpu_s / run.wall_s, catchUpMs, complete,
+      });
+    }
+  }
+  const rows: BulkRow[] = [];
+  for (const s of setups) {
+    const runs = raw.get(s.key)!;
+    const gb = bytes / 1e9;
+    const b = before.get(s.key)!;
+    const envoyAfter = await s.envoy?.stats();
+    const relayAfter = s.relay ? await relayStats(s.relay) : undefined;
+    const envoyDelta = (re: RegExp) => envoyAfter && b.envoy ? sumEnvoy(envoyAfter, re) - sumEnvoy(b.envoy, re) : 0;
+    rows.push({
+      setup: s.key, label: s.label, replicas: s.replicas,
+      mbps: spread(runs.map((r) => r.mbps)), ratio: 0,
+      envoyCpuPerGB: s.envoy ? spread(runs.map((r) => r.envoyCpu! / gb)) : null,
+      relayCpuPerGB: s.relay ? spread(runs.map((r) => r.relayCpu! / gb)) : null,
+      clientBusy: Math.max(...runs.map((r) => r.clientBusy)),
+      pauses: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.pauses$/),
+      overflows: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.overflows$/),
+      unmirroredBytes: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.bytes_unmirrored$/),
+      detaches: relayAfter ? sumFamily(relayAfter, "lockstep_relay_replica_detaches_total") - sumFamily(b.relay, "lockstep_relay_replica_detaches_total") : 0,
+      replicasComplete: runs.every((r) => r.complete),
+      catchUpMs: Math.max(...runs.map((r) => r.catchUpMs)),
+    });
+  }
+  const base = rows.find((r) => r.setup === BASELINE)!;
+  for (const r of rows) r.ratio = r.mbps.median / base.mbps.median;
+  return { bytes, rounds, rows };
+}
+
+// ---------------------------------------------------------------- many connections
+
+export interface ConnsRow {
+  connections: number; setup: string; label: string;
+  envoyRss: Spread; relayRss: Spread | null;
+  /** (RSS holding the connections − RSS before them) / connections, bytes. */
+  envoyPerConn: Spread; relayPerConn: Spread | null;
+  /** Envoy + relay RSS over plain tcp_proxy's Envoy RSS at the same count. */
+  totalRatio: number;
+  openSeconds: Spread;
+}
+export interface ConnsSection { counts: number[]; replicas: number; rounds: number; rows: ConnsRow[] }
+
+export async function connsSection(primary: native.Backends, replicaServers: native.Backends, counts: number[], replicas: number, rounds: number, progress: Progress): Promise<ConnsSection> {
+  const rows: ConnsRow[] = [];
+  for (const n of counts) {
+    const raw = new Map<string, { envoy: number; relay?: number; envoyPer: number; relayPer?: number; open: number }[]>();
+    const labels = new Map<string, string>();
+    for (let round = 1; round <= rounds; round++) {
+      for (const kind of [BASELINE, `lockstep-${replicas}`]) {
+        progress(`connections ${n}: ${kind} round ${round}/${rounds}`);
+        // Fresh processes every round: memory once touched is not given back.
+        const s = kind === BASELINE ? await startPlain(primary.ports[0]) : await startLockstep(primary.ports[0], replicaServers, replicas);
+        labels.set(kind, s.label);
+        try {
+          const envoyPid = s.envoy!.process.child.pid!;
+          const relayPid = s.relay?.process.child.pid;
+          // Warm-up: a few connections set up the wasm VM's per-connection paths and the relay's gRPC connection.
+          const warm = await native.holdConnections(s.port, 8, LOAD_CPU);
+          await warm.release();
+          if (s.relay) await waitFor("warm-up streams to end", async () => sumFamily(await relayStats(s.relay!), "lockstep_relay_streams_active") === 0, 10_000, 20);
+          await new Promise((r) => setTimeout(r, 300));
+          const envoy0 = rssBytes(envoyPid);
+          const relay0 = relayPid ? rssBytes(relayPid) : 0;
+          const held = await native.holdConnections(s.port, n, LOAD_CPU);
+          if (s.relay && replicas > 0) {
+            await waitFor(`${n} streams and ${n * replicas} replica connections at the relay`, async () => {
+              const st = await relayStats(s.relay!);
+              return sumFamily(st, "lockstep_relay_streams_active") >= n && sumFamily(st, "lockstep_relay_replica_connections_active") >= n * replicas;
+            }, 120_000, 100);
+          }
+          await new Promise((r) => setTimeout(r, 500));
+          const envoy1 = rssBytes(envoyPid);
+          const relay1 = relayPid ? rssBytes(relayPid) : undefined;
+          if (!raw.has(kind)) raw.set(kind, []);
+          raw.get(kind)!.push({
+            envoy: envoy1, relay: relay1, envoyPer: (envoy1 - envoy0) / n,
+            relayPer: relay1 !== undefined ? (relay1 - relay0) / n : undefined, open: held.open_s,
+          });
+          await held.release();
+        } finally {
+          await stopSetup(s);
+        }
+      }
+    }
+    const plainEnvoy = spread(raw.get(BASELINE)!.map((r) => r.envoy)).median;
+    for (const [kind, runs] of raw) {
+      const envoyRss = spread(runs.map((r) => r.envoy));
+      const relayRss = runs[0].relay !== undefined ? spread(runs.map((r) => r.relay!)) : null;
+      rows.push({
+        connections: n, setup: kind, label: labels.get(kind)!,
+        envoyRss, relayRss,
+        envoyPerConn: spread(runs.map((r) => r.envoyPer)),
+        relayPerConn: relayRss ? spread(runs.map((r) => r.relayPer!)) : null,
+        totalRatio: (envoyRss.median + (relayRss?.median ?? 0)) / plainEnvoy,
+        openSeconds: spread(runs.map((r) => r.open)),
+      });
+    }
+  }
+  return { counts, replicas, rounds, rows };
+}
+
+// ---------------------------------------------------------------- failover
+
+export interface FailoverResult { kind: string; trials: number; samplesMs: number[]; failedConnects: number; note: string }
+export interface FailoverRow { kind: string; trials: number; p50: number; p99: number; max: number; failedConnects: number; note: string }
+export interface FailoverSection { status: string; rows: FailoverRow[] }
+
+/** bench/failover.ts (the controller's engineer's) runs the real controller, Envoy, relay and
+ *  backends; until it exists this section says so and the rest of the suite still runs. */
+export async function failoverSection(trials: { kill: number; stop: number }, progress: Progress): Promise<FailoverSection> {
+  const path = join(PROJECT_ROOT, "bench", "failover.ts");
+  if (!existsSync(path)) return { status: "not measured (bench/failover.ts missing)", rows: [] };
+  let mod: { measureFailover?: (o: { kind: "kill" | "stop"; trials: number; progress: Progress }) => Promise<FailoverResult> };
+  try { mod = await import(path); } catch (err) { return { status: `not measured (bench/failover.ts failed to load: ${(err as Error).message.split("\n")[0]})`, rows: [] }; }
+  if (typeof mod.measureFailover !== "function") return { status: "not measured (bench/failover.ts has no measureFailover export)", rows: [] };
+  const rows: FailoverRow[] = [];
+  const problems: string[] = [];
+  for (const kind of ["kill", "stop"] as const) {
+    if (trials[kind] === 0) continue;
+    progress(`failover ${kind}: ${trials[kind]} trials`);
+    try {
+      const r = await mod.measureFailover({ kind, trials: trials[kind], progress: (line) => progress(`failover ${kind}: ${line}`) });
+      const sorted = [...r.samplesMs].sort((a, b) => a - b);
+      const pct = (p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+      rows.push({ kind, trials: r.trials, p50: pct(50), p99: pct(99), max: sorted[sorted.length - 1], failedConnects: r.failedConnects, note: r.note });
+    } catch (err) {
+      problems.push(`${kind}: ${(err as Error).message.split("\n")[0]}`);
+    }
+  }
+  return { status: problems.length ? `partly measured (${problems.join("; ")})` : "measured", rows };
+}
