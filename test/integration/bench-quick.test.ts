@@ -1,0 +1,91 @@
+// The benchmark suite's quick mode (issue 5) as a user runs it: `npm run bench -- --quick`
+// writes a Markdown table and an SVG plot, every set-up gets real numbers, and every ratio is
+// taken against the plain tcp_proxy row of the same run. The figures themselves are not
+// asserted (the targets are reported in docs/BENCHMARKS.md, never tested).
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import type { Results } from "../../bench/suite/report.ts";
+
+const SETUPS = ["direct", "tcp_proxy", "lockstep-0", "lockstep-1", "lockstep-2", "lockstep-3"];
+const positive = (x: unknown) => typeof x === "number" && Number.isFinite(x) && x > 0;
+
+describe("npm run bench -- --quick", () => {
+  it("writes the table and the plot, with numbers for every set-up and ratios to this run's tcp_proxy", async () => {
+    const out = mkdtempSync(join(tmpdir(), "lockstep-bench-"));
+    // A child process, as a user runs it: the suite pins its own process to a core with taskset.
+    // Without vitest's variables, or test/support would try to hook into a test run.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("VITEST") && k !== "TEST" && k !== "NODE_ENV"));
+    const child = spawn(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "bench", "run.ts"), "--quick", "--out", out], { cwd: PROJECT_ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => { stderr += d; });
+    const started = Date.now();
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    expect(code, stderr.slice(-4000)).toBe(0);
+    expect(Date.now() - started).toBeLessThan(60_000);
+    // Progress while it runs.
+    expect(stderr).toMatch(/latency 64B: tcp_proxy round 1\/2/);
+    expect(stderr).toMatch(/bulk 32 MiB: lockstep-3 round 1\/1/);
+    expect(stderr).toMatch(/connections 300: lockstep-2 round 1\/1/);
+
+    for (const f of ["results.md", "results.svg", "results.json"]) expect(existsSync(join(out, f)), f).toBe(true);
+    const svg = readFileSync(join(out, "results.svg"), "utf8");
+    expect(svg.startsWith("<svg")).toBe(true);
+    expect(svg.trimEnd().endsWith("</svg>")).toBe(true);
+    expect(svg.match(/<rect /g)!.length).toBeGreaterThan(30); // bars, not an empty frame
+    const md = readFileSync(join(out, "results.md"), "utf8");
+    const r: Results = JSON.parse(readFileSync(join(out, "results.json"), "utf8"));
+
+    // Latency: both sizes, every set-up, finite positive percentiles, ratios to tcp_proxy.
+    expect(r.latency!.map((l) => l.size)).toEqual([64, 4096]);
+    for (const l of r.latency!) {
+      expect(l.rows.map((x) => x.setup)).toEqual(SETUPS);
+      const base = l.rows.find((x) => x.setup === "tcp_proxy")!;
+      for (const x of l.rows) {
+        for (const p of ["p50", "p99", "p999"] as const) {
+          expect(positive(x[p].median), `${l.size} B ${x.setup} ${p}`).toBe(true);
+          expect(x.ratio[p]).toBeCloseTo(x[p].median / base[p].median, 6);
+        }
+        expect(x.clientBusy).toBeGreaterThan(0);
+      }
+      expect(base.ratio.p50).toBe(1);
+      expect(md).toContain(`## Latency, ${l.size} B request / ${l.size} B reply`);
+    }
+
+    // Bulk: MB/s and ratio for every set-up; CPU per GB for every Envoy and every relay.
+    expect(r.bulk!.rows.map((x) => x.setup)).toEqual(SETUPS);
+    const bulkBase = r.bulk!.rows.find((x) => x.setup === "tcp_proxy")!;
+    for (const x of r.bulk!.rows) {
+      expect(positive(x.mbps.median), `bulk ${x.setup}`).toBe(true);
+      expect(x.ratio).toBeCloseTo(x.mbps.median / bulkBase.mbps.median, 6);
+      if (x.setup !== "direct") expect(positive(x.envoyCpuPerGB!.median), `Envoy CPU ${x.setup}`).toBe(true);
+      if (x.setup.startsWith("lockstep-")) expect(x.relayCpuPerGB!.median, `relay CPU ${x.setup}`).toBeGreaterThanOrEqual(0);
+      for (const k of ["pauses", "detaches", "overflows"] as const) expect(Number.isInteger(x[k])).toBe(true);
+    }
+
+    // Many connections: RSS of Envoy (and of the relay) at each count, against tcp_proxy.
+    expect(r.conns!.rows.map((x) => `${x.connections} ${x.setup}`)).toEqual(["100 tcp_proxy", "100 lockstep-2", "300 tcp_proxy", "300 lockstep-2"]);
+    for (const x of r.conns!.rows) {
+      expect(positive(x.envoyRss.median)).toBe(true);
+      if (x.setup === "tcp_proxy") expect(x.totalRatio).toBe(1);
+      else {
+        expect(positive(x.relayRss!.median)).toBe(true);
+        const plain = r.conns!.rows.find((y) => y.connections === x.connections && y.setup === "tcp_proxy")!;
+        expect(x.totalRatio).toBeCloseTo((x.envoyRss.median + x.relayRss!.median) / plain.envoyRss.median, 6);
+      }
+    }
+
+    // Failover: measured through bench/failover.ts, or said plainly why not.
+    expect(r.failover!.status).toMatch(/^(measured|not measured \(|partly measured \()/);
+    if (r.failover!.status === "measured") for (const x of r.failover!.rows) expect(x.p50).toBeGreaterThan(0);
+    expect(md).toContain(`Status: ${r.failover!.status}`);
+
+    // The Markdown names every set-up and reports against the issue's targets.
+    for (const label of ["direct to backend", "Envoy tcp_proxy (baseline)", "Envoy + lockstep, 3 replicas"]) expect(md).toContain(label);
+    expect(md).toContain("## Targets of issue 5 (reported, not asserted)");
+    expect(md).toContain("![plot](results.svg)");
+  }, 90_000);
+});
