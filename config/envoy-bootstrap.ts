@@ -43,7 +43,11 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
         stat_prefix: ${c.service}
-        cluster: ${c.service}_primary`;
+        cluster: ${c.service}_primary
+        # A refused connect (primary just died) is retried, on the next priority once the
+        # outlier detector ejected it: the client never sees it.
+        max_connect_attempts: 5
+        backoff_options: { base_interval: 0.002s, max_interval: 0.02s }`;
   return lines.split("\n").map((l) => indent + l).join("\n");
 }
 
@@ -58,14 +62,34 @@ ${extra}    load_assignment:
         - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
 }
 
-/** The primary cluster fed by the controller over REST long-poll EDS (controller/xds):
- *  the primary at priority 0, standbys at priority 1. */
-function edsCluster(name: string, controller: string): string {
+const hex = (text: string) => Buffer.from(text, "latin1").toString("hex");
+
+/** The primary cluster fed by the controller over REST long-poll EDS (controller/xds): the
+ *  primary at priority 0, the designated successor at 1, other standbys below. Envoy itself
+ *  detects a dead primary and moves new connections to the successor: every default that
+ *  slows that down is overridden here (docs/notes/xds-transport.md measured the result). */
+function edsCluster(c: LockstepConfig, name: string, controller: string): string {
+  const h = c.healthCheck;
+  const payload = h.send ? `{ send: { text: "${hex(h.send)}" }${h.expect ? `, receive: [{ text: "${hex(h.expect)}" }]` : ""} }` : "{}";
   return `  - name: ${name}
     type: EDS
     connect_timeout: 1s
-    # Apply endpoint changes at once (the default merge window is 1 s).
-    common_lb_config: { update_merge_window: 0s }
+    # Reset the clients of a host that fails its health check, so they reconnect at once.
+    close_connections_on_host_health_failure: true
+    # Apply endpoint changes at once (default merge window: 1 s); never spread load over a
+    # dead priority (default panic threshold: 50%).
+    common_lb_config: { update_merge_window: 0s, healthy_panic_threshold: { value: 0 } }
+    # Probes keep their connection open, so a crash (FIN/RST) is seen at once; one failure is enough.
+    health_checks:
+    - timeout: ${h.timeoutMs / 1000}s
+      interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
+      no_traffic_interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      reuse_connection: true
+      tcp_health_check: ${payload}
+    # A refused connect ejects the host at once (the default ejects at most 10% of hosts: none of 1-2).
+    outlier_detection: { consecutive_local_origin_failure: 1, split_external_local_origin_errors: true, max_ejection_percent: 100, interval: 0.1s, base_ejection_time: 1s }
     eds_cluster_config:
       service_name: ${name}
       eds_config:
@@ -84,16 +108,18 @@ ${staticCluster("lockstep_controller", controller, "    connect_timeout: 0.25s\n
 export interface BootstrapOptions {
   /** false: the same listener without the lockstep filter (plain tcp_proxy, the benchmarks' baseline). */
   mirror?: boolean;
-  /** "host:port" of the controller: the primary cluster comes from its EDS instead of the config. */
+  /** "host:port" of the controller's xDS: the primary cluster comes from its EDS instead of the
+   *  config. Default: the config's `controller` section, if any. */
   controller?: string;
 }
 
 /** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
 export function renderBootstrap(c: LockstepConfig, header = "", options: BootstrapOptions = {}): string {
   const relay = `${c.relay.address}:${c.relay.port}`;
+  options = { ...options, controller: options.controller ?? (c.controller && `127.0.0.1:${c.controller.xdsPort}`) };
   const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
   const primaryCluster = options.controller
-    ? edsCluster(`${c.service}_primary`, options.controller)
+    ? edsCluster(c, `${c.service}_primary`, options.controller)
     : staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n");
   return `${header}${node}static_resources:
   listeners:

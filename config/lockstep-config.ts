@@ -6,10 +6,38 @@ import { readFileSync } from "node:fs";
 
 export interface ReplicaSpec { readonly name: string; readonly address: string }
 
+export interface HealthCheckSpec {
+  /** Text sent on each probe ("" : connect only). Envoy and the controller both use it. */
+  readonly send: string;
+  /** Text the answer must contain. */
+  readonly expect: string;
+  /** Controller: between two probes of a member. Envoy probes twice as often. */
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  /** Controller: failed probes in a row before a member is down (Envoy acts on the first). */
+  readonly unhealthyThreshold: number;
+  readonly healthyThreshold: number;
+}
+
+export interface ControllerSpec {
+  /** Where the HTTP API listens (127.0.0.1 unless you mean it). */
+  readonly address: string;
+  readonly apiPort: number;
+  /** Where Envoy fetches endpoints (REST long-poll EDS). */
+  readonly xdsPort: number;
+  /** The embedded store (one JSON file, replaced atomically). */
+  readonly store: string;
+}
+
 export interface LockstepConfig {
   readonly service: string;
   readonly listener: { readonly address: string; readonly port: number };
   readonly primary: string;
+  /** The primary's member name in the controller (default "primary"). */
+  readonly primaryName: string;
+  readonly healthCheck: HealthCheckSpec;
+  /** With a controller: Envoy takes the primary from its EDS, and it promotes replicas. */
+  readonly controller?: ControllerSpec;
   readonly replicas: readonly ReplicaSpec[];
   readonly relay: { readonly address: string; readonly port: number; readonly metricsPort: number };
   readonly envoy: { readonly adminPort: number; readonly wasmPath: string };
@@ -24,6 +52,8 @@ export interface LockstepConfig {
     readonly maxQueuedBytesTotal: number;
   };
 }
+
+export const DEFAULT_HEALTH_CHECK: HealthCheckSpec = Object.freeze({ send: "", expect: "", intervalMs: 100, timeoutMs: 250, unhealthyThreshold: 2, healthyThreshold: 2 });
 
 export const DEFAULT_LIMITS = Object.freeze({
   maxInflightBytesPerConnection: 4 << 20,
@@ -61,11 +91,54 @@ function bound(value: unknown, field: string, fallback: number): number {
   return value as number;
 }
 
+function whole(value: unknown, field: string, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) fail(field, `must be a whole number from ${min} to ${max}`);
+  return value as number;
+}
+
+function text(value: unknown, field: string, fallback: string, max = 256): string {
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || value.length > max) fail(field, `must be a string of at most ${max} characters`);
+  return value;
+}
+
+function parseHealthCheck(raw: unknown): HealthCheckSpec {
+  if (raw === undefined) return DEFAULT_HEALTH_CHECK;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("healthCheck", "must be an object");
+  const h = raw as Record<string, unknown>;
+  for (const k of Object.keys(h)) if (!(k in DEFAULT_HEALTH_CHECK)) fail(`healthCheck.${k}`, `is not a known field (known: ${Object.keys(DEFAULT_HEALTH_CHECK).join(", ")})`);
+  const d = DEFAULT_HEALTH_CHECK;
+  const spec = {
+    send: text(h.send, "healthCheck.send", d.send),
+    expect: text(h.expect, "healthCheck.expect", d.expect),
+    intervalMs: whole(h.intervalMs, "healthCheck.intervalMs", d.intervalMs, 10, 60_000),
+    timeoutMs: whole(h.timeoutMs, "healthCheck.timeoutMs", d.timeoutMs, 10, 60_000),
+    unhealthyThreshold: whole(h.unhealthyThreshold, "healthCheck.unhealthyThreshold", d.unhealthyThreshold, 1, 100),
+    healthyThreshold: whole(h.healthyThreshold, "healthCheck.healthyThreshold", d.healthyThreshold, 1, 100),
+  };
+  if (spec.expect && !spec.send) fail("healthCheck.expect", "needs healthCheck.send (an answer to what?)");
+  return Object.freeze(spec);
+}
+
+function parseController(raw: unknown, service: string): ControllerSpec {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("controller", "must be an object");
+  const c = raw as Record<string, unknown>;
+  const known = ["address", "apiPort", "xdsPort", "store"];
+  for (const k of Object.keys(c)) if (!known.includes(k)) fail(`controller.${k}`, `is not a known field (known: ${known.join(", ")})`);
+  return Object.freeze({
+    address: text(c.address, "controller.address", "127.0.0.1", 253),
+    apiPort: port(c.apiPort, "controller.apiPort", 9100),
+    xdsPort: port(c.xdsPort, "controller.xdsPort", 9102),
+    store: text(c.store, "controller.store", `.cache/controller/${service}.json`, 4096),
+  });
+}
+
 /** Validate a parsed JSON object; throws ConfigError naming the first bad field. */
 export function parseLockstepConfig(raw: unknown): LockstepConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["service", "listener", "primary", "replicas", "relay", "envoy", "limits"];
+  const known = ["service", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller"];
   for (const key of Object.keys(r)) if (!known.includes(key)) fail(key, `is not a known field (known: ${known.join(", ")})`);
   const service = r.service ?? "default";
   if (typeof service !== "string" || !NAME.test(service)) fail("service", "must be 1-64 characters of [A-Za-z0-9_-]");
@@ -82,6 +155,9 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     if (address === primary) fail(`${field}.address`, "is the primary's address: a backend cannot be its own replica");
     return Object.freeze({ name: rep.name, address });
   });
+  const primaryName = r.primaryName ?? "primary";
+  if (typeof primaryName !== "string" || !NAME.test(primaryName)) fail("primaryName", "must be 1-64 characters of [A-Za-z0-9_-]");
+  if (names.has(primaryName)) fail("primaryName", `is also a replica's name ("${primaryName}")`);
   const listener = r.listener ?? {};
   const relay = r.relay ?? {};
   const envoy = r.envoy ?? {};
@@ -90,6 +166,9 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     service,
     listener: Object.freeze({ address: listener.address ?? "127.0.0.1", port: port(listener.port, "listener.port", 10000) }),
     primary,
+    primaryName,
+    healthCheck: parseHealthCheck(r.healthCheck),
+    ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service) }),
     replicas: Object.freeze(replicas),
     relay: Object.freeze({ address: relay.address ?? "127.0.0.1", port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
     envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),

@@ -1,12 +1,12 @@
 // The controller's state: services, their members, and the event history. Every change goes
 // through here, is saved to the store, and is announced to listeners (xDS snapshot, relay).
 import { FileStore, StoreError } from "./store/file-store.ts";
-import { promote, rejoin, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
+import { promote, rejoin, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
 
 export interface ControllerEvent {
   readonly at: string;
   readonly service: string;
-  readonly kind: "promotion" | "switchover" | "detach" | "rejoin" | "member_added" | "member_removed";
+  readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "member_added" | "member_removed" | "service_added" | "no_candidate";
   readonly member: string;
   readonly detail: string;
 }
@@ -52,6 +52,38 @@ export class ControllerState {
     const { service, promoted, demoted } = promote(this.require(name), reason, member);
     this.commit(service, [this.event(name, reason === "failure" ? "promotion" : "switchover", promoted.name,
       `${promoted.name} is primary${demoted ? `; ${demoted.name} is ${demoted.role}` : ""}`)]);
+    return service;
+  }
+
+  /** A member fell out of sync: died (stale), fell behind (detached) or answered differently
+   *  from the primary (diverged). It stops being promotable until an operator rejoins it. */
+  markOutOfSync(name: string, member: string, role: "stale" | "detached" | "diverged", detail: string): Service {
+    const service = markOutOfSync(this.require(name), member, role);
+    this.commit(service, [this.event(name, role === "detached" ? "detach" : role, member, detail)]);
+    return service;
+  }
+
+  /** Record that no member could take over (kept in the history; nothing else changes). */
+  recordNoCandidate(name: string, member: string, detail: string): void {
+    this.commit(this.require(name), [this.event(name, "no_candidate", member, detail)]);
+  }
+
+  /** Live measurements (health, lag, RTT): kept in memory and shown by the API; saved with the
+   *  next real change, never on their own (they are re-measured after a restart). */
+  observe(name: string, member: string, patch: Partial<Pick<Member, "alive" | "lagBytes" | "rttMs">>): void {
+    const s = this.services.get(name);
+    const m = s?.members.find((x) => x.name === member);
+    if (!s || !m) return;
+    if (Object.entries(patch).every(([k, v]) => m[k as keyof Member] === v)) return;
+    const updated = Object.freeze({ ...m, ...patch });
+    this.services = new Map(this.services).set(name, Object.freeze({ ...s, members: Object.freeze(s.members.map((x) => (x === m ? updated : x))) }));
+    for (const l of this.listeners) l(this.list());
+  }
+
+  /** Declare a new service through the API; refuses a name already in use. */
+  addService(service: Service): Service {
+    if (this.services.has(service.name)) throw new ModelError("DUPLICATE", `a service named "${service.name}" exists`);
+    this.commit(service, [this.event(service.name, "service_added", primaryOf(service)?.name ?? "", `service "${service.name}" declared with ${service.members.length} members`)]);
     return service;
   }
 

@@ -4,6 +4,7 @@
 //   SET <key> <value>   -> OK          GET <key>  -> VALUE <value> | NIL
 //   DEL <key>           -> 1 | 0       INCR <key> -> <new integer value>
 //   DIGEST              -> SHA-256 of the whole store (sorted), to compare instances
+//   PING                -> PONG (health checks)
 //   anything else       -> ERR unknown command
 //
 // Usage: tsx samples/kv-server.ts --port 7001 [--host 127.0.0.1] [--name primary]
@@ -25,11 +26,15 @@ export function createKvServer(name = "kv") {
         for (const k of [...store.keys()].sort()) h.update(`${k}=${store.get(k)}\n`);
         return h.digest("hex");
       }
+      case "PING": return "PONG";
       case "": return "";
       default: return "ERR unknown command";
     }
   };
+  const sockets = new Set<import("node:net").Socket>();
   const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
     let pending = "";
     socket.setEncoding("utf8");
     socket.on("data", (chunk: string) => {
@@ -45,7 +50,9 @@ export function createKvServer(name = "kv") {
     });
     socket.on("error", () => {});
   });
-  return { server, store, execute, name };
+  /** Like kill -9 of a server process: every connection reset, the port closed. */
+  const kill = () => { for (const s of sockets) s.resetAndDestroy(); server.close(); };
+  return { server, store, execute, name, kill };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -10,16 +10,18 @@ export const ENVOY_EXAMPLES = [
   {
     file: "envoy/demo.yaml",
     from: "config/demo.json",
-    header: "# lockstep demo (npm run demo): listener 127.0.0.1:10000 -> kv primary 127.0.0.1:7001,\n" +
-      "# mirrored through the relay (127.0.0.1:10100) to replicas :7002 and :7003. Admin on :9901.\n" +
+    header: "# lockstep demo (npm run demo): listener 127.0.0.1:10000 -> the primary the controller names over EDS\n" +
+      "# (xDS on 127.0.0.1:9102; first kv :7001, standbys :7002, :7003), mirrored through the relay\n" +
+      "# (127.0.0.1:10100) to the other members. Admin on :9901.\n" +
       "# Generated from config/demo.json by scripts/render-envoy.ts. Run from the project root.\n",
   },
   {
     file: "envoy/service-example.yaml",
     from: "config/example-service.json",
-    header: "# A lockstep service in your own Envoy: copy the listener `lockstep_orders` and the cluster\n" +
-      "# `lockstep_relay` into your config, and run the relay next to Envoy with the replicas\n" +
-      "# (README: \"Your own backends\"). Generated from config/example-service.json.\n",
+    header: "# A lockstep service in your own Envoy: copy the listener `lockstep_orders` and the clusters\n" +
+      "# `orders_primary`, `lockstep_controller` and `lockstep_relay` into your config, and run the\n" +
+      "# relay and the controller next to Envoy (README: \"Your own backends\").\n" +
+      "# Generated from config/example-service.json.\n",
   },
 ];
 

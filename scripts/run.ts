@@ -6,8 +6,12 @@
 //   npm run demo                      = --config config/demo.json --samples --scripted
 //   npx tsx scripts/run.ts --config my-service.json      (your own backends)
 //   flags: --once (exit after the scripted session), --samples, --scripted
+//
+// With a "controller" section in the config (the demo has one), the controller runs too:
+// Envoy takes the primary from its EDS, and the scripted session ends with a failover.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -28,6 +32,8 @@ const { values } = parseArgs({
 const log = (line: string) => console.log(`[lockstep] ${line}`);
 const children: ChildProcess[] = [];
 const closers: (() => void)[] = [];
+const samples = new Map<string, { kill: () => void }>();
+const token = process.env.LOCKSTEP_TOKEN ?? randomBytes(12).toString("hex");
 
 function shutdown(code: number): never {
   for (const c of children) c.kill("SIGTERM");
@@ -47,7 +53,7 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs 
 }
 
 function spawnLogged(name: string, command: string, args: string[]): ChildProcess {
-  const child = spawn(command, args, { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(command, args, { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LOCKSTEP_TOKEN: token } });
   const prefix = (chunk: Buffer) => chunk.toString().split("\n").filter(Boolean).forEach((l) => console.log(`[${name}] ${l}`));
   child.stdout!.on("data", prefix);
   child.stderr!.on("data", prefix);
@@ -75,7 +81,8 @@ function kvSession(port: number, lines: string[]): Promise<string[]> {
 async function startSamples(c: LockstepConfig): Promise<void> {
   const members = [{ name: "primary", address: c.primary }, ...c.replicas];
   for (const m of members) {
-    const { server } = createKvServer(m.name);
+    const { server, kill } = createKvServer(m.name);
+    samples.set(m.address, { kill });
     const port = Number(m.address.slice(m.address.lastIndexOf(":") + 1));
     await new Promise<void>((ok, fail) => { server.once("error", fail); server.listen(port, "127.0.0.1", () => ok()); });
     closers.push(() => server.close());
@@ -103,7 +110,30 @@ async function scriptedSession(c: LockstepConfig): Promise<boolean> {
   const stats = await (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/stats?filter=wasmcustom`)).text();
   log("Envoy stats (filter: wasmcustom):");
   for (const line of stats.trim().split("\n")) console.log(`    ${line}`);
-  return same;
+  return same && (!c.controller || !samples.size || await failoverSession(c));
+}
+
+interface ApiMember { name: string; address: string; role: string; alive: boolean }
+
+async function members(c: LockstepConfig): Promise<{ primary: string; members: ApiMember[] }> {
+  return (await fetch(`http://127.0.0.1:${c.controller!.apiPort}/v1/services/${c.service}`)).json();
+}
+
+/** Kill the primary sample (like kill -9) and show the controller promote a replica that
+ *  holds every value written before. */
+async function failoverSession(c: LockstepConfig): Promise<boolean> {
+  const before = await members(c);
+  const primary = before.members.find((m) => m.role === "primary")!;
+  log(`failover: killing the primary "${primary.name}" (${primary.address}), like kill -9`);
+  samples.get(primary.address)!.kill();
+  let after = before;
+  await waitUntil("the controller to promote a replica", async () => (after = await members(c)).primary !== primary.name, 10_000);
+  log(`failover: the controller promoted "${after.primary}"; members now: ${after.members.map((m) => `${m.name}=${m.role}`).join(", ")}`);
+  const answers = await kvSession(c.listener.port, ["GET user:0", "GET user:19", "GET visits"]);
+  log(`failover: through the listener, served by "${after.primary}": ${answers.join(" | ")}`);
+  const ok = answers[0] === "VALUE name-0" && answers[1] === "VALUE name-19" && answers[2] === "VALUE 20";
+  log(ok ? "the promoted replica holds every value written before the failover" : "THE PROMOTED REPLICA LOST DATA");
+  return ok;
 }
 
 async function main(): Promise<void> {
@@ -129,11 +159,19 @@ async function main(): Promise<void> {
   await waitUntil("the relay", async () => (await fetch(`http://127.0.0.1:${c.relay.metricsPort}/healthz`)).ok);
   log(`relay on ${c.relay.address}:${c.relay.port}, metrics http://127.0.0.1:${c.relay.metricsPort}/metrics`);
 
+  if (c.controller) {
+    const store = join(dir, "controller.json");
+    if (values.samples) rmSync(store, { force: true }); // the samples start empty: so does the controller's state
+    const child = spawnLogged("controller", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "controller", "main.ts"), "--config", configPath, "--store", store]);
+    await waitUntil("the controller", async () => (await fetch(`http://127.0.0.1:${c.controller!.apiPort}/v1/services`)).ok);
+    log(`controller API http://127.0.0.1:${c.controller.apiPort}/v1/services (mutating calls: Authorization: Bearer ${token}), xDS on 127.0.0.1:${c.controller.xdsPort}`);
+  }
+
   const bootstrap = join(dir, "envoy.yaml");
   writeFileSync(bootstrap, renderBootstrap(c));
   spawnLogged("envoy", envoyBin, ["-c", bootstrap, "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", String(100 + (c.listener.port % 1000))]);
   await waitUntil("Envoy", async () => (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/ready`)).status === 200);
-  log(`Envoy ${execFileSync(envoyBin, ["--version"]).toString().trim().split(" ").pop()} listening on ${c.listener.address}:${c.listener.port} -> primary ${c.primary}; admin http://127.0.0.1:${c.envoy.adminPort}`);
+  log(`Envoy ${execFileSync(envoyBin, ["--version"]).toString().trim().split(" ").pop()} listening on ${c.listener.address}:${c.listener.port} -> primary ${c.controller ? "named by the controller (first " + c.primary + ")" : c.primary}; admin http://127.0.0.1:${c.envoy.adminPort}`);
   log(`replicas: ${c.replicas.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
 
   let ok = true;

@@ -11,7 +11,7 @@ export const API_ERRORS = {
   NOT_PROMOTABLE: { status: 409, summary: "only a live, in-sync replica can be promoted" },
   IS_PRIMARY: { status: 409, summary: "the operation does not apply to the primary" },
   NO_CANDIDATE: { status: 409, summary: "no live, in-sync replica to promote" },
-  DUPLICATE: { status: 409, summary: "a member by that name or address exists, or it is already in that role" },
+  DUPLICATE: { status: 409, summary: "a service or member by that name (or a member at that address) exists, or the member is already in that role" },
   NOT_FOUND: { status: 404, summary: "no such route" },
 } as const;
 

@@ -19,7 +19,20 @@ export const OPENAPI = {
   info: { title: "lockstep controller", version: "1", description: "Replicated TCP services behind Envoy: members, promotion, events. Mutating calls need a bearer token." },
   paths: {
     "/v1/openapi.json": { get: { summary: "This document", responses: ok("the OpenAPI document", { type: "object" }) } },
-    "/v1/services": { get: { summary: "All services with their members", responses: ok("services", { type: "object", properties: { services: { type: "array", items: service } } }) } },
+    "/v1/services": {
+      get: { summary: "All services with their members", responses: ok("services", { type: "object", properties: { services: { type: "array", items: service } } }) },
+      post: {
+        summary: "Declare a service: its primary and replicas (Envoy needs a listener and the EDS cluster <name>_primary for it: scripts/render-envoy.ts)",
+        security: secured,
+        requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "primary", "replicas"], properties: {
+          name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
+          primary: { $ref: "#/components/schemas/NewMember" },
+          replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
+          healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
+        } } } } },
+        responses: { ...ok("the new service", service, "201"), ...errors("UNAUTHORIZED", "BAD_REQUEST", "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+      },
+    },
     "/v1/services/{service}": { get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors("UNKNOWN_SERVICE", "BAD_REQUEST") } } },
     "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string" } }], responses: ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }) } },
     "/v1/services/{service}/promote": { post: {
@@ -47,6 +60,7 @@ export const OPENAPI = {
     securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
     schemas: {
       Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
+      NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address: { type: "string", description: "host:port" } } },
       Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: "boolean" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
       Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
       Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },

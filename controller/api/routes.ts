@@ -6,7 +6,8 @@ import { timingSafeEqual } from "node:crypto";
 import { ApiError, toApiError } from "./errors.ts";
 import { OPENAPI } from "./openapi.ts";
 import type { ControllerState } from "../state.ts";
-import type { Service } from "../model/service.ts";
+import type { Service, Member } from "../model/service.ts";
+import { HEALTH_DEFAULTS, type HealthSettings } from "../health/checker.ts";
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
@@ -39,7 +40,32 @@ function onlyKeys(b: Record<string, unknown>, allowed: string[]): void {
   for (const k of Object.keys(b)) if (!allowed.includes(k)) throw new ApiError("BAD_REQUEST", `unknown field "${k}" (allowed: ${allowed.join(", ") || "none"})`);
 }
 
-export function createApiRouter(state: ControllerState, options: { token: string }): Router {
+function member(raw: unknown, field: string, role: Member["role"]): Member {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ApiError("BAD_REQUEST", `"${field}" must be {"name", "address"}`);
+  const m = raw as Record<string, unknown>;
+  onlyKeys(m, ["name", "address"]);
+  if (typeof m.name !== "string" || !NAME.test(m.name)) throw new ApiError("BAD_REQUEST", `"${field}.name" must be 1-64 characters of [A-Za-z0-9_-]`);
+  if (typeof m.address !== "string" || !HOST_PORT.test(m.address)) throw new ApiError("BAD_REQUEST", `"${field}.address" must be "host:port"`);
+  return { name: m.name, address: m.address, role, alive: true, lagBytes: 0 };
+}
+
+function healthCheck(raw: unknown): HealthSettings {
+  if (raw === undefined) return HEALTH_DEFAULTS;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ApiError("BAD_REQUEST", '"healthCheck" must be {"send", "expect"}');
+  const h = raw as Record<string, unknown>;
+  onlyKeys(h, ["send", "expect"]);
+  for (const k of ["send", "expect"]) if (h[k] !== undefined && (typeof h[k] !== "string" || (h[k] as string).length > 256)) throw new ApiError("BAD_REQUEST", `"healthCheck.${k}" must be a string of at most 256 characters`);
+  if (h.expect && !h.send) throw new ApiError("BAD_REQUEST", '"healthCheck.expect" needs "healthCheck.send"');
+  return Object.freeze({ ...HEALTH_DEFAULTS, send: (h.send as string) || undefined, expect: (h.expect as string) || undefined });
+}
+
+export interface ApiOptions {
+  token: string;
+  /** Told the health-check settings of a service declared through the API. */
+  health?: (service: string, settings: HealthSettings) => void;
+}
+
+export function createApiRouter(state: ControllerState, options: ApiOptions): Router {
   const expected = Buffer.from(`Bearer ${options.token}`);
   const requireToken = (req: Request, _res: Response, next: NextFunction) => {
     const got = Buffer.from(req.get("authorization") ?? "");
@@ -59,6 +85,21 @@ export function createApiRouter(state: ControllerState, options: { token: string
   r.get("/v1/events", (req, res) => {
     const service = typeof req.query.service === "string" ? req.query.service : undefined;
     res.json({ events: state.history(service) });
+  });
+  r.post("/v1/services", requireToken, json, (req, res) => {
+    const b = body(req);
+    onlyKeys(b, ["name", "primary", "replicas", "healthCheck"]);
+    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", '"name" must be 1-64 characters of [A-Za-z0-9_-]');
+    if (!Array.isArray(b.replicas)) throw new ApiError("BAD_REQUEST", '"replicas" must be a list of {"name", "address"}');
+    const members = [member(b.primary, "primary", "primary"), ...b.replicas.map((r, i) => member(r, `replicas[${i}]`, "replica"))];
+    for (const key of ["name", "address"] as const) {
+      const dup = members.find((m, i) => members.findIndex((x) => x[key] === m[key]) !== i);
+      if (dup) throw new ApiError("BAD_REQUEST", `two members have the ${key} "${dup[key]}"`);
+    }
+    const health = healthCheck(b.healthCheck);
+    const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
+    options.health?.(service.name, health);
+    res.status(201).json(view(service, state));
   });
   r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
     const b = body(req);

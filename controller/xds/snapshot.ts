@@ -1,5 +1,6 @@
 // Immutable, versioned sets of xDS resources, checked for consistency before they are
 // published: the transport only ever serves a whole snapshot, never a half-updated one.
+import { createHash } from "node:crypto";
 import { TYPE_URL, PRIMARY_PRIORITY, STANDBY_PRIORITY, socketAddress, type ClusterLoadAssignment } from "./resources.ts";
 
 /** What the controller decided for one service's primary cluster. */
@@ -7,7 +8,9 @@ export interface ServiceEndpoints {
   /** The Envoy cluster tcp_proxy routes to (EDS service name). */
   readonly cluster: string;
   readonly primary: string;
-  /** Members that may take over, best first; never stale or diverged ones. */
+  /** Members that may take over, best first; never stale or diverged ones. Each gets its own
+   *  priority (1, 2, ...), so when the primary fails Envoy sends every new connection to the
+   *  first, the designated successor, and never spreads them over several standbys. */
   readonly standbys: readonly string[];
 }
 
@@ -26,7 +29,7 @@ function assignment(s: ServiceEndpoints): ClusterLoadAssignment {
     cluster_name: s.cluster,
     endpoints: [
       { priority: PRIMARY_PRIORITY, lb_endpoints: [{ endpoint: { address: socketAddress(s.primary) } }] },
-      ...(s.standbys.length ? [{ priority: STANDBY_PRIORITY, lb_endpoints: s.standbys.map((a) => ({ endpoint: { address: socketAddress(a) } })) }] : []),
+      ...s.standbys.map((a, i) => ({ priority: STANDBY_PRIORITY + i, lb_endpoints: [{ endpoint: { address: socketAddress(a) } }] })),
     ],
   };
 }
@@ -45,4 +48,11 @@ export function buildSnapshot(version: string, services: readonly ServiceEndpoin
     endpoints.set(s.cluster, Object.freeze(assignment(s)));
   }
   return Object.freeze({ version, endpoints });
+}
+
+/** A version derived from the content: the same decision always has the same version, so a
+ *  restarted controller serves Envoy exactly what it has (no update, no flap). */
+export function contentVersion(services: readonly ServiceEndpoints[]): string {
+  const canonical = [...services].sort((a, b) => a.cluster.localeCompare(b.cluster)).map((s) => [s.cluster, s.primary, s.standbys]);
+  return createHash("sha256").update(JSON.stringify(canonical)).digest("hex").slice(0, 16);
 }

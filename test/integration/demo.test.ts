@@ -10,9 +10,9 @@ import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { freePorts } from "../support/ports.ts";
 
 describe("npm run demo", () => {
-  it("shows every replica holding the primary's state after a scripted session", async () => {
+  it("shows every replica holding the primary's state after a scripted session, then a failover that loses nothing", async () => {
     const demo = JSON.parse(readFileSync(join(PROJECT_ROOT, "config/demo.json"), "utf8"));
-    const [listener, primary, a, b, relay, metrics, admin] = await freePorts(7);
+    const [listener, primary, a, b, relay, metrics, admin, api, xds] = await freePorts(9);
     const config = {
       ...demo,
       listener: { address: "127.0.0.1", port: listener },
@@ -20,6 +20,7 @@ describe("npm run demo", () => {
       replicas: [{ name: "replica-a", address: `127.0.0.1:${a}` }, { name: "replica-b", address: `127.0.0.1:${b}` }],
       relay: { address: "127.0.0.1", port: relay, metricsPort: metrics },
       envoy: { ...demo.envoy, adminPort: admin },
+      controller: { apiPort: api, xdsPort: xds },
     };
     const file = join(mkdtempSync(join(tmpdir(), "lockstep-demo-")), "demo.json");
     writeFileSync(file, JSON.stringify(config));
@@ -32,5 +33,7 @@ describe("npm run demo", () => {
     expect(digests).toHaveLength(3);
     expect(new Set(digests).size).toBe(1);
     expect(output).toMatch(/lockstep\.demo\.replica\.replica-b\.bytes_acked: [1-9]/);
+    expect(output).toMatch(/the controller promoted "replica-[ab]"; members now: primary=stale/);
+    expect(output).toContain("the promoted replica holds every value written before the failover");
   });
 });

@@ -10,11 +10,11 @@ import { TYPE_URL } from "../../controller/xds/resources.ts";
 const svc = { cluster: "kv_primary", primary: "127.0.0.1:7001", standbys: ["127.0.0.1:7002", "127.0.0.1:7003"] };
 
 describe("xDS snapshots", () => {
-  it("puts the primary at priority 0 and the standbys, in order, at priority 1", () => {
+  it("puts the primary at priority 0 and each standby, best first, at priorities 1, 2, ...", () => {
     const snap = buildSnapshot("1", [svc]);
     const cla = snap.endpoints.get("kv_primary")!;
     expect(cla["@type"]).toBe(TYPE_URL.ENDPOINTS);
-    expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.map((l) => l.endpoint.address.socket_address.port_value)])).toEqual([[0, [7001]], [1, [7002, 7003]]]);
+    expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.map((l) => l.endpoint.address.socket_address.port_value)])).toEqual([[0, [7001]], [1, [7002]], [2, [7003]]]);
     expect(Object.isFrozen(snap) && Object.isFrozen(cla)).toBe(true);
   });
 

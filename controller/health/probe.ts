@@ -1,0 +1,45 @@
+// One health probe of a member: open a TCP connection, optionally send a payload and wait for
+// an expected answer, within a timeout. Reports success and the round-trip time (connect, or
+// payload to answer): the RTT the controller uses to break ties between equally current replicas.
+import { connect } from "node:net";
+
+export interface ProbeSpec {
+  /** Bytes to send once connected (none: a connect check). */
+  readonly send?: string;
+  /** Text the answer must contain (checked only with `send`). */
+  readonly expect?: string;
+  readonly timeoutMs: number;
+}
+
+export interface ProbeResult { readonly ok: boolean; readonly rttMs?: number; readonly error?: string }
+
+export type Probe = (address: string, spec: ProbeSpec) => Promise<ProbeResult>;
+
+export const tcpProbe: Probe = (address, spec) => new Promise((resolve) => {
+  const i = address.lastIndexOf(":");
+  const socket = connect({ host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)), noDelay: true });
+  let started = process.hrtime.bigint();
+  let answer = "";
+  let done = false;
+  const finish = (result: ProbeResult) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    socket.destroy();
+    resolve(result);
+  };
+  const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
+  const timer = setTimeout(() => finish({ ok: false, error: `no ${spec.send ? "answer" : "connection"} within ${spec.timeoutMs} ms` }), spec.timeoutMs);
+  socket.on("connect", () => {
+    if (!spec.send) return finish({ ok: true, rttMs: elapsedMs() });
+    started = process.hrtime.bigint();
+    socket.write(spec.send);
+  });
+  socket.on("data", (chunk: Buffer) => {
+    answer += chunk.toString("latin1");
+    if (answer.includes(spec.expect ?? "")) finish({ ok: true, rttMs: elapsedMs() });
+    else if (answer.length > 4096) finish({ ok: false, error: "unexpected answer" });
+  });
+  socket.on("error", (err) => finish({ ok: false, error: err.message }));
+  socket.on("close", () => finish({ ok: false, error: "closed before answering" }));
+});

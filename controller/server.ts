@@ -1,0 +1,80 @@
+// The controller process's parts put together: the store and state, the HTTP API (127.0.0.1
+// unless configured otherwise), the xDS endpoint Envoy polls, health checks, and the link to
+// the relay. `startController` is what controller/main.ts, the demo and the tests run.
+import express from "express";
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { ControllerState, validateStoredState, type StoredState } from "./state.ts";
+import { FileStore } from "./store/file-store.ts";
+import { createApiRouter } from "./api/routes.ts";
+import { XdsRestServer } from "./xds/rest-server.ts";
+import { RelayClient } from "./relay/client.ts";
+import { Controller } from "./controller.ts";
+import { HEALTH_DEFAULTS, type HealthSettings } from "./health/checker.ts";
+import { tcpProbe, type Probe } from "./health/probe.ts";
+import type { Service } from "./model/service.ts";
+
+export interface ControllerSettings {
+  /** Services declared at boot (kept as stored if the store already knows them). */
+  readonly services: readonly { service: Service; health: HealthSettings }[];
+  readonly api: { readonly host: string; readonly port: number };
+  readonly xds: { readonly host: string; readonly port: number };
+  /** Bearer token for mutating API calls. */
+  readonly token: string;
+  readonly storePath: string;
+  /** Base URL of the relay's HTTP port (metrics and control), and its control token if any. */
+  readonly relay: { readonly url: string; readonly token?: string };
+  readonly relayPollMs?: number;
+  readonly probe?: Probe;
+  readonly log?: (line: string) => void;
+}
+
+export interface RunningController {
+  readonly apiPort: number;
+  readonly xdsPort: number;
+  readonly state: ControllerState;
+  readonly controller: Controller;
+  close(): Promise<void>;
+}
+
+async function listen(app: express.Express, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host, () => resolve(server));
+    server.once("error", reject);
+  });
+}
+
+export async function startController(settings: ControllerSettings): Promise<RunningController> {
+  const log = settings.log ?? (() => {});
+  const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState));
+  const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
+  for (const { service } of settings.services) state.declare(service);
+  const xds = new XdsRestServer();
+  const controller = new Controller({
+    state, xds,
+    relay: new RelayClient(settings.relay.url, settings.relay.token),
+    probe: settings.probe ?? tcpProbe,
+    healthOf: (service) => health.get(service) ?? HEALTH_DEFAULTS,
+    relayPollMs: settings.relayPollMs ?? 200,
+    log,
+  });
+
+  const api = express();
+  api.disable("x-powered-by");
+  api.use(createApiRouter(state, { token: settings.token, health: (name, h) => health.set(name, h) }));
+  const xdsApp = express();
+  xdsApp.disable("x-powered-by");
+  xdsApp.use(xds.router());
+  const apiServer = await listen(api, settings.api.host, settings.api.port);
+  const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port);
+  controller.start();
+  return {
+    apiPort: (apiServer.address() as AddressInfo).port,
+    xdsPort: (xdsServer.address() as AddressInfo).port,
+    state, controller,
+    async close() {
+      controller.stop();
+      for (const s of [apiServer, xdsServer]) { s.closeAllConnections(); await new Promise<void>((r) => s.close(() => r())); }
+    },
+  };
+}
