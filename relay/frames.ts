@@ -1,24 +1,38 @@
 // The mirror channel's frames, as defined once in docs/wire-format.md (fixtures:
-// test/fixtures/wire-frames.json): decode what the filter sends, encode the relay's ACKs.
+// test/fixtures/wire-frames.json): decode what the filter sends (client bytes, and digests of
+// the primary's replies), encode the relay's ACKs.
 // Malformed input throws FrameError with a precise message; nothing here does I/O.
 
 export const FRAME_OPEN = 0x01;
 export const FRAME_DATA = 0x02;
 export const FRAME_END = 0x03;
+export const FRAME_REPLY_DIGEST = 0x04;
+export const FRAME_REPLY_END = 0x05;
 export const FRAME_ACK = 0x81;
 export const WIRE_VERSION = 1;
+/** OPEN flags bit 0: the filter digests the primary's replies on this connection (REPLY_DIGEST,
+ *  REPLY_END follow) and the relay compares each replica's replies with them. */
+export const OPEN_FLAG_REPLY_DIGESTS = 0x01;
+/** Reply windows: window i is reply bytes [i * REPLY_WINDOW_BYTES, (i + 1) * REPLY_WINDOW_BYTES). */
+export const REPLY_WINDOW_BYTES = 16 * 1024;
 
 export const REPLICA_STATES = ["CONNECTING", "LIVE", "DETACHED", "CLOSED"] as const;
 export type ReplicaState = (typeof REPLICA_STATES)[number];
-export const DETACH_REASONS = ["NONE", "CONNECT_FAILED", "REPLICA_CLOSED", "LAG_BOUND", "RELAY_BOUND", "PROTOCOL", "STALLED"] as const;
+export const DETACH_REASONS = ["NONE", "CONNECT_FAILED", "REPLICA_CLOSED", "LAG_BOUND", "RELAY_BOUND", "PROTOCOL", "STALLED", "DIVERGED"] as const;
 export type DetachReason = (typeof DETACH_REASONS)[number];
+/** How the primary's reply stream ended (REPLY_END): CUT, the connection ended first (bytes past
+ *  total_bytes are unknown); PRIMARY_CLOSED, the primary ended it (total_bytes is all it said). */
+export const REPLY_END_KINDS = ["CUT", "PRIMARY_CLOSED"] as const;
+export type ReplyEndKind = (typeof REPLY_END_KINDS)[number];
 
 export interface OpenFrame { type: "OPEN"; version: number; connectionId: bigint; flags: number; service: string; primary: string; client: string }
 export interface DataFrame { type: "DATA"; offset: number; bytes: Buffer }
 export interface EndFrame { type: "END"; totalBytes: number }
+export interface ReplyDigestFrame { type: "REPLY_DIGEST"; firstWindow: number; crcs: number[] }
+export interface ReplyEndFrame { type: "REPLY_END"; totalBytes: number; tailCrc: number; end: ReplyEndKind }
 export interface ReplicaProgress { name: string; queued: number; acked: number; state: ReplicaState; reason: DetachReason }
 export interface AckFrame { type: "ACK"; received: number; replicas: ReplicaProgress[] }
-export type FilterFrame = OpenFrame | DataFrame | EndFrame;
+export type FilterFrame = OpenFrame | DataFrame | EndFrame | ReplyDigestFrame | ReplyEndFrame;
 
 export class FrameError extends Error {}
 
@@ -30,6 +44,7 @@ class Reader {
   }
   u8(field: string): number { this.need(1, field); return this.buf[this.at++]; }
   u16(field: string): number { this.need(2, field); const v = this.buf.readUInt16LE(this.at); this.at += 2; return v; }
+  u32(field: string): number { this.need(4, field); const v = this.buf.readUInt32LE(this.at); this.at += 4; return v; }
   u64(field: string): bigint { this.need(8, field); const v = this.buf.readBigUInt64LE(this.at); this.at += 8; return v; }
   offset(field: string): number {
     const v = this.u64(field);
@@ -70,6 +85,26 @@ export function decodeFilterFrame(buf: Buffer): FilterFrame {
       r.done();
       return frame;
     }
+    case FRAME_REPLY_DIGEST: {
+      const r = new Reader(buf, "REPLY_DIGEST"); r.at = 1;
+      const firstWindow = r.offset("first_window");
+      const count = r.u16("count");
+      if (count === 0) throw new FrameError("REPLY_DIGEST frame with count 0");
+      const crcs: number[] = [];
+      for (let i = 0; i < count; i++) crcs.push(r.u32(`crc ${i}`));
+      r.done();
+      return { type: "REPLY_DIGEST", firstWindow, crcs };
+    }
+    case FRAME_REPLY_END: {
+      const r = new Reader(buf, "REPLY_END"); r.at = 1;
+      const totalBytes = r.offset("total_bytes");
+      const tailCrc = r.u32("tail_crc");
+      const kind = r.u8("end");
+      const end = REPLY_END_KINDS[kind];
+      if (end === undefined) throw new FrameError(`REPLY_END frame: unknown end ${kind}`);
+      r.done();
+      return { type: "REPLY_END", totalBytes, tailCrc, end };
+    }
     default:
       throw new FrameError(`unknown frame type 0x${type.toString(16).padStart(2, "0")}`);
   }
@@ -88,6 +123,15 @@ export function encodeOpen(f: Omit<OpenFrame, "type">): Buffer {
 }
 export function encodeData(offset: number, bytes: Buffer): Buffer { return Buffer.concat([Buffer.from([FRAME_DATA]), u64(offset), bytes]); }
 export function encodeEnd(totalBytes: number): Buffer { return Buffer.concat([Buffer.from([FRAME_END]), u64(totalBytes)]); }
+function u32(n: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32LE(n >>> 0); return b; }
+export function encodeReplyDigest(firstWindow: number, crcs: readonly number[]): Buffer {
+  if (crcs.length === 0 || crcs.length > 0xffff) throw new FrameError(`a REPLY_DIGEST carries 1 to 65535 windows, not ${crcs.length}`);
+  const count = Buffer.alloc(2); count.writeUInt16LE(crcs.length);
+  return Buffer.concat([Buffer.from([FRAME_REPLY_DIGEST]), u64(firstWindow), count, ...crcs.map(u32)]);
+}
+export function encodeReplyEnd(totalBytes: number, tailCrc: number, end: ReplyEndKind): Buffer {
+  return Buffer.concat([Buffer.from([FRAME_REPLY_END]), u64(totalBytes), u32(tailCrc), Buffer.from([REPLY_END_KINDS.indexOf(end)])]);
+}
 
 export function encodeAck(received: number, replicas: readonly ReplicaProgress[]): Buffer {
   if (replicas.length > 255) throw new FrameError("an ACK lists at most 255 replicas");

@@ -18,6 +18,11 @@
 //   lockstep_relay_replica_lag_bytes            gauge    accepted and not yet written, over its open connections
 //   lockstep_relay_replica_reply_bytes_dropped_total  counter  replica replies read and dropped
 //   lockstep_relay_replica_detaches_total{…,reason}   counter  connections on which it fell out of sync
+// The consistency check (docs/CONSISTENCY.md), same labels:
+//   lockstep_relay_replica_divergences_total          counter  connections whose replies differed from the primary's
+//   lockstep_relay_replica_replies_matched_total      counter  connections whose replies matched the primary's to its end
+//   lockstep_relay_replica_reply_windows_compared_total  counter  reply windows (16 KiB) found equal
+//   lockstep_relay_replica_reply_checks_abandoned_total  counter  connections whose check was given up (digest bound)
 
 type Labels = Record<string, string>;
 
@@ -61,6 +66,10 @@ export class RelayMetrics {
   readonly replicaLag = this.family("lockstep_relay_replica_lag_bytes", "gauge", "bytes accepted for the replica and not yet written, over its open connections");
   readonly replicaReplyDropped = this.family("lockstep_relay_replica_reply_bytes_dropped_total", "counter", "replica reply bytes read and dropped");
   readonly replicaDetaches = this.family("lockstep_relay_replica_detaches_total", "counter", "connections on which the replica fell out of sync");
+  readonly replicaDivergences = this.family("lockstep_relay_replica_divergences_total", "counter", "connections on which the replica's replies differed from the primary's (it is detached: DIVERGED)");
+  readonly replicaRepliesMatched = this.family("lockstep_relay_replica_replies_matched_total", "counter", "connections on which the replica's replies matched the primary's to its end");
+  readonly replicaWindowsCompared = this.family("lockstep_relay_replica_reply_windows_compared_total", "counter", "reply windows of 16 KiB found equal to the primary's");
+  readonly replicaChecksAbandoned = this.family("lockstep_relay_replica_reply_checks_abandoned_total", "counter", "connections whose reply check was given up (more digests waiting than the bound)");
 
   prometheus(): string {
     const lines: string[] = [];

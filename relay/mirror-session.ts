@@ -1,13 +1,17 @@
 // One client connection, as seen by the relay: one gRPC stream from the filter, and one
 // link per replica chosen when the stream opens (never the connection's primary). Checks
 // the frames' order, fans the client's bytes out to the links, and acknowledges offsets.
+// When the filter digests the primary's replies (OPEN flag REPLY_DIGESTS), the session's
+// ReplyCheck compares every replica's replies with them and detaches a replica whose
+// replies differ (DIVERGED), leaving the others and the client alone.
 //
 // The session owns a list of links with a role. Today every link is a mirror target; the
 // planned session mode adds a link that carries the primary's stream itself.
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { decodeFilterFrame, encodeAck, FrameError, type OpenFrame } from "./frames.ts";
+import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
+import { ReplyCheck } from "./reply-check.ts";
 import type { RelayConfig, ReplicaTarget } from "./config.ts";
 import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
@@ -27,6 +31,8 @@ export interface SessionContext {
 export class MirrorSession {
   private links: { role: "mirror"; link: ReplicaLink }[] = [];
   private open?: OpenFrame;
+  /** The consistency check, when the filter digests the primary's replies. */
+  private check?: ReplyCheck<ReplicaLink>;
   /** Client bytes received (the next DATA frame must start here). */
   private received = 0;
   private endedAt = -1;
@@ -58,6 +64,7 @@ export class MirrorSession {
       switch (f.type) {
         case "OPEN":
           if (this.open) throw new FrameError("second OPEN on one stream");
+          if (f.flags & ~OPEN_FLAG_REPLY_DIGESTS) throw new FrameError(`OPEN frame: unknown flags 0x${f.flags.toString(16).padStart(2, "0")}`);
           this.open = f;
           this.startLinks(f);
           break;
@@ -77,6 +84,14 @@ export class MirrorSession {
           for (const { link } of this.links) link.end();
           this.scheduleAck(true);
           break;
+        case "REPLY_DIGEST":
+          if (!this.check) throw new FrameError("REPLY_DIGEST on a stream opened without the REPLY_DIGESTS flag");
+          this.check.primaryDigests(f.firstWindow, f.crcs);
+          break;
+        case "REPLY_END":
+          if (!this.check) throw new FrameError("REPLY_END on a stream opened without the REPLY_DIGESTS flag");
+          this.check.primaryEnded(f.totalBytes, f.tailCrc, f.end);
+          break;
       }
     } catch (err) {
       this.protocolError(err instanceof Error ? err.message : String(err));
@@ -88,14 +103,42 @@ export class MirrorSession {
       this.ctx.metrics.unmirrored.add(1);
       this.ctx.log(`connection ${open.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
     } else {
+      const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
       for (const target of this.ctx.replicas(open.service)) {
         if (sameEndpoint(target, open.primary)) continue; // the connection's primary is never its own mirror
-        const link = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
-          () => this.onLinkStateChange(), () => { this.releaseIfCaughtUp(); this.scheduleAck(false); });
+        const link: ReplicaLink = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
+          () => {
+            if (link.terminal) check?.removeReplica(link); // verdict given, or none possible any more
+            this.onLinkStateChange();
+          },
+          () => { this.releaseIfCaughtUp(); this.scheduleAck(false); },
+          check && { bytes: (reply) => check.replicaBytes(link, reply), end: () => check.replicaEnded(link) });
+        check?.addReplica(link);
         this.links.push({ role: "mirror", link });
       }
     }
     this.scheduleAck(true);
+  }
+
+  /** The reply check of this connection: its verdicts go to the metrics, the log and the link. */
+  private startCheck(open: OpenFrame): ReplyCheck<ReplicaLink> {
+    const labels = (link: ReplicaLink) => ({ service: open.service, replica: link.target.name });
+    const m = this.ctx.metrics;
+    this.check = new ReplyCheck<ReplicaLink>({
+      diverged: (link, d) => {
+        m.replicaDivergences.add(1, labels(link));
+        this.ctx.log(`divergence: service "${open.service}" replica "${link.target.name}" connection ${open.connectionId} ` +
+          `at reply offset ${d.offset}: ${d.detail}; replica detached from this connection (DIVERGED)`);
+        link.detach("DIVERGED");
+      },
+      matched: (link) => m.replicaRepliesMatched.add(1, labels(link)),
+      compared: (link, windows) => m.replicaWindowsCompared.add(windows, labels(link)),
+      abandoned: (link, why) => {
+        m.replicaChecksAbandoned.add(1, labels(link));
+        this.ctx.log(`reply check given up: service "${open.service}" replica "${link.target.name}" connection ${open.connectionId}: ${why}`);
+      },
+    });
+    return this.check;
   }
 
   private scheduleAck(now: boolean): void {

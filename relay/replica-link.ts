@@ -1,13 +1,14 @@
 // One replica's TCP connection for one client connection: the replica sees an ordinary
 // client. Bytes are queued in order and written exactly once; what the replica answers is
-// read and dropped. Bounded: past the per-connection lag bound or the relay-wide budget the
+// read, handed to the reply observer (the consistency check, when the connection has one)
+// and dropped. Bounded: past the per-connection lag bound or the relay-wide budget the
 // link detaches (socket destroyed, queue freed) and stays detached.
 //
 //   CONNECTING ──connect──► LIVE ──end + all written + replica closed──► CLOSED
 //        │                   │
 //        └──────────────┬────┘ connect failure, replica closed/reset early, bound exceeded, stalled
 //                       ▼
-//                    DETACHED (reason)
+//                    DETACHED (reason; DIVERGED when its replies differ from the primary's)
 import { connect, type Socket } from "node:net";
 import type { ReplicaState, DetachReason, ReplicaProgress } from "./frames.ts";
 import type { ReplicaTarget, RelayLimits } from "./config.ts";
@@ -17,6 +18,13 @@ import type { RelayMetrics } from "./metrics.ts";
 function splitHostPort(address: string): { host: string; port: number } {
   const i = address.lastIndexOf(":");
   return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
+}
+
+/** Who reads a replica's replies (the session's reply check). `end` fires once, when the reply
+ *  stream is over: the replica half-closed, the socket closed, or we stopped waiting for it. */
+export interface ReplyObserver {
+  bytes(reply: Buffer): void;
+  end(): void;
 }
 
 export class ReplicaLink {
@@ -43,6 +51,7 @@ export class ReplicaLink {
     private readonly onStateChange: () => void,
     /** Called when bytes were flushed (the session may send an ACK). */
     private readonly onProgress: () => void,
+    private readonly replies?: ReplyObserver,
   ) {
     this.labels = { service, replica: target.name };
     metrics.replicaConnections.add(1, this.labels);
@@ -60,9 +69,16 @@ export class ReplicaLink {
       this.onStateChange();
       this.maybeEnd();
     });
-    this.socket.on("data", (reply: Buffer) => metrics.replicaReplyDropped.add(reply.length, this.labels));
+    this.socket.on("data", (reply: Buffer) => {
+      metrics.replicaReplyDropped.add(reply.length, this.labels);
+      if (!this.terminal) this.replies?.bytes(reply);
+    });
+    this.socket.on("end", () => this.replyEnd());
     this.socket.on("error", () => this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED"));
     this.socket.on("close", () => {
+      if (this.terminal) return;
+      // Judge the replies first: a replica that answered differently ends DIVERGED, not CLOSED.
+      if (this.endSent && this.acked === this.queued) this.replyEnd();
       if (this.terminal) return;
       if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
       else this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED");
@@ -116,8 +132,17 @@ export class ReplicaLink {
    *  last bytes (STALLED). */
   closeIfDelivered(): void {
     if (this.terminal) return;
+    this.replyEnd(); // what it answered by now is all it answered
+    if (this.terminal) return;
     if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
     else this.detach("STALLED");
+  }
+
+  private replyEnded = false;
+  private replyEnd(): void {
+    if (this.replyEnded || this.terminal) return;
+    this.replyEnded = true;
+    this.replies?.end();
   }
 
   /** Out of sync for this connection: free everything now. */

@@ -12,7 +12,19 @@ export interface WireFixture {
   hex: string;
 }
 
-export const WIRE_FIXTURES: WireFixture[] = JSON.parse(readFileSync(join(PROJECT_ROOT, "test/fixtures/wire-frames.json"), "utf8")).fixtures;
+/** A CRC-32 test vector of the reply digest: `patternHex` repeated to `length` bytes. */
+export interface DigestVector { name: string; note: string; patternHex: string; length: number; crc32: string }
+
+const FILE = JSON.parse(readFileSync(join(PROJECT_ROOT, "test/fixtures/wire-frames.json"), "utf8"));
+export const WIRE_FIXTURES: WireFixture[] = FILE.fixtures;
+export const DIGEST_VECTORS: DigestVector[] = FILE.digests;
+
+export function vectorBytes(v: DigestVector): Buffer {
+  const pattern = Buffer.from(v.patternHex, "hex");
+  const out = Buffer.alloc(v.length);
+  for (let i = 0; i < v.length; i++) out[i] = pattern[i % pattern.length];
+  return out;
+}
 
 export function fixture(name: string): WireFixture {
   const f = WIRE_FIXTURES.find((x) => x.name === name);

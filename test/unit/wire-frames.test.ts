@@ -1,8 +1,10 @@
 // The relay's codec against the shared fixtures of docs/wire-format.md, and its errors on
 // malformed frames (the filter's side of the same fixtures: filter-mirror.test.ts).
 import { describe, it, expect } from "vitest";
-import { decodeFilterFrame, decodeAck, encodeAck, encodeOpen, encodeData, encodeEnd, FrameError } from "../../relay/frames.ts";
-import { WIRE_FIXTURES, fixtureBytes } from "../support/wire-fixtures.ts";
+import { crc32 } from "node:zlib";
+import { decodeFilterFrame, decodeAck, encodeAck, encodeOpen, encodeData, encodeEnd, encodeReplyDigest, encodeReplyEnd, FrameError } from "../../relay/frames.ts";
+import { WindowedDigest } from "../../relay/reply-check.ts";
+import { WIRE_FIXTURES, DIGEST_VECTORS, fixtureBytes, vectorBytes } from "../support/wire-fixtures.ts";
 
 describe("wire format fixtures", () => {
   it("annotates every byte of every fixture", () => {
@@ -21,9 +23,15 @@ describe("wire format fixtures", () => {
       } else if (frame.type === "DATA") {
         expect({ type: frame.type, offset: frame.offset, bytes: frame.bytes.toString() }).toEqual(d);
         expect(encodeData(frame.offset, frame.bytes)).toEqual(bytes);
-      } else {
+      } else if (frame.type === "END") {
         expect(frame).toEqual(d);
         expect(encodeEnd(frame.totalBytes)).toEqual(bytes);
+      } else if (frame.type === "REPLY_DIGEST") {
+        expect(frame).toEqual(d);
+        expect(encodeReplyDigest(frame.firstWindow, frame.crcs)).toEqual(bytes);
+      } else {
+        expect(frame).toEqual(d);
+        expect(encodeReplyEnd(frame.totalBytes, frame.tailCrc, frame.end)).toEqual(bytes);
       }
     });
   }
@@ -43,8 +51,35 @@ describe("wire format fixtures", () => {
     ["an OPEN of another version", Buffer.from(fixtureBytes("open").map((b, i) => (i === 1 ? 9 : b))), "unsupported version 9"],
     ["an END with trailing bytes", Buffer.concat([fixtureBytes("end"), Buffer.from([0])]), "1 unexpected trailing bytes"],
     ["a truncated DATA header", fixtureBytes("data").subarray(0, 5), "DATA frame truncated"],
+    ["a REPLY_DIGEST with no window", Buffer.from("04" + "00".repeat(8) + "0000", "hex"), "REPLY_DIGEST frame with count 0"],
+    ["a REPLY_DIGEST shorter than its count", fixtureBytes("reply-digest").subarray(0, 15), "REPLY_DIGEST frame truncated: crc 1 needs 4 bytes"],
+    ["a REPLY_DIGEST longer than its count", Buffer.concat([fixtureBytes("reply-digest"), Buffer.from([1])]), "1 unexpected trailing bytes"],
+    ["a REPLY_END of an unknown kind", Buffer.from(fixtureBytes("reply-end").map((b, i) => (i === 13 ? 9 : b))), "REPLY_END frame: unknown end 9"],
   ])("rejects %s with a precise message", (_what, bytes, message) => {
     expect(() => decodeFilterFrame(bytes)).toThrow(FrameError);
     expect(() => decodeFilterFrame(bytes)).toThrow(message);
+  });
+
+  it("reproduces the reply frames from the reply they describe (40000 bytes of \"+OK\\r\\n\")", () => {
+    const reply = vectorBytes({ name: "", note: "", patternHex: Buffer.from("+OK\r\n").toString("hex"), length: 40000, crc32: "" });
+    const d = new WindowedDigest();
+    // Odd chunk sizes: the windows depend on byte offsets only.
+    const crcs: number[] = [];
+    for (let at = 0, n = 1; at < reply.length; at += n, n = n * 7 % 9973 + 1) crcs.push(...d.push(reply.subarray(at, at + n)));
+    expect(encodeReplyDigest(0, crcs)).toEqual(fixtureBytes("reply-digest"));
+    expect(encodeReplyEnd(d.total, d.tail, "PRIMARY_CLOSED")).toEqual(fixtureBytes("reply-end"));
+  });
+});
+
+describe("reply digest vectors (CRC-32, zlib's)", () => {
+  it.each(DIGEST_VECTORS.map((v) => [v.name, v] as const))("%s: zlib.crc32 and the windowed digest agree with the fixture", (_name, v) => {
+    const bytes = vectorBytes(v);
+    expect(crc32(bytes).toString(16).padStart(8, "0")).toBe(v.crc32);
+    if (v.length <= 16384) {
+      const d = new WindowedDigest();
+      const windows = d.push(bytes);
+      const crc = v.length === 16384 ? windows[0] : d.tail;
+      expect(crc.toString(16).padStart(8, "0")).toBe(v.crc32);
+    }
   });
 });
