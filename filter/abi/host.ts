@@ -29,7 +29,8 @@ export function logCritical(message: string): void { log(LogLevel.CRITICAL, mess
 export function logDebug(message: string): void { log(LogLevel.DEBUG, message); }
 
 /** Bytes [start, start+maxSize) of a buffer; null if the buffer is not available now.
- *  DOWNSTREAM_DATA only in proxy_on_downstream_data, GRPC_RECEIVE_BUFFER only in
+ *  DOWNSTREAM_DATA only in proxy_on_downstream_data, UPSTREAM_DATA only in
+ *  proxy_on_upstream_data, GRPC_RECEIVE_BUFFER only in
  *  proxy_on_grpc_receive, PLUGIN_CONFIGURATION only in proxy_on_configure. */
 export function getBufferBytes(bufferType: u32, start: usize, maxSize: usize): ArrayBuffer | null {
   const status = env.proxy_get_buffer_bytes(bufferType, start, maxSize, RETURN_PTR, RETURN_SIZE);

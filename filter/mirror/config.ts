@@ -1,7 +1,7 @@
 // The filter's plugin configuration (the `configuration` of the wasm filter in Envoy),
 // parsed and validated once in proxy_on_configure. A bad configuration is refused with a
 // message naming the field: Envoy then rejects the listener instead of running half-set-up.
-import { parseFlatObject, JSON_STRING, JSON_NUMBER } from "./json";
+import { parseFlatObject, JSON_STRING, JSON_NUMBER, JSON_BOOL } from "./json";
 import { isName } from "./names";
 
 export const DEFAULT_MAX_INFLIGHT_BYTES_PER_CONNECTION: u64 = 4 << 20; // 4 MiB: a few of Envoy's reads (up to 1 MiB each)
@@ -25,13 +25,16 @@ export class MirrorConfig {
   relayStallTimeoutMs: u64 = DEFAULT_RELAY_STALL_TIMEOUT_MS;
   /** How long a finished connection's stream may wait for the relay's final answer. */
   closeTimeoutMs: u64 = DEFAULT_CLOSE_TIMEOUT_MS;
+  /** Digest the primary's replies so the relay can compare each replica's with them
+   *  (docs/CONSISTENCY.md). Off: the primary's replies are never read. */
+  compareReplies: bool = true;
 }
 
 export class ConfigResult {
   constructor(public config: MirrorConfig | null, public error: string) {}
 }
 
-const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms"];
+const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "compare_replies"];
 
 function bad(message: string): ConfigResult { return new ConfigResult(null, message); }
 
@@ -65,6 +68,11 @@ export function parseMirrorConfig(json: string): ConfigResult {
     else if (i == 1) config.maxInflightBytesTotal = n;
     else if (i == 2) config.closeTimeoutMs = n;
     else config.relayStallTimeoutMs = n;
+  }
+  const compare = obj.get("compare_replies");
+  if (compare !== null) {
+    if (compare.kind != JSON_BOOL) return bad("\"compare_replies\" must be true or false");
+    config.compareReplies = compare.flag;
   }
   if (config.maxInflightBytesTotal < config.maxInflightBytesPerConnection)
     return bad("\"max_inflight_bytes_total\" must be at least \"max_inflight_bytes_per_connection\"");

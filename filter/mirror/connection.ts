@@ -2,20 +2,30 @@
 // acknowledged, and what the relay reports of each replica. Lives from the connection's
 // first event until the relay's final answer (or a cancel), which may outlast the
 // connection's own context. Never holds client bytes: what is sent is the relay's to keep,
-// bounded by the in-flight limits.
+// bounded by the in-flight limits. With compare_replies it also digests the primary's reply
+// stream (read, never changed or held) in windows aligned by offset, and sends the digests;
+// its state for that is a few numbers per connection.
 import * as host from "../abi/host";
 import { BufferType } from "../abi/constants";
 import { freeHostBuffer, HOST_BUFFER_HEADROOM } from "../abi/memory";
 import {
   encodeOpen, encodeEnd, writeDataHeader, DATA_HEADER_BYTES, Ack,
-  REPLICA_DETACHED, REPLICA_CLOSED,
+  REPLICA_DETACHED, REPLICA_CLOSED, REASON_DIVERGED,
+  OPEN_FLAG_REPLY_DIGESTS, REPLY_DIGEST_HEADER_BYTES, writeReplyDigestHeader, encodeReplyEnd,
+  REPLY_END_CUT, REPLY_END_PRIMARY_CLOSED,
 } from "./frames";
+import { crc32Update, REPLY_WINDOW_BYTES } from "./digest";
 import { MirrorStats } from "./stats";
 import { MirrorConfig } from "./config";
 import { sanitizeName } from "./names";
 
 // The DATA header is written into the headroom of the host's buffer.
 assert(DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "DATA header does not fit the host buffer headroom");
+
+/** Window digests per REPLY_DIGEST frame: 256 x 16 KiB = 4 MiB of reply, more than one Envoy
+ *  read; a longer read sends several frames. The frame is built in this static scratch. */
+const MAX_WINDOWS_PER_DIGEST_FRAME: usize = 256;
+const DIGEST_FRAME = memory.data(<i32>(REPLY_DIGEST_HEADER_BYTES + 4 * MAX_WINDOWS_PER_DIGEST_FRAME));
 
 export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
 export const MIRROR_METHOD = "Stream";
@@ -53,13 +63,23 @@ export class MirrorConnection {
    *  this many of its bytes were mirrored already. */
   bufferedMirrored: usize = 0;
   replicas: ReplicaView[] = [];
+  /** Digesting the primary's replies (compare_replies, and the stream is usable for it). */
+  comparing: bool;
+  /** Reply bytes digested, and the CRC-32 of those after the last whole window. */
+  replyTotal: u64 = 0;
+  replyCrc: u32 = 0;
+  replyEndSent: bool = false;
+  /** Envoy's connection_id (as in OPEN and the relay's log lines), once the stream is open. */
+  connectionId: u64 = 0;
 
   constructor(
     public readonly contextId: u32,
     private readonly config: MirrorConfig,
     private readonly stats: MirrorStats,
     private readonly grpcService: ArrayBuffer,
-  ) {}
+  ) {
+    this.comparing = config.compareReplies;
+  }
 
   get inflight(): u64 { return this.sent - this.received; }
   get mirroring(): bool { return this.state == STATE_STREAMING; }
@@ -76,9 +96,11 @@ export class MirrorConnection {
     }
     this.token = token;
     this.state = STATE_STREAMING;
+    this.connectionId = host.getPropertyU64("connection_id", <u64>this.contextId);
     this.stats.add(this.stats.streamsActive, 1);
     const frame = encodeOpen(
-      host.getPropertyU64("connection_id", <u64>this.contextId),
+      this.connectionId,
+      this.comparing ? OPEN_FLAG_REPLY_DIGESTS : 0,
       this.config.service,
       host.getPropertyString("upstream.address"),
       host.getPropertyString("source.address"),
@@ -107,6 +129,56 @@ export class MirrorConnection {
     this.stats.add(this.stats.inflightBytes, <i64>length);
   }
 
+  /** Digest the primary's bytes in UPSTREAM_DATA (`size` long: we never pause that direction,
+   *  so they are all new) and send the windows they complete. Only from on_upstream_data.
+   *  Reads the buffer, never changes it. Nothing is read unless comparing. */
+  digestUpstream(size: usize, endOfStream: bool): void {
+    if (!this.comparing || this.replyEndSent) return;
+    if (this.state != STATE_STREAMING) { this.comparing = false; return; } // no replica, or no stream
+    if (size > 0) {
+      const ptr = host.getBufferBytesRaw(BufferType.UPSTREAM_DATA, 0, size);
+      if (ptr == 0) {
+        // Digests with a hole would be wrong: stop here; the relay compares what it was sent.
+        this.comparing = false;
+        host.logWarn("lockstep: could not read the primary's reply on connection " + this.contextId.toString() + "; reply comparison stopped for it");
+        return;
+      }
+      const length = host.lastReturnedSize();
+      let firstWindow = this.replyTotal / REPLY_WINDOW_BYTES;
+      let count: usize = 0;
+      let at: usize = 0;
+      while (at < length) {
+        const room = <usize>(REPLY_WINDOW_BYTES - this.replyTotal % REPLY_WINDOW_BYTES);
+        const n = min(room, length - at);
+        this.replyCrc = crc32Update(this.replyCrc, ptr + at, n);
+        this.replyTotal += n;
+        at += n;
+        if (this.replyTotal % REPLY_WINDOW_BYTES == 0) {
+          store<u32>(DIGEST_FRAME + REPLY_DIGEST_HEADER_BYTES + (count << 2), this.replyCrc);
+          this.replyCrc = 0;
+          if (++count == MAX_WINDOWS_PER_DIGEST_FRAME) { this.sendDigests(firstWindow, count); firstWindow += count; count = 0; }
+        }
+      }
+      freeHostBuffer(ptr);
+      if (count > 0) this.sendDigests(firstWindow, count);
+      this.stats.add(this.stats.replyBytesDigested, <i64>length);
+    }
+    if (endOfStream) this.endReplies(REPLY_END_PRIMARY_CLOSED);
+  }
+
+  private sendDigests(firstWindow: u64, count: usize): void {
+    writeReplyDigestHeader(DIGEST_FRAME, firstWindow, <u16>count);
+    host.grpcSend(this.token, DIGEST_FRAME, REPLY_DIGEST_HEADER_BYTES + (count << 2), false);
+  }
+
+  /** The primary's reply stream is over (`end`: REPLY_END_PRIMARY_CLOSED or REPLY_END_CUT). */
+  private endReplies(end: u8): void {
+    if (!this.comparing || this.replyEndSent || this.state != STATE_STREAMING) return;
+    const frame = encodeReplyEnd(this.replyTotal, this.replyCrc, end);
+    host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false);
+    this.replyEndSent = true;
+  }
+
   /** The client half-closed: tell the relay where its stream ends. */
   endDownstream(): void {
     if (!this.mirroring || this.endSent) return;
@@ -119,6 +191,8 @@ export class MirrorConnection {
   finish(nowNs: u64): void {
     this.paused = false; // the connection is gone: nothing to resume
     if (this.state == STATE_STREAMING) {
+      // The connection ended before the primary ended its replies (if it had, REPLY_END is out).
+      this.endReplies(REPLY_END_CUT);
       host.grpcClose(this.token);
       this.state = STATE_CLOSING;
       this.closingSinceNs = nowNs;
@@ -155,7 +229,14 @@ export class MirrorConnection {
       if (v.state == REPLICA_DETACHED || v.state == REPLICA_CLOSED) continue;
       if (update.queued > v.queued) { this.stats.add(rs.bytesMirrored, <i64>(update.queued - v.queued)); v.queued = update.queued; }
       if (update.acked > v.acked) { this.stats.add(rs.bytesAcked, <i64>(update.acked - v.acked)); v.acked = update.acked; }
-      if (update.state == REPLICA_DETACHED) this.stats.add(rs.detaches, 1);
+      if (update.state == REPLICA_DETACHED) {
+        this.stats.add(rs.detaches, 1);
+        if (update.reason == REASON_DIVERGED) {
+          this.stats.add(rs.divergences, 1);
+          host.logWarn("lockstep: replica \"" + name + "\" diverged on connection " + this.connectionId.toString() +
+            ": its replies differ from the primary's; detached from this connection");
+        }
+      }
       if (update.state == REPLICA_CLOSED) this.stats.add(rs.completed, 1);
       v.state = update.state;
     }

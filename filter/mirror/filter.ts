@@ -32,6 +32,8 @@ export class MirrorFilter extends NetworkContext {
     // Server-first protocols: the primary speaks before the client; open now so the
     // replicas are connected at the same point of the conversation.
     this.mirrorRoot.open(this.mirror);
+    // Read (never change) the primary's bytes for the consistency check; never Pause here.
+    this.mirror.digestUpstream(size, endOfStream);
     return Action.CONTINUE;
   }
 

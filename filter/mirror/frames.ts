@@ -5,20 +5,35 @@
 //   OPEN  0x01 | version u8 | connection_id u64 | flags u8 | service str | primary str | client str
 //   DATA  0x02 | offset u64 | bytes ...
 //   END   0x03 | total_bytes u64
+//   REPLY_DIGEST 0x04 | first_window u64 | count u16 | count x crc32 u32     (the primary's reply windows)
+//   REPLY_END    0x05 | total_bytes u64 | tail_crc u32 | end u8             (the primary's reply stream ended)
 //   ACK   0x81 | received u64 | count u8 | count x ( name str | queued u64 | acked u64 | state u8 | reason u8 )
 
 export const FRAME_OPEN: u8 = 0x01;
 export const FRAME_DATA: u8 = 0x02;
 export const FRAME_END: u8 = 0x03;
+export const FRAME_REPLY_DIGEST: u8 = 0x04;
+export const FRAME_REPLY_END: u8 = 0x05;
 export const FRAME_ACK: u8 = 0x81;
 export const WIRE_VERSION: u8 = 1;
 /** Bytes in front of a DATA frame's payload (fits in abi/memory's HOST_BUFFER_HEADROOM). */
 export const DATA_HEADER_BYTES: usize = 9;
 
+/** OPEN flags bit 0: REPLY_DIGEST and REPLY_END frames follow on this stream. */
+export const OPEN_FLAG_REPLY_DIGESTS: u8 = 0x01;
+/** REPLY_DIGEST header: type, first_window, count; then count CRCs of 4 bytes. */
+export const REPLY_DIGEST_HEADER_BYTES: usize = 11;
+/** REPLY_END `end`: the connection ended first (bytes past total_bytes unknown). */
+export const REPLY_END_CUT: u8 = 0;
+/** REPLY_END `end`: the primary ended its reply stream (total_bytes is all it said). */
+export const REPLY_END_PRIMARY_CLOSED: u8 = 1;
+
 export const REPLICA_CONNECTING: u8 = 0;
 export const REPLICA_LIVE: u8 = 1;
 export const REPLICA_DETACHED: u8 = 2;
 export const REPLICA_CLOSED: u8 = 3;
+/** ACK reason: the replica's replies differed from the primary's. */
+export const REASON_DIVERGED: u8 = 7;
 
 function strSize(bytes: ArrayBuffer): usize { return <usize>2 + <usize>bytes.byteLength; }
 
@@ -29,7 +44,7 @@ function putStr(at: usize, bytes: ArrayBuffer): usize {
 }
 
 /** OPEN: the first frame of every stream. Strings longer than 65535 bytes are cut. */
-export function encodeOpen(connectionId: u64, service: string, primary: string, client: string): ArrayBuffer {
+export function encodeOpen(connectionId: u64, flags: u8, service: string, primary: string, client: string): ArrayBuffer {
   const s = String.UTF8.encode(service.substring(0, 1024));
   const p = String.UTF8.encode(primary.substring(0, 1024));
   const c = String.UTF8.encode(client.substring(0, 1024));
@@ -38,7 +53,7 @@ export function encodeOpen(connectionId: u64, service: string, primary: string, 
   store<u8>(base, FRAME_OPEN);
   store<u8>(base + 1, WIRE_VERSION);
   store<u64>(base + 2, connectionId);
-  store<u8>(base + 10, 0);
+  store<u8>(base + 10, flags);
   putStr(putStr(putStr(base + 11, s), p), c);
   return frame;
 }
@@ -53,6 +68,23 @@ export function encodeEnd(totalBytes: u64): ArrayBuffer {
   const frame = new ArrayBuffer(9);
   store<u8>(changetype<usize>(frame), FRAME_END);
   store<u64>(changetype<usize>(frame) + 1, totalBytes);
+  return frame;
+}
+
+/** Write a REPLY_DIGEST header at `at`; the caller has put `count` CRCs (u32 LE) after it. */
+export function writeReplyDigestHeader(at: usize, firstWindow: u64, count: u16): void {
+  store<u8>(at, FRAME_REPLY_DIGEST);
+  store<u64>(at + 1, firstWindow);
+  store<u16>(at + 9, count);
+}
+
+export function encodeReplyEnd(totalBytes: u64, tailCrc: u32, end: u8): ArrayBuffer {
+  const frame = new ArrayBuffer(14);
+  const base = changetype<usize>(frame);
+  store<u8>(base, FRAME_REPLY_END);
+  store<u64>(base + 1, totalBytes);
+  store<u32>(base + 9, tailCrc);
+  store<u8>(base + 13, end);
   return frame;
 }
 

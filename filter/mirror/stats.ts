@@ -6,12 +6,15 @@ import { MetricType } from "../abi/constants";
 
 export class ReplicaStats {
   connections: u32; bytesMirrored: u32; bytesAcked: u32; detaches: u32; completed: u32;
+  /** Connections on which its replies differed from the primary's (also counted in detaches). */
+  divergences: u32;
   constructor(prefix: string) {
     this.connections = defineMetric(MetricType.COUNTER, prefix + "connections");
     this.bytesMirrored = defineMetric(MetricType.COUNTER, prefix + "bytes_mirrored");
     this.bytesAcked = defineMetric(MetricType.COUNTER, prefix + "bytes_acked");
     this.detaches = defineMetric(MetricType.COUNTER, prefix + "detaches");
     this.completed = defineMetric(MetricType.COUNTER, prefix + "completed");
+    this.divergences = defineMetric(MetricType.COUNTER, prefix + "divergences");
   }
 }
 
@@ -38,6 +41,8 @@ export class MirrorStats {
   inflightBytes: u32;
   /** Frames from the relay that did not decode. */
   relayProtocolErrors: u32;
+  /** Primary reply bytes read and digested for the consistency check (0 with compare_replies off). */
+  replyBytesDigested: u32;
   private prefix: string;
   private replicaNames: string[] = [];
   private replicaStats: ReplicaStats[] = [];
@@ -56,6 +61,7 @@ export class MirrorStats {
     this.connectionsWithoutReplicas = defineMetric(MetricType.COUNTER, p + "connections_without_replicas");
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
+    this.replyBytesDigested = defineMetric(MetricType.COUNTER, p + "reply_bytes_digested");
   }
 
   replica(name: string): ReplicaStats {

@@ -213,6 +213,9 @@ export class NetworkHost {
   readonly grpcStreams = new Map<number, GrpcStreamRecord>();
   /** Module behaviour Envoy would not catch or would punish silently. Tests expect it empty. */
   readonly violations: string[] = [];
+  /** proxy_get_buffer_bytes calls that returned bytes, per buffer type: calls and bytes copied
+   *  (e.g. bufferReads.get(BufferType.UPSTREAM_DATA) shows whether the module read the primary's replies). */
+  readonly bufferReads = new Map<number, { calls: number; bytes: number }>();
   /** Arguments of every proxy_set_effective_context call. */
   readonly effectiveContextSets: number[] = [];
   readonly sharedData = new Map<string, { value: Buffer; cas: number }>();
@@ -435,6 +438,9 @@ export class NetworkHost {
         start >>>= 0; max >>>= 0;
         const end = start > buf.bytes.length ? start : Math.min(buf.bytes.length, start + max);
         m().give(buf.bytes.subarray(start, end), retPtr, retSize);
+        const reads = this.bufferReads.get(type) ?? { calls: 0, bytes: 0 };
+        reads.calls++; reads.bytes += end - start;
+        this.bufferReads.set(type, reads);
         return Status.OK;
       },
       proxy_get_buffer_status: (type: number, retSize: number, retFlags: number) => {

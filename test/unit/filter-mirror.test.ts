@@ -1,16 +1,18 @@
 // The compiled lockstep filter in the host emulator, release and debug builds alike: the
 // frames it sends match the shared wire fixtures, ACKs drive its stats, flow control pauses
-// and resumes the client, and the relay's failures never touch the bytes to the primary.
+// and resumes the client, and the relay's failures never touch the bytes to the primary; the
+// primary's replies are digested in offset-aligned windows (or, with compare_replies off, never read).
 import { describe, it, expect } from "vitest";
 import { writeFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
+import { crc32 } from "node:zlib";
 import { join } from "node:path";
 import { createNetworkHost, type NetworkHost } from "../emulator/network-host.ts";
-import { Action } from "../emulator/abi-spec.ts";
+import { Action, BufferType } from "../emulator/abi-spec.ts";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
-import { encodeAck, decodeFilterFrame } from "../../relay/frames.ts";
-import { fixtureBytes, fixture } from "../support/wire-fixtures.ts";
+import { encodeAck, decodeFilterFrame, type FilterFrame } from "../../relay/frames.ts";
+import { fixtureBytes, fixture, DIGEST_VECTORS, vectorBytes } from "../support/wire-fixtures.ts";
 
 const BUILDS = ["build/lockstep.wasm", "build/lockstep.debug.wasm"];
 const CONFIG = { relay_cluster: "lockstep_relay", service: "demo" };
@@ -25,6 +27,29 @@ function fixtureConnection(host: NetworkHost) {
 }
 
 const stat = (host: NetworkHost, name: string) => host.metric(`lockstep.demo.${name}`);
+
+/** The reply the reply fixtures describe: 40000 bytes of "+OK\r\n". */
+const OK_REPLY = vectorBytes({ name: "", note: "", patternHex: Buffer.from("+OK\r\n").toString("hex"), length: 40000, crc32: "" });
+
+/** The frames a connection's stream carried after OPEN, decoded. */
+function framesOf(host: NetworkHost): FilterFrame[] {
+  const [stream] = host.grpcStreams.values();
+  return stream.sent.slice(1).map((b) => decodeFilterFrame(b));
+}
+const replyFrames = (host: NetworkHost) => framesOf(host).filter((f) => f.type === "REPLY_DIGEST" || f.type === "REPLY_END");
+
+/** Chunk sizes from a seeded generator: 1 byte to a few windows, never aligned on purpose. */
+function oddChunks(bytes: Buffer, seed: number): Buffer[] {
+  const out: Buffer[] = [];
+  let x = seed;
+  for (let at = 0; at < bytes.length;) {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    const n = [1, 2, 3, 7, 16383, 16384, 16385, 5000, 40000][x % 9];
+    out.push(bytes.subarray(at, at + n));
+    at += n;
+  }
+  return out;
+}
 
 describe.each(BUILDS)("filter (%s)", (build) => {
   it("loads with exactly the spec's import signatures and configures", () => {
@@ -191,12 +216,128 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(conn.downstreamData("after").action).toBe(Action.CONTINUE);
   });
 
+  it("digests the primary's reply into the fixtures' REPLY_DIGEST and REPLY_END, passing it on unchanged", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    expect(conn.upstreamData(OK_REPLY, true)).toEqual({ action: Action.CONTINUE, forwarded: OK_REPLY });
+    const [stream] = host.grpcStreams.values();
+    expect(stream.sent.slice(2).map((b) => b.toString("hex"))).toEqual([fixture("reply-digest").hex, fixture("reply-end").hex]);
+    expect(stat(host, "reply_bytes_digested")).toBe(40000);
+    expect(host.violations).toEqual([]);
+  });
+
+  it.each([1, 2, 3, 4])("cuts the reply into the same windows whatever Envoy's chunk sizes (seed %i)", (seed) => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    const chunks = oddChunks(OK_REPLY, seed);
+    chunks.forEach((c, i) => expect(conn.upstreamData(c, i === chunks.length - 1).action).toBe(Action.CONTINUE));
+    expect(Buffer.concat(conn.toClient)).toEqual(OK_REPLY);
+    const frames = replyFrames(host);
+    const digests = frames.filter((f) => f.type === "REPLY_DIGEST");
+    let next = 0;
+    for (const d of digests) { expect(d.firstWindow).toBe(next); next += d.crcs.length; }
+    expect(digests.flatMap((d) => d.crcs)).toEqual(fixture("reply-digest").decoded.crcs);
+    expect(frames.at(-1)).toEqual(fixture("reply-end").decoded);
+    expect(frames.filter((f) => f.type === "REPLY_END")).toHaveLength(1);
+  });
+
+  it("agrees with zlib's CRC-32 on the digest vectors", () => {
+    for (const v of DIGEST_VECTORS.filter((x) => x.length <= 16384)) {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.upstreamData(vectorBytes(v), true);
+      const frames = replyFrames(host);
+      const crc = v.length === 16384 ? (frames[0] as any).crcs[0] : (frames.at(-1) as any).tailCrc;
+      expect(crc.toString(16).padStart(8, "0"), v.name).toBe(v.crc32);
+    }
+  });
+
+  it("sends several REPLY_DIGEST frames for one read longer than a frame's 256 windows", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    const big = Buffer.alloc(300 * 16384 + 10);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
+    conn.upstreamData(big);
+    const digests = replyFrames(host);
+    expect(digests.map((d) => d.type === "REPLY_DIGEST" && [d.firstWindow, d.crcs.length])).toEqual([[0, 256], [256, 44]]);
+    expect((digests[1] as any).crcs[43]).toBe(crc32(big.subarray(299 * 16384, 300 * 16384)));
+  });
+
+  it("ends the reply as CUT when the connection closes before the primary ends it", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("PING\r\n");
+    conn.upstreamData("+OK\r\n");
+    conn.closeDownstream();
+    conn.done();
+    const [stream] = host.grpcStreams.values();
+    expect(stream.sent.at(-1)!.toString("hex")).toBe(fixture("reply-end-cut").hex);
+    expect(stream.closedByModule).toBe("close");
+  });
+
+  it("with compare_replies off: OPEN says so, and the primary's replies are never read", () => {
+    const { host } = load(build, { ...CONFIG, compare_replies: false });
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    for (const c of oddChunks(OK_REPLY, 7)) expect(conn.upstreamData(c).forwarded).toEqual(c);
+    conn.upstreamData("", true);
+    conn.closeDownstream(); conn.done();
+    const [stream] = host.grpcStreams.values();
+    expect(decodeFilterFrame(stream.sent[0])).toMatchObject({ type: "OPEN", flags: 0 });
+    expect(replyFrames(host)).toEqual([]);
+    expect(host.bufferReads.get(BufferType.UPSTREAM_DATA)).toBeUndefined();
+    expect(stat(host, "reply_bytes_digested")).toBe(0);
+    // The same with comparison on reads each reply chunk once.
+    const on = load(build).host;
+    const c2 = fixtureConnection(on);
+    c2.downstreamData("SET a 1\n");
+    const chunks = oddChunks(OK_REPLY, 7);
+    for (const c of chunks) c2.upstreamData(c);
+    expect(on.bufferReads.get(BufferType.UPSTREAM_DATA)).toEqual({ calls: chunks.length, bytes: OK_REPLY.length });
+  });
+
+  it("stops reading the primary's replies once the relay says there is no replica", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("first");
+    conn.upstreamData("one");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+    conn.upstreamData("two");
+    expect(host.bufferReads.get(BufferType.UPSTREAM_DATA)).toEqual({ calls: 1, bytes: 3 });
+    expect(host.violations).toEqual([]);
+  });
+
+  it("refuses a compare_replies that is not a boolean", () => {
+    const { host } = load(build, { ...CONFIG, compare_replies: "yes" });
+    expect(host.configured).toBe(false);
+    expect(host.logs.some((l) => l.level === "critical" && l.message.includes('"compare_replies" must be true or false'))).toBe(true);
+  });
+
+  it("counts a DIVERGED replica (fixture) in its divergences and detaches, and only that one", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    conn.downstreamData("GET a\n");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, fixtureBytes("ack-diverged"));
+    expect(stat(host, "replica.replica-b.divergences")).toBe(1);
+    expect(stat(host, "replica.replica-b.detaches")).toBe(1);
+    expect(stat(host, "replica.replica-a.divergences")).toBe(0);
+    expect(stat(host, "replica.replica-a.detaches")).toBe(0);
+    expect(host.logs).toContainEqual({ level: "warn", message: 'lockstep: replica "replica-b" diverged on connection 42: its replies differ from the primary\'s; detached from this connection' });
+    expect(conn.downstreamData("more").forwarded).toEqual(Buffer.from("more"));
+    expect(conn.upstreamData("+OK\r\n").forwarded).toEqual(Buffer.from("+OK\r\n"));
+  });
+
   it("does not grow its memory over many connections", () => {
     const { host } = load(build);
     const run = (n: number) => {
       for (let i = 0; i < n; i++) {
         const conn = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
         conn.downstreamData(Buffer.alloc(512, i));
+        conn.upstreamData(Buffer.alloc(20000 + (i % 7), i)); // a window and a partial one digested
         const stream = [...host.grpcStreams.values()].at(-1)!;
         host.grpcReceive(stream.token, encodeAck(512, [{ name: "r", queued: 512, acked: 512, state: "LIVE", reason: "NONE" }]));
         conn.closeDownstream();
