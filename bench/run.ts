@@ -3,7 +3,7 @@
 //
 //   npm run bench                 full mode, for people (about 10-15 minutes)
 //   npm run bench -- --quick      quick mode: proves the harness in seconds (CI runs it)
-//   npx tsx bench/run.ts [--quick] [--only latency,bulk,conns,failover] [--out DIR]
+//   npx tsx bench/run.ts [--quick] [--only latency,bulk,conns,failover] [--out DIR] [--conns 1000,10000]
 //
 // Progress goes to stderr; the results (results.md, results.svg, results.json) go to
 // bench/results/ in full mode, bench/results/quick/ in quick mode and bench/results/partial/
@@ -17,13 +17,15 @@ import { findEnvoy, PROJECT_ROOT } from "../scripts/envoy-binary.ts";
 import * as native from "./suite/native.ts";
 import { loadAverage } from "./suite/procfs.ts";
 import { bulkSection, connsSection, failoverSection, latencySection, placementCheck, type Progress } from "./suite/sections.ts";
-import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
+import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, useEnvoyWithoutPrimaryBreaker, type Setup } from "./suite/setups.ts";
 import { renderMarkdown, renderSvg, type Results } from "./suite/report.ts";
 
 export interface SuiteOptions {
   quick: boolean;
   only?: string[];
   outDir?: string;
+  /** Override the connection counts of the mode (e.g. [10000]). */
+  connCounts?: number[];
   progress?: Progress;
 }
 
@@ -37,22 +39,29 @@ export function modeSettings(quick: boolean) {
 export async function runSuite(options: SuiteOptions): Promise<{ results: Results; files: string[] }> {
   const progress = options.progress ?? ((line: string) => process.stderr.write(`${line}\n`));
   const want = (section: string) => !options.only || options.only.includes(section);
-  const m = modeSettings(options.quick);
+  const m = { ...modeSettings(options.quick), ...(options.connCounts ? { connCounts: options.connCounts } : {}) };
+  const fileLimit = native.raiseFileLimit();
+  // Envoy holds two descriptors per proxied connection (client and primary), the relay two per
+  // connection with two replicas: a count above what the open-file limit allows would crash
+  // Envoy (EMFILE), so such counts are lowered to the largest whole thousand that fits.
+  const connCap = Math.max(100, Math.floor((fileLimit - 1000) / 2 / 1000) * 1000);
+  const requestedConnCounts = m.connCounts;
+  m.connCounts = [...new Set(m.connCounts.map((n) => Math.min(n, connCap)))];
   // A partial run (--only) never overwrites the full run's files.
   const outDir = resolve(options.outDir ?? join(PROJECT_ROOT, "bench", "results", options.quick ? "quick" : options.only ? "partial" : ""));
   const started = Date.now();
 
-  const fileLimit = native.raiseFileLimit();
   native.pin(process.pid, LOAD_CPU);
   progress(`bench: ${options.quick ? "quick" : "full"} mode; compiling bench/loadgen.c with cc -O2`);
   native.buildLoadgen();
+  useEnvoyWithoutPrimaryBreaker();
   const results: Results = {
     meta: {
       date: new Date().toISOString(), mode: options.quick ? "quick" : "full",
       loadBefore: loadAverage(), loadAfter: "", seconds: 0,
       cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
       envoy: execFileSync(findEnvoy(), ["--version"]).toString().trim().split("\n").pop()!.replace(/^.*version: /, ""),
-      node: process.version, fileLimit,
+      node: process.version, fileLimit, requestedConnCounts,
       placement: `Envoy (--concurrency 1) on CPU ${ENVOY_CPU}; load generator, backends, relay and runner on CPU ${LOAD_CPU} (taskset)`,
     },
   };
@@ -94,7 +103,7 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
 
 const invokedDirectly = process.argv[1] && resolve(process.argv[1]) === resolve(PROJECT_ROOT, "bench", "run.ts");
 if (invokedDirectly) {
-  const { values } = parseArgs({ options: { quick: { type: "boolean", default: false }, only: { type: "string" }, out: { type: "string" } } });
-  runSuite({ quick: values.quick!, only: values.only?.split(","), outDir: values.out })
+  const { values } = parseArgs({ options: { quick: { type: "boolean", default: false }, only: { type: "string" }, out: { type: "string" }, conns: { type: "string" } } });
+  runSuite({ quick: values.quick!, only: values.only?.split(","), outDir: values.out, connCounts: values.conns?.split(",").map(Number) })
     .then(({ files }) => { process.stdout.write(`${files[0]}\n`); process.exit(0); }, (err) => { console.error(err); process.exit(1); });
 }

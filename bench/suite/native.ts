@@ -23,11 +23,13 @@ export function pin(pid: number, cpus: string): void {
   execFileSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" });
 }
 
-/** Raises this process's open-file limit; children (Envoy, the relay, loadgen) inherit it. */
+/** Raises this process's open-file limit as far as allowed; children (Envoy, the relay, loadgen)
+ *  inherit it. Returns the soft limit in force (a sandbox without CAP_SYS_RESOURCE keeps its hard limit). */
 export function raiseFileLimit(n = 1_048_576): number {
   try { execFileSync("prlimit", ["--pid", String(process.pid), `--nofile=${n}:${n}`], { stdio: "ignore" }); } catch { /* not root: keep what we have */ }
+  // "NOFILE max\x20number\x20of\x20open\x20files SOFT HARD files"
   const out = execFileSync("prlimit", ["--pid", String(process.pid), "--nofile", "--raw", "--noheadings"]).toString().trim().split(/\s+/);
-  return Number(out[1]);
+  return Number(out[out.length - 3]);
 }
 
 function spawnPinned(cpus: string, args: string[]): ChildProcess {

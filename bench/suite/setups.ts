@@ -7,6 +7,9 @@
 import { startEnvoy, type EnvoyHandle } from "../../test/support/envoy.ts";
 import { startRelay, type RelayHandle } from "../../test/support/relay.ts";
 import { freePort } from "../../test/support/ports.ts";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { findEnvoy, PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { pin, type Backends } from "./native.ts";
 
 export const ENVOY_CPU = "0";
@@ -26,6 +29,23 @@ export const BASELINE = "tcp_proxy";
 
 export function replicaSpecs(replicaServers: Backends, n: number) {
   return replicaServers.ports.slice(0, n).map((p, i) => ({ name: `r${i + 1}`, address: `127.0.0.1:${p}` }));
+}
+
+/** The rendered bootstrap leaves the primary cluster at Envoy's default circuit breaker of 1024
+ *  connections (the 1025th concurrent client is closed at once), and has no admin runtime layer.
+ *  For the bench, every Envoy is started through a wrapper ($ENVOY_BIN, which findEnvoy honours)
+ *  that merges a static runtime layer lifting that breaker, alike for tcp_proxy and lockstep,
+ *  so the many-connections section can hold 10,000. */
+export function useEnvoyWithoutPrimaryBreaker(): void {
+  if (process.env.ENVOY_BIN?.endsWith("envoy-bench-wrapper.sh")) return;
+  const real = findEnvoy();
+  const keys = ["max_connections", "max_pending_requests", "max_requests"].map((k) => `"circuit_breakers.${SERVICE}_primary.default.${k}": 1000000`).join(", ");
+  const dir = join(PROJECT_ROOT, ".cache", "bench");
+  mkdirSync(dir, { recursive: true });
+  const wrapper = join(dir, "envoy-bench-wrapper.sh");
+  writeFileSync(wrapper, `#!/bin/sh\n# Written by bench/suite/setups.ts: the real Envoy, plus a runtime layer lifting the primary cluster's circuit breaker.\nexec '${real}' "$@" --config-yaml 'layered_runtime: { layers: [ { name: bench, static_layer: { ${keys} } } ] }'\n`);
+  chmodSync(wrapper, 0o755);
+  process.env.ENVOY_BIN = wrapper;
 }
 
 export async function startPlain(primaryPort: number): Promise<Setup> {

@@ -1,0 +1,135 @@
+// Where the time goes in bulk mirroring (for docs/BENCHMARKS.md): one lockstep set-up with N
+// replicas, placed as in the suite, streams BYTES through Envoy while
+//   - the relay runs under `node --cpu-prof` (its self time by function is summarised),
+//   - `perf record` samples Envoy (cpu-clock; the release binary is stripped, so Envoy's own
+//     code shows as one object: the split is kernel / Envoy / V8-generated code),
+//   - Envoy's /stats and the relay's /stats are read before and after.
+//
+//   npx tsx bench/profile.ts [--replicas 1] [--mib 512]
+//
+// Writes bench/results/profile.md (the .cpuprofile and perf data go to bench/results/profiles/,
+// not committed).
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { PROJECT_ROOT } from "../scripts/envoy-binary.ts";
+import * as native from "./suite/native.ts";
+import { cpuSeconds } from "./suite/procfs.ts";
+import { ENVOY_CPU, LOAD_CPU, relayStats, replicaSpecs, SERVICE, startPlain, stopSetup, sumFamily } from "./suite/setups.ts";
+import { startEnvoy } from "../test/support/envoy.ts";
+import type { RelayHandle } from "../test/support/relay.ts";
+import { startProcess } from "../test/support/processes.ts";
+import { freePorts, waitFor } from "../test/support/ports.ts";
+
+const { values } = parseArgs({ options: { replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" } } });
+const N = Number(values.replicas);
+const BYTES = Number(values.mib) * 2 ** 20;
+const dir = join(PROJECT_ROOT, "bench", "results", "profiles");
+mkdirSync(dir, { recursive: true });
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+function perfAvailable(): boolean {
+  try { execFileSync("perf", ["record", "-e", "cpu-clock", "-o", "/dev/null", "--", "true"], { stdio: "ignore" }); return true; } catch { return false; }
+}
+
+/** Self time by function from a V8 .cpuprofile, top `n`. */
+function topFunctions(file: string, n: number): { fn: string; pct: number }[] {
+  const prof = JSON.parse(readFileSync(file, "utf8"));
+  const byId = new Map<number, any>(prof.nodes.map((x: any) => [x.id, x]));
+  const self = new Map<string, number>();
+  const counts = new Map<number, number>();
+  for (const s of prof.samples) counts.set(s, (counts.get(s) ?? 0) + 1);
+  let total = 0;
+  for (const [id, c] of counts) {
+    const node = byId.get(id);
+    const cf = node.callFrame;
+    const where = cf.url ? `${cf.url.replace(/^.*\/(node_modules\/)?/, "")}:${cf.lineNumber + 1}` : "";
+    const key = `${cf.functionName || "(anonymous)"} ${where}`.trim();
+    self.set(key, (self.get(key) ?? 0) + c);
+    total += c;
+  }
+  return [...self].sort((a, b) => b[1] - a[1]).slice(0, n).map(([fn, c]) => ({ fn, pct: (100 * c) / total }));
+}
+
+async function main(): Promise<void> {
+  native.raiseFileLimit();
+  native.pin(process.pid, LOAD_CPU);
+  const primary = await native.startServers(1, LOAD_CPU);
+  const replicas = await native.startServers(3, LOAD_CPU);
+  const profDir = join(dir, `relay-${Date.now()}`);
+  // test/support's startRelay runs `node --import tsx relay/main.ts`; node refuses --cpu-prof in
+  // NODE_OPTIONS, so the profiled relay is started here the same way with the flag added.
+  const [relayPort, metricsPort] = await freePorts(2);
+  const relayConfig = join(profDir, "relay.json");
+  mkdirSync(profDir, { recursive: true });
+  writeFileSync(relayConfig, JSON.stringify({ listen: { host: "127.0.0.1", port: relayPort }, metrics: { host: "127.0.0.1", port: metricsPort }, replicas: replicaSpecs(replicas, N) }));
+  const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
+  await waitFor("the relay", async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok, 20_000, 50);
+  native.pin(relayProc.child.pid!, LOAD_CPU);
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primary.ports[0]}`, replicas: replicaSpecs(replicas, N), relayPort, service: SERVICE });
+  native.pin(envoy.process.child.pid!, ENVOY_CPU);
+  const relay = { metricsPort, process: relayProc, kill: (sig: NodeJS.Signals = "SIGTERM") => relayProc.kill(sig) } as unknown as RelayHandle;
+  const s = { key: `lockstep-${N}`, label: "", port: envoy.listenerPort, replicas: N, envoy, relay };
+  const plain = await startPlain(primary.ports[0]);
+  const envoyPid = s.envoy!.process.child.pid!;
+  const relayPid = s.relay!.process.child.pid!;
+  await native.bulk(s.port, 32 * 2 ** 20, LOAD_CPU); // warm-up
+  const plainRun = await native.bulk(plain.port, BYTES, LOAD_CPU);
+  const envoyBefore = await s.envoy!.stats();
+  const relayBefore = await relayStats(s.relay!);
+  const e0 = cpuSeconds(envoyPid), r0 = cpuSeconds(relayPid);
+  const perfFile = join(dir, "envoy.perf.data");
+  const perf = perfAvailable() ? spawn("perf", ["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", String(envoyPid), "-o", perfFile], { stdio: "ignore" }) : null;
+  await new Promise((r) => setTimeout(r, 300));
+  log(`profile: streaming ${values.mib} MiB through lockstep with ${N} replica(s)`);
+  const t0 = Date.now();
+  const run = await native.bulk(s.port, BYTES, LOAD_CPU);
+  const want = sumFamily(relayBefore, "lockstep_relay_replica_bytes_acked_total") + BYTES * N;
+  while (sumFamily(await relayStats(s.relay!), "lockstep_relay_replica_bytes_acked_total") < want && Date.now() - t0 < 120_000) await new Promise((r) => setTimeout(r, 20));
+  const wall = (Date.now() - t0) / 1000;
+  const envoyCpu = cpuSeconds(envoyPid) - e0, relayCpu = cpuSeconds(relayPid) - r0;
+  if (perf) { perf.kill("SIGINT"); await new Promise((r) => perf.once("exit", r)); }
+  const envoyAfter = await s.envoy!.stats();
+  const relayAfter = await relayStats(s.relay!);
+  await stopSetup(s); await stopSetup(plain);
+  primary.kill(); replicas.kill();
+  await new Promise((r) => setTimeout(r, 500));
+
+  const d = (name: string) => (envoyAfter.get(name) ?? 0) - (envoyBefore.get(name) ?? 0);
+  const envoyDeltas = [...envoyAfter.keys()].filter((k) => /^(wasmcustom\.lockstep\.|cluster\.lockstep_relay\.(upstream_cx_(tx|rx)_bytes_total|upstream_rq_total|upstream_flow_control|http2\.(tx_flush_timeout|outbound|pending_send|inbound))|cluster\.bench_primary\.upstream_flow_control|tcp\.bench\.(upstream_flush|downstream_flow_control))/.test(k))
+    .map((k) => [k, d(k)] as const).filter(([, v]) => v !== 0);
+  const relayDeltas = Object.keys(relayAfter).flatMap((name) => {
+    const delta = sumFamily(relayAfter, name) - sumFamily(relayBefore, name);
+    return delta ? [[name, delta] as const] : [];
+  });
+
+  const lines: string[] = [
+    `# Bulk mirroring profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
+    `\`npx tsx bench/profile.ts --replicas ${N} --mib ${values.mib}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s), placed as in the suite (Envoy on CPU 0; client, backends, relay on CPU 1).`, "",
+    `- throughput: ${run.mb_s.toFixed(0)} MB/s (plain tcp_proxy in the same run: ${plainRun.mb_s.toFixed(0)} MB/s); until the last replica byte: ${wall.toFixed(2)} s`,
+    `- Envoy CPU: ${envoyCpu.toFixed(2)} s (${(envoyCpu / wall * 100).toFixed(0)}% of one core over the run); relay CPU: ${relayCpu.toFixed(2)} s (${(relayCpu / wall * 100).toFixed(0)}% of one core)`,
+    `- client CPU: ${(run.cpu_s / run.wall_s * 100).toFixed(0)}% of its wall time`, "",
+    "## Envoy stats over the run (changed ones)", "", "| stat | delta |", "| --- | ---: |",
+    ...envoyDeltas.map(([k, v]) => `| ${k} | ${v} |`), "",
+    "## Relay /stats over the run (changed ones)", "", "| metric | delta |", "| --- | ---: |",
+    ...relayDeltas.map(([k, v]) => `| ${k} | ${v} |`), "",
+  ];
+  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile"));
+  if (profiles.length) {
+    lines.push("## Relay: self time by function (node --cpu-prof, whole life of the process)", "", "| function | self % |", "| --- | ---: |",
+      ...topFunctions(join(profDir, profiles[0]), 25).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
+  }
+  if (perf) {
+    const byDso = execFileSync("perf", ["report", "-i", perfFile, "--stdio", "--no-children", "--sort", "dso", "-q"], { maxBuffer: 64 << 20 }).toString()
+      .split("\n").filter((l) => l.trim() && /%/.test(l)).slice(0, 8);
+    const bySym = execFileSync("perf", ["report", "-i", perfFile, "--stdio", "--no-children", "--sort", "sym", "-q", "-g", "none"], { maxBuffer: 64 << 20 }).toString()
+      .split("\n").filter((l) => l.trim() && /%/.test(l)).slice(0, 25);
+    lines.push("## Envoy: perf samples by object (cpu-clock, 999 Hz)", "", "```", ...byDso.map((l) => l.trim()), "```", "",
+      "## Envoy: top symbols (kernel symbols resolve; the stripped Envoy binary does not)", "", "```", ...bySym.map((l) => l.trim()), "```", "");
+  }
+  writeFileSync(join(PROJECT_ROOT, "bench", "results", "profile.md"), lines.join("\n"));
+  log(`profile: wrote bench/results/profile.md`);
+  process.exit(0);
+}
+main().catch((e) => { console.error(e); process.exit(1); });
