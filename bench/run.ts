@@ -9,7 +9,7 @@
 // bench/results/ in full mode, bench/results/quick/ in quick mode and bench/results/partial/
 // with --only, unless --out says otherwise. Method and findings: docs/BENCHMARKS.md.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -52,6 +52,11 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
   const started = Date.now();
 
   native.pin(process.pid, LOAD_CPU);
+  // Measure the filter as the tree has it now (npm test builds it too; quick mode reuses a build).
+  if (!options.quick || !existsSync(join(PROJECT_ROOT, "build", "lockstep.wasm"))) {
+    progress("bench: building the filter (npm run build)");
+    execFileSync("npm", ["run", "--silent", "build"], { cwd: PROJECT_ROOT, stdio: ["ignore", "ignore", "inherit"] });
+  }
   progress(`bench: ${options.quick ? "quick" : "full"} mode; compiling bench/loadgen.c with cc -O2`);
   native.buildLoadgen();
   useEnvoyWithoutPrimaryBreaker();
