@@ -15,6 +15,7 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
     service: c.service,
     max_inflight_bytes_per_connection: c.limits.maxInflightBytesPerConnection,
     max_inflight_bytes_total: c.limits.maxInflightBytesTotal,
+    ...(c.compareReplies ? {} : { compare_replies: false }),
   });
   const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.

@@ -36,6 +36,9 @@ export interface LockstepConfig {
   /** The primary's member name in the controller (default "primary"). */
   readonly primaryName: string;
   readonly healthCheck: HealthCheckSpec;
+  /** Compare each replica's replies with the primary's (docs/CONSISTENCY.md); turn off for
+   *  services whose replies legitimately differ between instances. Default true. */
+  readonly compareReplies: boolean;
   /** With a controller: Envoy takes the primary from its EDS, and it promotes replicas. */
   readonly controller?: ControllerSpec;
   readonly replicas: readonly ReplicaSpec[];
@@ -138,7 +141,7 @@ function parseController(raw: unknown, service: string): ControllerSpec {
 export function parseLockstepConfig(raw: unknown): LockstepConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["service", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller"];
+  const known = ["service", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller", "compareReplies"];
   for (const key of Object.keys(r)) if (!known.includes(key)) fail(key, `is not a known field (known: ${known.join(", ")})`);
   const service = r.service ?? "default";
   if (typeof service !== "string" || !NAME.test(service)) fail("service", "must be 1-64 characters of [A-Za-z0-9_-]");
@@ -168,6 +171,7 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     primary,
     primaryName,
     healthCheck: parseHealthCheck(r.healthCheck),
+    compareReplies: r.compareReplies === undefined ? true : typeof r.compareReplies === "boolean" ? r.compareReplies : fail("compareReplies", "must be true or false"),
     ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service) }),
     replicas: Object.freeze(replicas),
     relay: Object.freeze({ address: relay.address ?? "127.0.0.1", port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),

@@ -19,9 +19,11 @@ import type { RelayClient, ReplicaFigures } from "./relay/client.ts";
 const BEHIND_REASONS = ["LAG_BOUND", "RELAY_BOUND", "STALLED"];
 /** Reasons that may mean the replica died: checked by a probe before anything is decided. */
 const MAYBE_DEAD_REASONS = ["REPLICA_CLOSED", "CONNECT_FAILED"];
-/** A successor is replaced only by a replica better by more than this (no churn on noise). */
+/** The designated successor is replaced only by a replica clearly better (no churn on noise):
+ *  less lag by more than this, or a lower RTT by more than both margins below. */
 const SUCCESSOR_LAG_MARGIN_BYTES = 64 * 1024;
-const SUCCESSOR_RTT_MARGIN = 0.25;
+const SUCCESSOR_RTT_MARGIN = 0.5;
+const SUCCESSOR_RTT_MARGIN_MS = 1;
 /** Weight of a new RTT sample in the smoothed RTT. */
 const RTT_SMOOTHING = 0.2;
 
@@ -71,7 +73,9 @@ export class Controller {
     const best = ranked[0];
     if (current && best && current !== best) {
       const lagClose = current.lagBytes - best.lagBytes <= SUCCESSOR_LAG_MARGIN_BYTES;
-      const rttClose = (current.rttMs ?? Infinity) <= (best.rttMs ?? Infinity) * (1 + SUCCESSOR_RTT_MARGIN) + 0.05;
+      const [mine, theirs] = [current.rttMs ?? Infinity, best.rttMs ?? Infinity];
+      // An RTT not measured yet is no reason to switch.
+      const rttClose = mine === Infinity || theirs === Infinity || mine - theirs <= Math.max(SUCCESSOR_RTT_MARGIN_MS, theirs * SUCCESSOR_RTT_MARGIN);
       if (lagClose && rttClose) return [current, ...ranked.filter((m) => m !== current)];
     }
     return ranked;

@@ -5,6 +5,8 @@
 //   DEL <key>           -> 1 | 0       INCR <key> -> <new integer value>
 //   DIGEST              -> SHA-256 of the whole store (sorted), to compare instances
 //   PING                -> PONG (health checks)
+//   WHO                 -> I-AM <name>: differs between instances (tests use it to see who
+//                          served a connection; a service doing this needs compareReplies off)
 //   anything else       -> ERR unknown command
 //
 // Usage: tsx samples/kv-server.ts --port 7001 [--host 127.0.0.1] [--name primary]
@@ -27,6 +29,7 @@ export function createKvServer(name = "kv") {
         return h.digest("hex");
       }
       case "PING": return "PONG";
+      case "WHO": return `I-AM ${name}`;
       case "": return "";
       default: return "ERR unknown command";
     }

@@ -62,7 +62,7 @@ export const OPENAPI = {
       Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
       NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address: { type: "string", description: "host:port" } } },
       Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: "boolean" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
-      Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
+      Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
       Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
     },
   },

@@ -13,11 +13,12 @@ const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 export const MAX_BODY_BYTES = 16 * 1024;
 
-function view(s: Service, state: ControllerState) {
+function view(s: Service, state: ControllerState, options: ApiOptions) {
   const last = state.history(s.name).filter((e) => e.kind === "promotion" || e.kind === "switchover").at(-1);
   return {
     name: s.name,
     primary: s.members.find((m) => m.role === "primary")?.name ?? null,
+    successor: options.successor?.(s.name) ?? null,
     members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
   };
@@ -63,6 +64,8 @@ export interface ApiOptions {
   token: string;
   /** Told the health-check settings of a service declared through the API. */
   health?: (service: string, settings: HealthSettings) => void;
+  /** The member that takes over if the primary fails (EDS priority 1). */
+  successor?: (service: string) => string | undefined;
 }
 
 export function createApiRouter(state: ControllerState, options: ApiOptions): Router {
@@ -76,11 +79,11 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
 
   const r = express.Router();
   r.get("/v1/openapi.json", (_req, res) => { res.json(OPENAPI); });
-  r.get("/v1/services", (_req, res) => { res.json({ services: state.list().map((s) => view(s, state)) }); });
+  r.get("/v1/services", (_req, res) => { res.json({ services: state.list().map((s) => view(s, state, options)) }); });
   r.get("/v1/services/:service", (req, res) => {
     const s = state.get(param(req, "service"));
     if (!s) throw new ApiError("UNKNOWN_SERVICE", `no service "${req.params.service}"`);
-    res.json(view(s, state));
+    res.json(view(s, state, options));
   });
   r.get("/v1/events", (req, res) => {
     const service = typeof req.query.service === "string" ? req.query.service : undefined;
@@ -99,26 +102,26 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     const health = healthCheck(b.healthCheck);
     const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
     options.health?.(service.name, health);
-    res.status(201).json(view(service, state));
+    res.status(201).json(view(service, state, options));
   });
   r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
     const b = body(req);
     onlyKeys(b, ["member"]);
     if (b.member !== undefined && (typeof b.member !== "string" || !NAME.test(b.member))) throw new ApiError("BAD_REQUEST", '"member" must be a member name');
-    res.json(view(state.promote(param(req, "service"), "switchover", b.member as string | undefined), state));
+    res.json(view(state.promote(param(req, "service"), "switchover", b.member as string | undefined), state, options));
   });
   r.post("/v1/services/:service/members", requireToken, json, (req, res) => {
     const b = body(req);
     onlyKeys(b, ["name", "address"]);
     if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", '"name" must be 1-64 characters of [A-Za-z0-9_-]');
     if (typeof b.address !== "string" || !HOST_PORT.test(b.address)) throw new ApiError("BAD_REQUEST", '"address" must be "host:port"');
-    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: b.address }), state));
+    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: b.address }), state, options));
   });
   r.delete("/v1/services/:service/members/:member", requireToken, (req, res) => {
-    res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state));
+    res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state, options));
   });
   r.post("/v1/services/:service/members/:member/rejoin", requireToken, (req, res) => {
-    res.json(view(state.rejoin(param(req, "service"), param(req, "member")), state));
+    res.json(view(state.rejoin(param(req, "service"), param(req, "member")), state, options));
   });
   r.use((_req, _res, next) => next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json")));
   r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {

@@ -35,6 +35,8 @@ export interface StartEnvoyOptions {
   concurrency?: number;
   /** "host:port" of an xDS controller serving the primary cluster's endpoints. */
   controller?: string;
+  /** More lockstep config fields (healthCheck, ...). */
+  extra?: Record<string, unknown>;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
@@ -47,6 +49,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     relay: { port: options.relayPort, metricsPort: 0 },
     envoy: { adminPort, wasmPath: join(PROJECT_ROOT, "build", "lockstep.wasm") },
     limits: options.limits,
+    ...options.extra,
   });
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
   const bootstrap = join(dir, "envoy.yaml");

@@ -72,6 +72,13 @@ describe("controller HTTP API", () => {
     expect((await (await call("DELETE", "/v1/services/kv/members/c")).json()).members.map((m: any) => m.name)).toEqual(["p", "a", "b", "s"]);
   });
 
+  it("declares a service through the API, with its members and an event", async () => {
+    const res = await call("POST", "/v1/services", { name: "orders", primary: { name: "db-a", address: "127.0.0.1:8001" }, replicas: [{ name: "db-b", address: "127.0.0.1:8002" }], healthCheck: { send: "PING\n", expect: "PONG" } });
+    expect(res.status).toBe(201);
+    expect(await res.json()).toMatchObject({ name: "orders", primary: "db-a", members: [{ name: "db-a", role: "primary" }, { name: "db-b", role: "replica" }] });
+    expect(state.history("orders").map((e) => e.kind)).toEqual(["service_added"]);
+  });
+
   it.each([
     ["no token", "POST", "/v1/services/kv/promote", {}, null, undefined, 401, "UNAUTHORIZED"],
     ["a wrong token", "POST", "/v1/services/kv/promote", {}, "Bearer nope", undefined, 401, "UNAUTHORIZED"],
@@ -90,6 +97,11 @@ describe("controller HTTP API", () => {
     ["a bad name in the path", "DELETE", "/v1/services/kv/members/bad%20name", undefined, undefined, undefined, 400, "BAD_REQUEST"],
     ["an oversized body", "POST", "/v1/services/kv/members", undefined, undefined, JSON.stringify({ name: "c", address: "127.0.0.1:1", pad: "x".repeat(20000) }), 413, "PAYLOAD_TOO_LARGE"],
     ["an unknown route", "GET", "/v1/nothing", undefined, null, undefined, 404, "NOT_FOUND"],
+    ["declaring a service that exists", "POST", "/v1/services", { name: "kv", primary: { name: "x", address: "127.0.0.1:8001" }, replicas: [] }, undefined, undefined, 409, "DUPLICATE"],
+    ["a service without a primary", "POST", "/v1/services", { name: "new", replicas: [] }, undefined, undefined, 400, "BAD_REQUEST"],
+    ["a service whose members share an address", "POST", "/v1/services", { name: "new", primary: { name: "x", address: "127.0.0.1:8001" }, replicas: [{ name: "y", address: "127.0.0.1:8001" }] }, undefined, undefined, 400, "BAD_REQUEST"],
+    ["a health check that expects without sending", "POST", "/v1/services", { name: "new", primary: { name: "x", address: "127.0.0.1:8001" }, replicas: [], healthCheck: { expect: "PONG" } }, undefined, undefined, 400, "BAD_REQUEST"],
+    ["declaring a service without a token", "POST", "/v1/services", { name: "new", primary: { name: "x", address: "127.0.0.1:8001" }, replicas: [] }, null, undefined, 401, "UNAUTHORIZED"],
   ])("answers %s with a clear %i and changes nothing", async (_what, method, path, body, auth, raw, status, code) => {
     const before = JSON.stringify([state.list(), state.history()]);
     const res = await call(method as string, path as string, body, auth === undefined ? `Bearer ${TOKEN}` : (auth as string | null), raw as string | undefined);
