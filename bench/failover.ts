@@ -1,0 +1,42 @@
+// Failover under a steady stream of new connections, with the real controller, relay, Envoy
+// and sample key-value servers as separate processes: `kill` sends SIGKILL to the primary,
+// `stop` sends SIGSTOP (a primary that goes silent). Each trial is test/support/failover.ts's:
+// a client opens a new connection every 3 ms; the time is from the signal to the first
+// connection served by the promoted replica; failed connects are connections opened after the
+// primary was gone (its exit observed; for `stop`, the signal) that got no answer.
+//
+// Health checks as shipped (PING/PONG, controller every 100 ms), with a probe timeout of
+// 150 ms: a silent primary is detected by Envoy after at most its check interval (50 ms) plus
+// that timeout. Comparison is off: WHO answers differ between members by design.
+import { startStack } from "../test/support/stack.ts";
+import { failoverTrial } from "../test/support/failover.ts";
+import { kvExchange } from "../test/support/stack.ts";
+
+export const FAILOVER_HEALTH_CHECK = { send: "PING\n", expect: "PONG", intervalMs: 100, timeoutMs: 150 };
+
+export async function measureFailover(opts: { kind: "kill" | "stop"; trials: number; progress: (line: string) => void }):
+  Promise<{ kind: string; trials: number; samplesMs: number[]; failedConnects: number; note: string }> {
+  const stack = await startStack({ replicas: 2, healthCheck: FAILOVER_HEALTH_CHECK, extra: { compareReplies: false } });
+  const samplesMs: number[] = [];
+  let failedConnects = 0;
+  let servedByOthers = 0;
+  let recorded = 0;
+  try {
+    await kvExchange(stack.envoy.listenerPort, ["SET before-failover 1"]);
+    for (let t = 0; t < opts.trials; t++) {
+      const r = await failoverTrial(stack, opts.kind, async (port) => { await kvExchange(port, ["SET before-failover 1"]); });
+      samplesMs.push(r.ms);
+      failedConnects += r.failedConnects;
+      servedByOthers += r.servedByOthers;
+      recorded = Math.max(recorded, r.recordedMs);
+      opts.progress(`trial ${t + 1}/${opts.trials}: ${r.successor} served after ${r.ms.toFixed(1)} ms, failed connects ${r.failedConnects}`);
+    }
+  } finally {
+    await stack.close();
+  }
+  return {
+    kind: opts.kind, trials: samplesMs.length, samplesMs, failedConnects,
+    note: `signal -> first connection served by the promoted replica; controller recorded the promotion within ${recorded.toFixed(0)} ms; ` +
+      `${servedByOthers} connection(s) served by a member other than the designated successor; health timeout ${FAILOVER_HEALTH_CHECK.timeoutMs} ms`,
+  };
+}
