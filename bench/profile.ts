@@ -5,12 +5,13 @@
 //     code shows as one object: the split is kernel / Envoy / V8-generated code),
 //   - Envoy's /stats and the relay's /stats are read before and after.
 //
-//   npx tsx bench/profile.ts [--replicas 1] [--mib 512]
+//   npx tsx bench/profile.ts [--replicas 1] [--mib 512] [--h2-window] [--relay-cpu 0] [--out FILE]
 //
-// Writes bench/results/profile.md (the .cpuprofile and perf data go to bench/results/profiles/,
+// --h2-window preloads bench/suite/h2-window.cjs into the relay (larger HTTP/2 windows);
+// --relay-cpu moves the relay to another core. Writes bench/results/profile.md (or --out) (the .cpuprofile and perf data go to bench/results/profiles/,
 // not committed).
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { PROJECT_ROOT } from "../scripts/envoy-binary.ts";
@@ -22,7 +23,10 @@ import type { RelayHandle } from "../test/support/relay.ts";
 import { startProcess } from "../test/support/processes.ts";
 import { freePorts, waitFor } from "../test/support/ports.ts";
 
-const { values } = parseArgs({ options: { replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" } } });
+const { values } = parseArgs({ options: {
+  replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" },
+  "h2-window": { type: "boolean", default: false }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" },
+} });
 const N = Number(values.replicas);
 const BYTES = Number(values.mib) * 2 ** 20;
 const dir = join(PROJECT_ROOT, "bench", "results", "profiles");
@@ -33,13 +37,20 @@ function perfAvailable(): boolean {
   try { execFileSync("perf", ["record", "-e", "cpu-clock", "-o", "/dev/null", "--", "true"], { stdio: "ignore" }); return true; } catch { return false; }
 }
 
-/** Self time by function from a V8 .cpuprofile, top `n`. */
-function topFunctions(file: string, n: number): { fn: string; pct: number }[] {
+/** Self time by function from a V8 .cpuprofile, top `n`, over the samples taken between
+ *  `fromUs` and `toUs` (CLOCK_MONOTONIC µs, V8's and process.hrtime's clock), idle left out:
+ *  shares of the relay's busy time during the transfer. */
+function topFunctions(file: string, n: number, fromUs: number, toUs: number): { fn: string; pct: number }[] {
   const prof = JSON.parse(readFileSync(file, "utf8"));
   const byId = new Map<number, any>(prof.nodes.map((x: any) => [x.id, x]));
   const self = new Map<string, number>();
   const counts = new Map<number, number>();
-  for (const s of prof.samples) counts.set(s, (counts.get(s) ?? 0) + 1);
+  let t = prof.startTime;
+  prof.samples.forEach((id: number, i: number) => {
+    t += prof.timeDeltas[i];
+    if (t < fromUs || t > toUs || byId.get(id).callFrame.functionName === "(idle)") return;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+  });
   let total = 0;
   for (const [id, c] of counts) {
     const node = byId.get(id);
@@ -64,9 +75,10 @@ async function main(): Promise<void> {
   const relayConfig = join(profDir, "relay.json");
   mkdirSync(profDir, { recursive: true });
   writeFileSync(relayConfig, JSON.stringify({ listen: { host: "127.0.0.1", port: relayPort }, metrics: { host: "127.0.0.1", port: metricsPort }, replicas: replicaSpecs(replicas, N) }));
-  const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
+  const preload = values["h2-window"] ? ["--require", join(PROJECT_ROOT, "bench", "suite", "h2-window.cjs")] : [];
+  const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, ...preload, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
   await waitFor("the relay", async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok, 20_000, 50);
-  native.pin(relayProc.child.pid!, LOAD_CPU);
+  native.pin(relayProc.child.pid!, values["relay-cpu"]!);
   const envoy = await startEnvoy({ primary: `127.0.0.1:${primary.ports[0]}`, replicas: replicaSpecs(replicas, N), relayPort, service: SERVICE });
   native.pin(envoy.process.child.pid!, ENVOY_CPU);
   const relay = { metricsPort, process: relayProc, kill: (sig: NodeJS.Signals = "SIGTERM") => relayProc.kill(sig) } as unknown as RelayHandle;
@@ -84,10 +96,12 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 300));
   log(`profile: streaming ${values.mib} MiB through lockstep with ${N} replica(s)`);
   const t0 = Date.now();
+  const windowStartUs = Number(process.hrtime.bigint() / 1000n);
   const run = await native.bulk(s.port, BYTES, LOAD_CPU);
   const want = sumFamily(relayBefore, "lockstep_relay_replica_bytes_acked_total") + BYTES * N;
   while (sumFamily(await relayStats(s.relay!), "lockstep_relay_replica_bytes_acked_total") < want && Date.now() - t0 < 120_000) await new Promise((r) => setTimeout(r, 20));
   const wall = (Date.now() - t0) / 1000;
+  const windowEndUs = Number(process.hrtime.bigint() / 1000n);
   const envoyCpu = cpuSeconds(envoyPid) - e0, relayCpu = cpuSeconds(relayPid) - r0;
   if (perf) { perf.kill("SIGINT"); await new Promise((r) => perf.once("exit", r)); }
   const envoyAfter = await s.envoy!.stats();
@@ -97,7 +111,7 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 500));
 
   const d = (name: string) => (envoyAfter.get(name) ?? 0) - (envoyBefore.get(name) ?? 0);
-  const envoyDeltas = [...envoyAfter.keys()].filter((k) => /^(wasmcustom\.lockstep\.|cluster\.lockstep_relay\.(upstream_cx_(tx|rx)_bytes_total|upstream_rq_total|upstream_flow_control|http2\.(tx_flush_timeout|outbound|pending_send|inbound))|cluster\.bench_primary\.upstream_flow_control|tcp\.bench\.(upstream_flush|downstream_flow_control))/.test(k))
+  const envoyDeltas = [...envoyAfter.keys()].filter((k) => /^(wasmcustom\.lockstep\.|cluster\.lockstep_relay\.|cluster\.bench_primary\.(upstream_cx_tx_bytes_total|upstream_flow_control)|tcp\.bench\.)/.test(k))
     .map((k) => [k, d(k)] as const).filter(([, v]) => v !== 0);
   const relayDeltas = Object.keys(relayAfter).flatMap((name) => {
     const delta = sumFamily(relayAfter, name) - sumFamily(relayBefore, name);
@@ -106,7 +120,7 @@ async function main(): Promise<void> {
 
   const lines: string[] = [
     `# Bulk mirroring profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
-    `\`npx tsx bench/profile.ts --replicas ${N} --mib ${values.mib}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s), placed as in the suite (Envoy on CPU 0; client, backends, relay on CPU 1).`, "",
+    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}${values["h2-window"] ? "; relay with 4 MiB/64 MiB HTTP/2 windows (bench/suite/h2-window.cjs)" : "; relay as shipped (Node's 64 KiB HTTP/2 windows)"}.`, "",
     `- throughput: ${run.mb_s.toFixed(0)} MB/s (plain tcp_proxy in the same run: ${plainRun.mb_s.toFixed(0)} MB/s); until the last replica byte: ${wall.toFixed(2)} s`,
     `- Envoy CPU: ${envoyCpu.toFixed(2)} s (${(envoyCpu / wall * 100).toFixed(0)}% of one core over the run); relay CPU: ${relayCpu.toFixed(2)} s (${(relayCpu / wall * 100).toFixed(0)}% of one core)`,
     `- client CPU: ${(run.cpu_s / run.wall_s * 100).toFixed(0)}% of its wall time`, "",
@@ -115,21 +129,23 @@ async function main(): Promise<void> {
     "## Relay /stats over the run (changed ones)", "", "| metric | delta |", "| --- | ---: |",
     ...relayDeltas.map(([k, v]) => `| ${k} | ${v} |`), "",
   ];
-  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile"));
+  // One file per thread that ran JS (tsx's loader has a worker too): the main thread's is the largest.
+  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
   if (profiles.length) {
-    lines.push("## Relay: self time by function (node --cpu-prof, whole life of the process)", "", "| function | self % |", "| --- | ---: |",
-      ...topFunctions(join(profDir, profiles[0]), 25).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
+    lines.push("## Relay: self time by function during the transfer (node --cpu-prof; share of busy samples, idle left out)", "", "| function | self % |", "| --- | ---: |",
+      ...topFunctions(join(profDir, profiles[0]), 25, windowStartUs, windowEndUs).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
   }
   if (perf) {
-    const byDso = execFileSync("perf", ["report", "-i", perfFile, "--stdio", "--no-children", "--sort", "dso", "-q"], { maxBuffer: 64 << 20 }).toString()
+    const byDso = execFileSync("perf", ["report", "-i", perfFile, "--stdio", "--no-children", "--sort", "dso", "-q", "-g", "none"], { maxBuffer: 64 << 20 }).toString()
       .split("\n").filter((l) => l.trim() && /%/.test(l)).slice(0, 8);
     const bySym = execFileSync("perf", ["report", "-i", perfFile, "--stdio", "--no-children", "--sort", "sym", "-q", "-g", "none"], { maxBuffer: 64 << 20 }).toString()
       .split("\n").filter((l) => l.trim() && /%/.test(l)).slice(0, 25);
     lines.push("## Envoy: perf samples by object (cpu-clock, 999 Hz)", "", "```", ...byDso.map((l) => l.trim()), "```", "",
       "## Envoy: top symbols (kernel symbols resolve; the stripped Envoy binary does not)", "", "```", ...bySym.map((l) => l.trim()), "```", "");
   }
-  writeFileSync(join(PROJECT_ROOT, "bench", "results", "profile.md"), lines.join("\n"));
-  log(`profile: wrote bench/results/profile.md`);
+  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", "profile.md");
+  writeFileSync(outFile, lines.join("\n"));
+  log(`profile: wrote ${outFile}`);
   process.exit(0);
 }
 main().catch((e) => { console.error(e); process.exit(1); });

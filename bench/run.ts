@@ -67,7 +67,7 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
       cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
       envoy: execFileSync(findEnvoy(), ["--version"]).toString().trim().split("\n").pop()!.replace(/^.*version: /, ""),
       node: process.version, fileLimit, requestedConnCounts,
-      placement: `Envoy (--concurrency 1) on CPU ${ENVOY_CPU}; load generator, backends, relay and runner on CPU ${LOAD_CPU} (taskset)`,
+      placement: `Envoy (--concurrency 1) on CPU ${ENVOY_CPU}; load generator, backends, relay and runner on CPU ${LOAD_CPU} (taskset); the failover stack (bench/failover.ts) unpinned`,
     },
   };
 
@@ -88,7 +88,12 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
     for (const s of setups) await stopSetup(s);
     setups = [];
     if (want("conns")) results.conns = await connsSection(primary, replicaServers, m.connCounts, 2, m.connRounds, progress);
-    if (want("failover")) results.failover = await failoverSection(m.failover, progress);
+    if (want("failover")) {
+      // bench/failover.ts starts its own stack (controller, Envoy, relay, backends) and places
+      // nothing: let it use both cores, as its tests do.
+      native.pin(process.pid, "0,1");
+      results.failover = await failoverSection(m.failover, progress);
+    }
   } finally {
     for (const s of setups) await stopSetup(s);
     primary.kill();

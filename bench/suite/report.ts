@@ -78,10 +78,10 @@ export function renderMarkdown(r: Results): string {
   ];
   for (const l of r.latency ?? []) {
     out.push(`## Latency, ${l.size} B request / ${l.size} B reply`, "",
-      `One connection, closed loop, ${l.exchanges} timed exchanges per round after a warm-up, ${l.rounds} rounds. µs; ratios are medians over the tcp_proxy row's medians.`, "",
-      "| set-up | p50 µs | p99 µs | p99.9 µs | p50 ×tcp_proxy | p99 ×tcp_proxy | p99.9 ×tcp_proxy | client CPU busy |",
-      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-      ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${pctOf(x.clientBusy)} |`), "");
+      `One connection, closed loop, ${l.exchanges} timed exchanges per round after a warm-up, ${l.rounds} rounds. µs; ratios are medians over the tcp_proxy row's medians. CPU per exchange: the process's utime + stime (10 ms ticks) over the round, divided by its exchanges.`, "",
+      "| set-up | p50 µs | p99 µs | p99.9 µs | p50 ×tcp_proxy | p99 ×tcp_proxy | p99.9 ×tcp_proxy | Envoy CPU µs/exchange | relay CPU µs/exchange | client CPU busy |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+      ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${x.envoyCpuUs === null ? "–" : f(x.envoyCpuUs)} | ${x.relayCpuUs === null ? "–" : f(x.relayCpuUs)} | ${pctOf(x.clientBusy)} |`), "");
   }
   if (r.placement) {
     out.push("## Placement check (64 B, p50 µs)", "",

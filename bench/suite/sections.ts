@@ -22,15 +22,26 @@ export interface LatencyRow {
   ratio: { p50: number; p99: number; p999: number };
   /** The client's CPU time over its wall time, worst round: far below 1 means it was waiting, not working. */
   clientBusy: number;
+  /** CPU time per timed exchange (median over rounds), µs, from /proc/<pid>/stat; null where there is no such process. */
+  envoyCpuUs: number | null; relayCpuUs: number | null;
 }
 export interface LatencySection { size: number; exchanges: number; rounds: number; rows: LatencyRow[] }
 
 export async function latencySection(setups: Setup[], size: number, exchanges: number, rounds: number, progress: Progress): Promise<LatencySection> {
-  const raw = new Map(setups.map((s) => [s.key, [] as native.LatencyRun[]]));
+  const raw = new Map(setups.map((s) => [s.key, [] as (native.LatencyRun & { envoyCpu?: number; relayCpu?: number })[]]));
   for (let round = 1; round <= rounds; round++) {
     for (const s of setups) {
       progress(`latency ${size}B: ${s.key} round ${round}/${rounds}`);
-      raw.get(s.key)!.push(await native.latency(s.port, size, exchanges, Math.max(200, Math.floor(exchanges / 10)), LOAD_CPU));
+      const envoyPid = s.envoy?.process.child.pid, relayPid = s.relay?.process.child.pid;
+      const e0 = envoyPid ? cpuSeconds(envoyPid) : 0, r0 = relayPid ? cpuSeconds(relayPid) : 0;
+      // (the warm-up exchanges are counted too: CPU per exchange is over warm-up + timed)
+      const warmup = Math.max(200, Math.floor(exchanges / 10));
+      const run = await native.latency(s.port, size, exchanges, warmup, LOAD_CPU);
+      raw.get(s.key)!.push({
+        ...run,
+        envoyCpu: envoyPid ? ((cpuSeconds(envoyPid) - e0) / (exchanges + warmup)) * 1e6 : undefined,
+        relayCpu: relayPid ? ((cpuSeconds(relayPid) - r0) / (exchanges + warmup)) * 1e6 : undefined,
+      });
     }
   }
   const rows = setups.map((s) => {
@@ -40,6 +51,8 @@ export async function latencySection(setups: Setup[], size: number, exchanges: n
       p50: spread(runs.map((r) => r.p50)), p99: spread(runs.map((r) => r.p99)), p999: spread(runs.map((r) => r.p999)),
       ratio: { p50: 0, p99: 0, p999: 0 },
       clientBusy: Math.max(...runs.map((r) => r.cpu_s / r.wall_s)),
+      envoyCpuUs: s.envoy ? spread(runs.map((r) => r.envoyCpu!)).median : null,
+      relayCpuUs: s.relay ? spread(runs.map((r) => r.relayCpu!)).median : null,
     };
   });
   const base = rows.find((r) => r.setup === BASELINE)!;
