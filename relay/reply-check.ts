@@ -185,10 +185,13 @@ export class ReplyCheck<K> {
     const pe = this.primaryEnd;
     if (!pe) return;
     const replicaTotal = s.digest.total;
+    const wholeWindows = Math.floor(pe.total / W);
+    if (s.compared >= wholeWindows && s.tailAtPrimaryTotal !== undefined && s.tailAtPrimaryTotal !== pe.tail) {
+      return this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe); // the first difference is there
+    }
     if (pe.end === "PRIMARY_CLOSED" && replicaTotal > pe.total) {
       return this.diverge(replica, s, { offset: pe.total, detail: `the replica answered more than the primary's ${pe.total} bytes (${replicaTotal} so far)` });
     }
-    const wholeWindows = Math.floor(pe.total / W);
     if (replicaTotal >= pe.total && s.compared >= wholeWindows) {
       // Every whole window is matched; the primary's last partial window decides.
       if (s.tailAtPrimaryTotal === undefined) {

@@ -66,15 +66,17 @@ describe("reply check (pure)", () => {
     expect(seen.matched.get("b")).toBe(reply.length);
   });
 
-  it("finds a difference in the last partial window once both ends are known", () => {
+  it("finds a difference in the last partial window as soon as both sides have it", () => {
     const reply = randomBytes(W + 50);
-    const { seen, primary, replica } = setup(["a"]);
+    const { seen, primary, replica } = setup(["a", "b"]);
     replica("a", flip(reply, W + 49), 333, false);
+    replica("b", reply.subarray(0, W + 49), 333, false);
     expect(seen.diverged.size).toBe(0); // nothing to compare the tail with yet
     primary(reply);
-    expect(seen.diverged.size).toBe(0); // the replica may still be answering
-    replica("a", Buffer.alloc(0));
-    expect(seen.diverged.get("a")).toMatchObject({ offset: W });
+    expect(seen.diverged.get("a")).toMatchObject({ offset: W }); // whatever "a" says later
+    expect(seen.diverged.has("b")).toBe(false); // "b" may still be answering
+    replica("b", flip(reply, W + 49).subarray(W + 49), 1, true);
+    expect(seen.diverged.get("b")).toMatchObject({ offset: W });
     expect(seen.diverged.get("a")!.detail).toContain("last window 1 (bytes 16384-16433) differs");
   });
 
