@@ -55,7 +55,7 @@ async function startStack(compareReplies: boolean): Promise<Stack> {
   const [primary, ...replicas] = await Promise.all(["primary", "replica-a", "replica-b"].map((n) => startRedis(n)));
   const specs = replicas.map((r) => ({ name: r.name, address: r.address }));
   const relay = await startRelay({ replicas: specs });
-  const envoy = await startEnvoy({ primary: primary.address, replicas: specs, relayPort: relay.port, service: SERVICE, extra: { compareReplies } });
+  const envoy = await startEnvoy({ primary: primary.address, replicas: specs, relayPort: relay.port, service: SERVICE, compareReplies });
   return { primary, replicas, relay, envoy };
 }
 

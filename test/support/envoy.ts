@@ -35,6 +35,9 @@ export interface StartEnvoyOptions {
   concurrency?: number;
   /** "host:port" of an xDS controller serving the primary cluster's endpoints. */
   controller?: string;
+  /** The consistency check (lockstep config `compareReplies`). Off unless asked for here:
+   *  RecordingBackend's answers name the backend, so replicas legitimately answer differently. */
+  compareReplies?: boolean;
   /** More lockstep config fields (healthCheck, ...). */
   extra?: Record<string, unknown>;
 }
@@ -49,6 +52,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     relay: { port: options.relayPort, metricsPort: 0 },
     envoy: { adminPort, wasmPath: join(PROJECT_ROOT, "build", "lockstep.wasm") },
     limits: options.limits,
+    compareReplies: options.compareReplies ?? false,
     ...options.extra,
   });
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
