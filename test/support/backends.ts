@@ -22,6 +22,8 @@ export interface BackendOptions {
   stopReading?: boolean;
   /** Bytes of head to keep for identification. */
   headBytes?: number;
+  /** What to answer when the client half-closes (default: a tag naming this backend; null: nothing). */
+  farewell?: Buffer | null;
 }
 
 export class RecordingBackend {
@@ -54,7 +56,12 @@ export class RecordingBackend {
         const answer = this.options.reply ? this.options.reply(chunk, conn) : Buffer.from(`${this.name}:${chunk.length}\n`);
         if (answer) send(answer);
       });
-      socket.on("end", () => { conn.ended = true; send(Buffer.from(`${this.name}:bye\n`)); socket.end(); });
+      socket.on("end", () => {
+        conn.ended = true;
+        const farewell = this.options.farewell === undefined ? Buffer.from(`${this.name}:bye\n`) : this.options.farewell;
+        if (farewell) send(farewell);
+        socket.end();
+      });
       socket.on("error", () => {});
       socket.on("close", () => { conn.closed = true; this.sockets.delete(socket); });
     });

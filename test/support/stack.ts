@@ -55,7 +55,7 @@ export interface StackOptions {
   service?: string;
   /** Health check settings (lockstep config `healthCheck`); default PING/PONG every 100 ms. */
   healthCheck?: Record<string, unknown>;
-  /** More lockstep config fields. */
+  /** More lockstep config fields (reply comparison is on unless `compareReplies: false`). */
   extra?: Record<string, unknown>;
 }
 
@@ -74,7 +74,8 @@ export interface Stack {
   api(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }>;
   /** The service as the API shows it. */
   view(): Promise<{ primary: string; successor: string | null; members: { name: string; role: string; alive: boolean; address: string }[] }>;
-  /** Which member a new connection through the listener reaches ("FAILED" if none). */
+  /** Which member a new connection through the listener reaches ("FAILED" if none). Its WHO
+   *  answers differ between members: only with compareReplies off. */
   whoServes(timeoutMs?: number): Promise<string>;
   close(): Promise<void>;
 }
@@ -123,7 +124,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let controller = await startController();
   const envoy = await startEnvoy({
     primary: all[0].address, relayPort: relay.port, service, controller: `127.0.0.1:${xdsPort}`,
-    extra: { healthCheck, primaryName: all[0].name, ...options.extra },
+    extra: { healthCheck, primaryName: all[0].name, compareReplies: true, ...options.extra },
   });
   const api = async (method: string, path: string, body?: unknown) => {
     const res = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
@@ -152,7 +153,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       for (const m of members.values()) await m.process.kill("SIGKILL");
     },
   };
-  await waitFor("Envoy to reach the first primary", async () => (await stack.whoServes()) === all[0].name, 20_000, 50);
+  // PING, not WHO: WHO's answers differ between members, which the reply check (when on) flags.
+  await waitFor("Envoy to serve through the listener", async () => (await kvExchange(envoy.listenerPort, ["PING"]).catch(() => []))[0] === "PONG", 20_000, 50);
   await waitFor("the controller's first health verdicts", async () => (await stack.view()).members.every((m: any) => m.alive && m.rttMs !== null), 20_000, 20);
   return stack;
 }

@@ -1,0 +1,121 @@
+// Planned switchover through the API (the DVS "service migration"): connections open on the
+// old primary finish there, new ones go to the promoted replica, the old primary becomes a
+// replica, and every backend receives every connection's bytes exactly once, checked byte by
+// byte (SHA-256 per connection on each backend).
+import { describe, it, expect, afterAll } from "vitest";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect, type Socket } from "node:net";
+import { startBackends, type RecordingBackend } from "../support/backends.ts";
+import { startRelay, type RelayHandle } from "../support/relay.ts";
+import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
+import { waitFor } from "../support/ports.ts";
+import { startController, type RunningController } from "../../controller/server.ts";
+
+const TOKEN = "switchover-token";
+/** One "+" line per line received: the same reply stream from every member, however the bytes were chunked. */
+const perLine = (chunk: Buffer) => { const n = chunk.toString("latin1").split("\n").length - 1; return n ? Buffer.from("+\n".repeat(n)) : null; };
+const HEALTH = { send: "PING\n", expect: "+", intervalMs: 100, timeoutMs: 250 };
+
+interface Client { id: string; socket: Socket; sent: Buffer[]; closed: Promise<void> }
+
+function open(port: number, id: string): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, "127.0.0.1", () => resolve(client));
+    socket.on("data", () => {});
+    socket.on("error", reject);
+    const closed = new Promise<void>((r) => socket.on("close", () => r()));
+    const client: Client = { id, socket, sent: [], closed };
+  });
+}
+
+function send(c: Client, bytes: Buffer): void { c.sent.push(bytes); c.socket.write(bytes); }
+
+function lines(n: number): Buffer {
+  return Buffer.concat(Array.from({ length: n }, () => Buffer.from(randomBytes(1 + Math.floor(Math.random() * 600)).toString("hex") + "\n")));
+}
+
+describe("planned switchover through the API", () => {
+  let backends: RecordingBackend[] = [];
+  let relay: RelayHandle | undefined;
+  let envoy: EnvoyHandle | undefined;
+  let controller: RunningController | undefined;
+  afterAll(async () => {
+    await envoy?.kill();
+    await controller?.close();
+    await relay?.kill();
+    for (const b of backends) await b.kill();
+  });
+
+  it("moves new connections to the promoted replica, lets old ones finish on the old primary, and gives every backend every byte exactly once", async () => {
+    backends = await startBackends(["m0", "m1", "m2"], { reply: perLine, farewell: null });
+    relay = await startRelay({ replicas: [] });
+    const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, alive: true, lagBytes: 0 });
+    controller = await startController({
+      services: [{ service: { name: "kv", members: [member(backends[0], "primary"), member(backends[1], "replica"), member(backends[2], "replica")] }, health: HEALTH }],
+      api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
+      storePath: join(mkdtempSync(join(tmpdir(), "lockstep-switchover-")), "state.json"),
+      relay: { url: `http://127.0.0.1:${relay.metricsPort}` },
+    });
+    envoy = await startEnvoy({ primary: backends[0].address, relayPort: relay.port, service: "kv", controller: `127.0.0.1:${controller.xdsPort}`, compareReplies: true, extra: { healthCheck: HEALTH } });
+    const api = (method: string, path: string, body?: unknown) => fetch(`http://127.0.0.1:${controller!.apiPort}${path}`, {
+      method, headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const priority0 = async () => {
+      const dump = await (await fetch(`http://127.0.0.1:${envoy!.adminPort}/config_dump?include_eds`)).json();
+      const eds = dump.configs.find((c: any) => c["@type"].endsWith("EndpointsConfigDump"));
+      const cla = [...(eds.static_endpoint_configs ?? []), ...(eds.dynamic_endpoint_configs ?? [])].map((e: any) => e.endpoint_config).find((e: any) => e.cluster_name === "kv_primary");
+      const p0 = cla?.endpoints.find((g: any) => (g.priority ?? 0) === 0);
+      return p0 ? `127.0.0.1:${p0.lb_endpoints[0].endpoint.address.socket_address.port_value}` : "";
+    };
+    const hostConnections = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${envoy!.adminPort}/clusters`)).text();
+      return Object.fromEntries(backends.map((b) => [b.name, Number(new RegExp(`^kv_primary::${b.address.replace(/\./g, "\\.")}::cx_total::(\\d+)$`, "m").exec(text)?.[1] ?? 0)]));
+    };
+    await waitFor("Envoy to take m0 as primary", async () => (await priority0()) === backends[0].address, 10_000);
+    await waitFor("the controller to see every member", async () => (await (await api("GET", "/v1/services/kv")).json()).members.every((m: any) => m.rttMs !== null), 10_000);
+
+    // Long-lived connections on the old primary, half their bytes sent before the switchover.
+    const old: Client[] = [];
+    for (let i = 0; i < 10; i++) {
+      const c = await open(envoy.listenerPort, `conn-old-${String(i).padStart(7, "0")}`);
+      send(c, Buffer.concat([Buffer.from(c.id), lines(20)]));
+      old.push(c);
+    }
+    await waitFor("m0 to have the old connections", () => backends[0].connections.filter((c) => c.head.toString().startsWith("conn-old")).length === 10);
+
+    const promoted = await api("POST", "/v1/services/kv/promote", { member: "m1" });
+    expect(promoted.status).toBe(200);
+    const view = await promoted.json();
+    expect(view).toMatchObject({ primary: "m1", lastFailover: { kind: "switchover", member: "m1" } });
+    expect(view.members.find((m: any) => m.name === "m0").role).toBe("replica");
+    await waitFor("Envoy to take m1 as primary", async () => (await priority0()) === backends[1].address, 5_000, 5);
+
+    const fresh: Client[] = [];
+    for (let i = 0; i < 10; i++) {
+      const c = await open(envoy.listenerPort, `conn-new-${String(i).padStart(7, "0")}`);
+      send(c, Buffer.concat([Buffer.from(c.id), lines(20)]));
+      fresh.push(c);
+    }
+    for (const c of old) send(c, lines(20)); // the old connections go on, on the old primary
+    for (const c of [...old, ...fresh]) c.socket.end();
+    await Promise.all([...old, ...fresh].map((c) => c.closed));
+
+    // Old connections were served by m0, new ones by m1 (Envoy's own per-host counts).
+    expect(await hostConnections()).toEqual({ m0: 10, m1: 10, m2: 0 });
+    // Every backend has every connection exactly once, with exactly the client's bytes.
+    const clients = [...old, ...fresh];
+    await waitFor("every backend to receive every connection in full", () => backends.every((b) =>
+      clients.every((c) => b.connections.find((r) => r.head.toString() === c.id)?.received === Buffer.concat(c.sent).length)), 10_000);
+    for (const b of backends) {
+      for (const c of clients) {
+        const records = b.connections.filter((r) => r.head.toString() === c.id);
+        expect(records, `${b.name} / ${c.id}`).toHaveLength(1);
+        expect(records[0].receivedHash.copy().digest("hex"), `${b.name} / ${c.id}`).toBe(createHash("sha256").update(Buffer.concat(c.sent)).digest("hex"));
+      }
+    }
+    expect((await relay.metricsText()).split("\n").filter((l) => l.startsWith("lockstep_relay_replica_detaches_total"))).toEqual([]);
+  });
+});
