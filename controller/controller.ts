@@ -44,6 +44,8 @@ export class Controller {
   private readonly successors = new Map<string, string>();
   private relayTimer?: NodeJS.Timeout;
   private polling = false;
+  private pollAgain = false;
+  private relayReachable?: boolean;
   private readonly state: ControllerState;
 
   constructor(private readonly o: ControllerOptions) {
@@ -91,7 +93,8 @@ export class Controller {
       if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: standbys.map((m) => m.address) });
       // Every in-sync member: the relay leaves out whichever one is a connection's primary,
       // so a connection opened while Envoy and the controller disagree still reaches all others.
-      this.o.relay.want(s.name, s.members.filter((m) => m.role === "primary" || (m.role === "replica" && m.alive)).map((m) => ({ name: m.name, address: m.address })));
+      // A changed set is sent at once (not at the next poll).
+      if (this.o.relay.want(s.name, s.members.filter((m) => m.role === "primary" || (m.role === "replica" && m.alive)).map((m) => ({ name: m.name, address: m.address })))) void this.pollRelay();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -143,12 +146,19 @@ export class Controller {
   }
 
   private async pollRelay(): Promise<void> {
-    if (this.polling) return;
+    if (this.polling) { this.pollAgain = true; return; }
     this.polling = true;
     try {
-      const { changed, figures } = await this.o.relay.poll();
-      for (const service of changed) this.o.log(`relay: replica set of "${service}" set`);
-      for (const [service, byName] of figures) for (const [member, f] of byName) this.apply(service, member, f);
+      do {
+        this.pollAgain = false;
+        const { changed, figures } = await this.o.relay.poll();
+        if (this.o.relay.reachable !== this.relayReachable) {
+          this.relayReachable = this.o.relay.reachable;
+          this.o.log(this.relayReachable ? "relay: reachable" : `relay: unreachable (${this.o.relay.lastError}); retrying every ${this.o.relayPollMs} ms`);
+        }
+        for (const service of changed) this.o.log(`relay: replica set of "${service}" set`);
+        for (const [service, byName] of figures) for (const [member, f] of byName) this.apply(service, member, f);
+      } while (this.pollAgain);
     } finally { this.polling = false; }
   }
 

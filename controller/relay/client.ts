@@ -24,8 +24,12 @@ export class RelayClient {
 
   constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000) {}
 
-  /** Record the replica set `service` must have; sent on the next poll (or now, with `push`). */
-  want(service: string, targets: readonly RelayTarget[]): void { this.desired.set(service, targets); }
+  /** Record the replica set `service` must have (sent by the next poll). True if it changed. */
+  want(service: string, targets: readonly RelayTarget[]): boolean {
+    const before = this.desired.get(service);
+    this.desired.set(service, targets);
+    return JSON.stringify(before) !== JSON.stringify(targets);
+  }
 
   private headers(): Record<string, string> {
     return { "content-type": "application/json", ...(this.token ? { authorization: `Bearer ${this.token}` } : {}) };

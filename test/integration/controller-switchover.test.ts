@@ -13,6 +13,7 @@ import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { waitFor } from "../support/ports.ts";
 import { startController, type RunningController } from "../../controller/server.ts";
+import { HEALTH_DEFAULTS } from "../../controller/health/checker.ts";
 
 const TOKEN = "switchover-token";
 /** One "+" line per line received: the same reply stream from every member, however the bytes were chunked. */
@@ -54,7 +55,7 @@ describe("planned switchover through the API", () => {
     relay = await startRelay({ replicas: [] });
     const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, alive: true, lagBytes: 0 });
     controller = await startController({
-      services: [{ service: { name: "kv", members: [member(backends[0], "primary"), member(backends[1], "replica"), member(backends[2], "replica")] }, health: HEALTH }],
+      services: [{ service: { name: "kv", members: [member(backends[0], "primary"), member(backends[1], "replica"), member(backends[2], "replica")] }, health: { ...HEALTH_DEFAULTS, ...HEALTH } }],
       api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
       storePath: join(mkdtempSync(join(tmpdir(), "lockstep-switchover-")), "state.json"),
       relay: { url: `http://127.0.0.1:${relay.metricsPort}` },

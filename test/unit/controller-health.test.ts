@@ -1,0 +1,101 @@
+// Health checks and the controller's decisions with a fake probe and no real time: thresholds,
+// no stacked probes, and who is promoted when the primary's verdict turns.
+import { describe, it, expect } from "vitest";
+import { HealthChecker, type HealthSettings } from "../../controller/health/checker.ts";
+import type { ProbeResult } from "../../controller/health/probe.ts";
+import { ControllerState } from "../../controller/state.ts";
+import { Controller } from "../../controller/controller.ts";
+import { XdsRestServer } from "../../controller/xds/rest-server.ts";
+import { RelayClient } from "../../controller/relay/client.ts";
+import type { Member } from "../../controller/model/service.ts";
+
+const SETTINGS: HealthSettings = { intervalMs: 100, timeoutMs: 50, unhealthyThreshold: 2, healthyThreshold: 2 };
+const noTimers = { setInterval: () => 0, clearInterval: () => {} };
+
+describe("health checker", () => {
+  it("turns a member down after unhealthyThreshold failures in a row and up after healthyThreshold successes", async () => {
+    const answers: Record<string, ProbeResult> = { a: { ok: true, rttMs: 0.5 } };
+    const verdicts: string[] = [];
+    const rtts: number[] = [];
+    const checker = new HealthChecker(SETTINGS, async (address) => answers[address], {
+      onVerdict: (key, healthy) => verdicts.push(`${key}:${healthy ? "up" : "down"}`),
+      onRtt: (_key, ms) => rtts.push(ms),
+    }, noTimers);
+    checker.setTargets([{ key: "m", address: "a" }]);
+    await checker.round();
+    expect(checker.healthy("m")).toBeUndefined(); // one success is not yet a verdict
+    await checker.round();
+    expect(verdicts).toEqual(["m:up"]);
+    answers.a = { ok: false, error: "refused" };
+    await checker.round();
+    expect(checker.healthy("m")).toBe(true); // one failure is not enough
+    answers.a = { ok: true, rttMs: 0.7 };
+    await checker.round();
+    answers.a = { ok: false, error: "refused" };
+    await checker.round();
+    await checker.round();
+    expect(verdicts).toEqual(["m:up", "m:down"]);
+    expect(rtts).toEqual([0.5, 0.5, 0.7]);
+  });
+
+  it("never stacks probes of a member whose probe is still running", async () => {
+    let started = 0;
+    let finish!: () => void;
+    const checker = new HealthChecker(SETTINGS, () => { started++; return new Promise((r) => { finish = () => r({ ok: true }); }); },
+      { onVerdict: () => {}, onRtt: () => {} }, noTimers);
+    checker.setTargets([{ key: "m", address: "a" }]);
+    const first = checker.round();
+    await checker.round();
+    await checker.round();
+    expect(started).toBe(1);
+    finish();
+    await first;
+  });
+});
+
+describe("controller decisions", () => {
+  const member = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + Number(name.slice(1))}`, role, alive: true, lagBytes: 0, ...extra });
+
+  function setUp(members: Member[]) {
+    const state = new ControllerState(undefined);
+    state.declare({ name: "kv", members });
+    const results = new Map<string, ProbeResult>(members.map((m) => [m.address, { ok: true, rttMs: 1 }]));
+    const xds = new XdsRestServer();
+    const controller = new Controller({
+      state, xds, relay: new RelayClient("http://127.0.0.1:1"), probe: async (address) => results.get(address)!,
+      healthOf: () => SETTINGS, relayPollMs: 1_000_000, log: () => {},
+    });
+    (controller as any).publish();
+    const checker = () => (controller as any).checkers.get("kv") as HealthChecker;
+    return { state, xds, controller, results, checker };
+  }
+
+  it("orders standbys by lag, then RTT, and promotes the one Envoy falls back to when the primary fails", async () => {
+    const { state, xds, controller, results, checker } = setUp([member("m0", "primary"), member("m1", "replica", { lagBytes: 1 << 20 }), member("m2", "replica"), member("m3", "stale")]);
+    expect(controller.successor("kv")).toBe("m2");
+    const cla = xds["snapshot" as keyof XdsRestServer] as any;
+    expect(cla.endpoints.get("kv_primary").endpoints.map((e: any) => [e.priority, e.lb_endpoints[0].endpoint.address.socket_address.port_value])).toEqual([[0, 7000], [1, 7002], [2, 7001]]);
+    results.set("127.0.0.1:7000", { ok: false, error: "refused" });
+    for (let i = 0; i < 3; i++) await checker().round();
+    const s = state.get("kv")!;
+    expect(s.members.map((m) => `${m.name}:${m.role}`)).toEqual(["m0:stale", "m1:replica", "m2:primary", "m3:stale"]);
+    expect(state.history("kv").map((e) => e.kind)).toEqual(["promotion"]);
+  });
+
+  it("records that no member could take over instead of promoting a stale or diverged one", async () => {
+    const { state, results, checker } = setUp([member("m0", "primary"), member("m1", "diverged"), member("m2", "stale")]);
+    results.set("127.0.0.1:7000", { ok: false, error: "refused" });
+    for (let i = 0; i < 3; i++) await checker().round();
+    expect(state.get("kv")!.members.map((m) => m.role)).toEqual(["primary", "diverged", "stale"]);
+    expect(state.history("kv").map((e) => e.kind)).toEqual(["no_candidate"]);
+  });
+
+  it("marks a replica that fails its checks stale, and keeps it stale when it answers again", async () => {
+    const { state, results, checker } = setUp([member("m0", "primary"), member("m1", "replica")]);
+    results.set("127.0.0.1:7001", { ok: false, error: "refused" });
+    for (let i = 0; i < 2; i++) await checker().round();
+    results.set("127.0.0.1:7001", { ok: true, rttMs: 1 });
+    for (let i = 0; i < 3; i++) await checker().round();
+    expect(state.get("kv")!.members.find((m) => m.name === "m1")).toMatchObject({ role: "stale", alive: true });
+  });
+});
