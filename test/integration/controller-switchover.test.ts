@@ -87,12 +87,14 @@ describe("planned switchover through the API", () => {
     }
     await waitFor("m0 to have the old connections", () => backends[0].connections.filter((c) => c.head.toString().startsWith("conn-old")).length === 10);
 
+    const decided = process.hrtime.bigint();
     const promoted = await api("POST", "/v1/services/kv/promote", { member: "m1" });
     expect(promoted.status).toBe(200);
     const view = await promoted.json();
     expect(view).toMatchObject({ primary: "m1", lastFailover: { kind: "switchover", member: "m1" } });
     expect(view.members.find((m: any) => m.name === "m0").role).toBe("replica");
-    await waitFor("Envoy to take m1 as primary", async () => (await priority0()) === backends[1].address, 5_000, 5);
+    await waitFor("Envoy to take m1 as primary", async () => (await priority0()) === backends[1].address, 5_000, 1);
+    console.log(`switchover: API call -> Envoy's config_dump shows the new priority 0 after ${(Number(process.hrtime.bigint() - decided) / 1e6).toFixed(1)} ms (including the call and the admin polling)`);
 
     const fresh: Client[] = [];
     for (let i = 0; i < 10; i++) {
