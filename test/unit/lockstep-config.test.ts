@@ -27,10 +27,28 @@ describe("lockstep config", () => {
     [{ ...minimal, limits: { maxLagBytesPerConnection: 65536 } }, "at least 1048576 (1 MiB, one Envoy read)"],
     [{ ...minimal, limits: { maxInflightBytesPerConnection: 8 << 20, maxInflightBytesTotal: 4 << 20 } }, '"limits.maxInflightBytesTotal"'],
     [{ ...minimal, colour: "blue" }, '"colour" is not a known field'],
+    [{ ...minimal, primaryName: "a" }, '"primaryName" is also a replica\'s name'],
+    [{ ...minimal, healthCheck: { expect: "PONG" } }, '"healthCheck.expect" needs healthCheck.send'],
+    [{ ...minimal, healthCheck: { intervalMs: 1 } }, '"healthCheck.intervalMs" must be a whole number from 10'],
+    [{ ...minimal, healthCheck: { retries: 3 } }, '"healthCheck.retries" is not a known field'],
+    [{ ...minimal, controller: { apiPort: "9100" } }, '"controller.apiPort" must be a port'],
+    [{ ...minimal, controller: { tls: true } }, '"controller.tls" is not a known field'],
     [[], "must be a JSON object"],
   ])("rejects %j", (raw, message) => {
     expect(() => parseLockstepConfig(raw)).toThrow(ConfigError);
     expect(() => parseLockstepConfig(raw)).toThrow(message);
+  });
+
+  it("with a controller section, renders the primary cluster as EDS from it with fast failure detection", () => {
+    const c = parseLockstepConfig({ ...minimal, service: "orders", healthCheck: { send: "PING\n", expect: "PONG", timeoutMs: 150 }, controller: { xdsPort: 9555 } });
+    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json" });
+    const yaml = renderBootstrap(c);
+    expect(yaml).toContain("type: EDS");
+    expect(yaml).toContain("port_value: 9555");
+    expect(yaml).toContain('tcp_health_check: { send: { text: "50494e470a" }, receive: [{ text: "504f4e47" }] }');
+    expect(yaml).toContain("timeout: 0.15s");
+    expect(yaml).toContain("healthy_panic_threshold: { value: 0 }");
+    expect(yaml).toContain("max_connect_attempts: 5");
   });
 
   it("renders a bootstrap whose plugin configuration carries the service and bounds", () => {
