@@ -33,7 +33,7 @@ export interface SuiteOptions {
 export function modeSettings(quick: boolean) {
   return quick
     ? { latencyExchanges: 2000, latencyRounds: 2, bulkBytes: 32 * 2 ** 20, bulkRounds: 1, connCounts: [100, 300], connRounds: 1, failover: { kill: 2, stop: 1 }, placementExchanges: 0 }
-    : { latencyExchanges: 20000, latencyRounds: 3, bulkBytes: 2 ** 30, bulkRounds: 3, connCounts: [1000, 10000], connRounds: 3, failover: { kill: 30, stop: 10 }, placementExchanges: 10000 };
+    : { latencyExchanges: 20000, latencyRounds: 5, bulkBytes: 2 ** 30, bulkRounds: 3, connCounts: [1000, 10000], connRounds: 3, failover: { kill: 30, stop: 10 }, placementExchanges: 10000 };
 }
 
 export async function runSuite(options: SuiteOptions): Promise<{ results: Results; files: string[] }> {

@@ -167,22 +167,33 @@ export interface ConnsRow {
   envoyRss: Spread; relayRss: Spread | null;
   /** (RSS holding the connections − RSS before them) / connections, bytes. */
   envoyPerConn: Spread; relayPerConn: Spread | null;
+  /** The same for Envoy's own heap (admin /memory "allocated", tcmalloc): the rest of its RSS
+   *  growth is outside that heap (V8's heaps for the wasm VM, thread stacks). */
+  envoyHeapPerConn: Spread;
   /** Envoy + relay RSS over plain tcp_proxy's Envoy RSS at the same count. */
   totalRatio: number;
   openSeconds: Spread;
 }
 export interface ConnsSection { counts: number[]; replicas: number; rounds: number; rows: ConnsRow[] }
 
+async function envoyHeapBytes(s: Setup): Promise<number> {
+  const m = await (await fetch(`http://127.0.0.1:${s.envoy!.adminPort}/memory`)).json() as { allocated: string };
+  return Number(m.allocated);
+}
+
+/** tcp_proxy, lockstep with no replica (the filter and its gRPC stream, no replica sockets), and
+ *  lockstep with `replicas` replicas, each holding every count of connections. */
 export async function connsSection(primary: native.Backends, replicaServers: native.Backends, counts: number[], replicas: number, rounds: number, progress: Progress): Promise<ConnsSection> {
   const rows: ConnsRow[] = [];
   for (const n of counts) {
-    const raw = new Map<string, { envoy: number; relay?: number; envoyPer: number; relayPer?: number; open: number }[]>();
+    const raw = new Map<string, { envoy: number; relay?: number; envoyPer: number; relayPer?: number; heapPer: number; open: number }[]>();
     const labels = new Map<string, string>();
     for (let round = 1; round <= rounds; round++) {
-      for (const kind of [BASELINE, `lockstep-${replicas}`]) {
+      for (const kind of [BASELINE, "lockstep-0", `lockstep-${replicas}`]) {
+        const nReplicas = kind === BASELINE ? 0 : Number(kind.slice("lockstep-".length));
         progress(`connections ${n}: ${kind} round ${round}/${rounds}`);
         // Fresh processes every round: memory once touched is not given back.
-        const s = kind === BASELINE ? await startPlain(primary.ports[0]) : await startLockstep(primary.ports[0], replicaServers, replicas);
+        const s = kind === BASELINE ? await startPlain(primary.ports[0]) : await startLockstep(primary.ports[0], replicaServers, nReplicas);
         labels.set(kind, s.label);
         try {
           const envoyPid = s.envoy!.process.child.pid!;
@@ -193,21 +204,23 @@ export async function connsSection(primary: native.Backends, replicaServers: nat
           if (s.relay) await waitFor("warm-up streams to end", async () => sumFamily(await relayStats(s.relay!), "lockstep_relay_streams_active") === 0, 10_000, 20);
           await new Promise((r) => setTimeout(r, 300));
           const envoy0 = rssBytes(envoyPid);
+          const heap0 = await envoyHeapBytes(s);
           const relay0 = relayPid ? rssBytes(relayPid) : 0;
           const held = await native.holdConnections(s.port, n, LOAD_CPU);
-          if (s.relay && replicas > 0) {
-            await waitFor(`${n} streams and ${n * replicas} replica connections at the relay`, async () => {
+          if (s.relay) {
+            await waitFor(`${n} streams and ${n * nReplicas} replica connections at the relay`, async () => {
               const st = await relayStats(s.relay!);
-              return sumFamily(st, "lockstep_relay_streams_active") >= n && sumFamily(st, "lockstep_relay_replica_connections_active") >= n * replicas;
+              return sumFamily(st, "lockstep_relay_streams_total") >= n && sumFamily(st, "lockstep_relay_replica_connections_active") >= n * nReplicas;
             }, 120_000, 100);
           }
           await new Promise((r) => setTimeout(r, 500));
           const envoy1 = rssBytes(envoyPid);
+          const heap1 = await envoyHeapBytes(s);
           const relay1 = relayPid ? rssBytes(relayPid) : undefined;
           if (!raw.has(kind)) raw.set(kind, []);
           raw.get(kind)!.push({
             envoy: envoy1, relay: relay1, envoyPer: (envoy1 - envoy0) / n,
-            relayPer: relay1 !== undefined ? (relay1 - relay0) / n : undefined, open: held.open_s,
+            relayPer: relay1 !== undefined ? (relay1 - relay0) / n : undefined, heapPer: (heap1 - heap0) / n, open: held.open_s,
           });
           await held.release();
         } finally {
@@ -224,6 +237,7 @@ export async function connsSection(primary: native.Backends, replicaServers: nat
         envoyRss, relayRss,
         envoyPerConn: spread(runs.map((r) => r.envoyPer)),
         relayPerConn: relayRss ? spread(runs.map((r) => r.relayPer!)) : null,
+        envoyHeapPerConn: spread(runs.map((r) => r.heapPer)),
         totalRatio: (envoyRss.median + (relayRss?.median ?? 0)) / plainEnvoy,
         openSeconds: spread(runs.map((r) => r.open)),
       });

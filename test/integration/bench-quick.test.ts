@@ -67,7 +67,7 @@ describe("npm run bench -- --quick", () => {
     }
 
     // Many connections: RSS of Envoy (and of the relay) at each count, against tcp_proxy.
-    expect(r.conns!.rows.map((x) => `${x.connections} ${x.setup}`)).toEqual(["100 tcp_proxy", "100 lockstep-2", "300 tcp_proxy", "300 lockstep-2"]);
+    expect(r.conns!.rows.map((x) => `${x.connections} ${x.setup}`)).toEqual(["100 tcp_proxy", "100 lockstep-0", "100 lockstep-2", "300 tcp_proxy", "300 lockstep-0", "300 lockstep-2"]);
     for (const x of r.conns!.rows) {
       expect(positive(x.envoyRss.median)).toBe(true);
       if (x.setup === "tcp_proxy") expect(x.totalRatio).toBe(1);
