@@ -1,5 +1,5 @@
-// Must show 1-3 of the online consistency check (issue 4), on the real Envoy binary, the real
-// relay and Debian's redis-server as primary and two replicas, each started empty and
+// Must show 1-3 of the online consistency check (issue 4), on the real Envoy binary (two
+// workers, so two filter VMs), the real relay and Debian's redis-server as primary and two replicas, each started empty and
 // standalone (no redis replication):
 //   1. a deterministic workload over many connections (SET/INCR/LPUSH/HSET/MSET, pipelined in
 //      odd-sized writes, some values of 150-250 KB) leaves every replica's whole data set equal
@@ -55,7 +55,7 @@ async function startStack(compareReplies: boolean): Promise<Stack> {
   const [primary, ...replicas] = await Promise.all(["primary", "replica-a", "replica-b"].map((n) => startRedis(n)));
   const specs = replicas.map((r) => ({ name: r.name, address: r.address }));
   const relay = await startRelay({ replicas: specs });
-  const envoy = await startEnvoy({ primary: primary.address, replicas: specs, relayPort: relay.port, service: SERVICE, compareReplies });
+  const envoy = await startEnvoy({ primary: primary.address, replicas: specs, relayPort: relay.port, service: SERVICE, compareReplies, concurrency: 2 });
   return { primary, replicas, relay, envoy };
 }
 
