@@ -3,6 +3,7 @@
 // real TCP replicas, one of which answers differently.
 import { describe, it, expect, afterEach } from "vitest";
 import { randomBytes } from "node:crypto";
+import { createServer } from "node:net";
 import { makeGenericClientConstructor, credentials, status, type ClientDuplexStream, type Client } from "@grpc/grpc-js";
 import { ReplyCheck, WindowedDigest, MAX_PENDING_WINDOWS, type Divergence } from "../../relay/reply-check.ts";
 import { FrameError, REPLY_WINDOW_BYTES as W, encodeOpen, encodeData, encodeEnd, encodeReplyDigest, encodeReplyEnd, decodeAck, type AckFrame, type ReplyEndKind } from "../../relay/frames.ts";
@@ -241,6 +242,36 @@ describe("reply check in the relay, with real replicas", () => {
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(new RegExp('^divergence: service "svc" replica "liar" connection 77 at reply offset 16384: window 1 \\(bytes 16384-32767\\) differs: ' +
       `replica CRC-32 [0-9a-f]{8}, primary ${crcs[1].toString(16).padStart(8, "0")}; replica detached from this connection \\(DIVERGED\\)$`));
+  });
+
+  it("judges a replica that answered fewer bytes and never closes at the finish timeout", async () => {
+    // Echoes only the first half of what it gets, and never closes its side.
+    let got = 0;
+    const server = createServer({ allowHalfOpen: true }, (sock) => {
+      sock.on("data", (c: Buffer) => { const keep = Math.max(0, Math.min(c.length, 15_000 - got)); got += c.length; if (keep) sock.write(c.subarray(0, keep)); });
+      sock.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const log: string[] = [];
+    relay = await startRelay(parseRelayConfig({
+      listen: { port: 0 }, metrics: { port: 0 }, limits: { finishTimeoutMs: 300 },
+      replicas: [{ name: "short", address: `127.0.0.1:${(server.address() as { port: number }).port}` }],
+    }), (l) => log.push(l));
+    client = new MirrorClient(`127.0.0.1:${relay.grpcPort}`, credentials.createInsecure());
+    const s = stream(1);
+    const input = randomBytes(30_000);
+    s.call.write(encodeData(0, input));
+    const d = new WindowedDigest();
+    s.call.write(encodeReplyDigest(0, d.push(input)));
+    s.call.write(encodeReplyEnd(d.total, d.tail, "PRIMARY_CLOSED"));
+    await waitFor("the replica to receive every byte", () => got === input.length);
+    s.call.end();
+    const started = Date.now();
+    expect((await s.status).code).toBe(status.OK);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250); // it waited for the finish timeout
+    expect(s.acks.at(-1)!.replicas).toEqual([{ name: "short", queued: 30_000, acked: 30_000, state: "DETACHED", reason: "DIVERGED" }]);
+    expect(log.find((l) => l.startsWith("divergence:"))).toContain("at reply offset 15000: the replica answered 15000 bytes, the primary 30000");
+    server.close();
   });
 
   it("digests nothing on a stream opened without the flag", async () => {
