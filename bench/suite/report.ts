@@ -84,10 +84,10 @@ export function renderMarkdown(r: Results): string {
       ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${x.envoyCpuUs === null ? "–" : f(x.envoyCpuUs)} | ${x.relayCpuUs === null ? "–" : f(x.relayCpuUs)} | ${pctOf(x.clientBusy)} |`), "");
   }
   if (r.placement) {
-    out.push("## Placement check (64 B, p50 µs)", "",
-      "The same exchange with the processes placed three ways: a wake-up that crosses cores costs tens of µs on this machine.", "",
-      "| placement | direct | tcp_proxy |", "| --- | ---: | ---: |",
-      ...r.placement.map((p) => `| ${p.placement} | ${f(p.direct)} | ${f(p.tcpProxy)} |`), "");
+    out.push("## Placement check (64 B, p50 µs, one round each)", "",
+      "The same exchange with the processes placed other ways: a wake-up that crosses cores costs tens of µs on this machine, and work on the client's core delays it.", "",
+      "| placement | direct | tcp_proxy | lockstep, 1 replica | lockstep ×tcp_proxy |", "| --- | ---: | ---: | ---: | ---: |",
+      ...r.placement.map((p) => `| ${p.placement} | ${f(p.direct)} | ${f(p.tcpProxy)} | ${f(p.lockstep1)} | ${f(p.lockstep1 / p.tcpProxy, 3)} |`), "");
   }
   if (r.bulk) {
     const b = r.bulk;

@@ -60,29 +60,35 @@ export async function latencySection(setups: Setup[], size: number, exchanges: n
   return { size, exchanges, rounds, rows };
 }
 
-export interface PlacementRow { placement: string; direct: number; tcpProxy: number }
+export interface PlacementRow { placement: string; direct: number; tcpProxy: number; lockstep1: number }
 
 /** Why plain tcp_proxy looked slow in the first latency bench: the same 64-byte exchange with
  *  the processes placed three ways. Every core-to-core wake-up costs tens of µs on this VM. */
 export async function placementCheck(setups: Setup[], backends: native.Backends[], exchanges: number, progress: Progress): Promise<PlacementRow[]> {
   const direct = setups.find((s) => s.key === "direct")!;
   const plain = setups.find((s) => s.key === BASELINE)!;
-  const envoyPid = plain.envoy!.process.child.pid!;
-  const placements: { name: string; envoy: string; others: string }[] = [
-    { name: "suite: Envoy on CPU 0, client and backend on CPU 1", envoy: ENVOY_CPU, others: LOAD_CPU },
-    { name: "all on CPU 1", envoy: LOAD_CPU, others: LOAD_CPU },
-    { name: "unpinned (scheduler's choice, as bench/latency.ts ran)", envoy: "0,1", others: "0,1" },
+  const one = setups.find((s) => s.key === "lockstep-1")!;
+  const envoyPids = [plain.envoy!.process.child.pid!, one.envoy!.process.child.pid!];
+  const relayPid = one.relay!.process.child.pid!;
+  const placements: { name: string; envoy: string; relay: string; others: string }[] = [
+    { name: "suite: Envoy on CPU 0; client, backends, relay on CPU 1", envoy: ENVOY_CPU, relay: LOAD_CPU, others: LOAD_CPU },
+    { name: "relay moved to CPU 0, beside Envoy", envoy: ENVOY_CPU, relay: ENVOY_CPU, others: LOAD_CPU },
+    { name: "all on CPU 1", envoy: LOAD_CPU, relay: LOAD_CPU, others: LOAD_CPU },
+    { name: "unpinned (scheduler's choice, as bench/latency.ts ran)", envoy: "0,1", relay: "0,1", others: "0,1" },
   ];
   const rows: PlacementRow[] = [];
   for (const p of placements) {
     progress(`latency placement: ${p.name}`);
-    native.pin(envoyPid, p.envoy);
+    for (const pid of envoyPids) native.pin(pid, p.envoy);
+    native.pin(relayPid, p.relay);
     for (const b of backends) native.pin(b.pid, p.others);
     const d = await native.latency(direct.port, 64, exchanges, 500, p.others);
     const t = await native.latency(plain.port, 64, exchanges, 500, p.others);
-    rows.push({ placement: p.name, direct: d.p50, tcpProxy: t.p50 });
+    const l = await native.latency(one.port, 64, exchanges, 500, p.others);
+    rows.push({ placement: p.name, direct: d.p50, tcpProxy: t.p50, lockstep1: l.p50 });
   }
-  native.pin(envoyPid, ENVOY_CPU);
+  for (const pid of envoyPids) native.pin(pid, ENVOY_CPU);
+  native.pin(relayPid, LOAD_CPU);
   for (const b of backends) native.pin(b.pid, LOAD_CPU);
   return rows;
 }
