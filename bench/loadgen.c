@@ -22,11 +22,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -306,6 +308,7 @@ static int conns_mode(int port, long n) {
 }
 
 int main(int argc, char **argv) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the runner, even if it dies */
   if (argc >= 3 && !strcmp(argv[1], "serve")) serve(atoi(argv[2]));
   if (argc >= 6 && !strcmp(argv[1], "lat")) return lat(atoi(argv[2]), atol(argv[3]), atol(argv[4]), atol(argv[5]));
   if (argc >= 4 && !strcmp(argv[1], "bulk")) return bulk(atoi(argv[2]), atoll(argv[3]));
