@@ -35,5 +35,8 @@ describe("npm run demo", () => {
     expect(output).toMatch(/lockstep\.demo\.replica\.replica-b\.bytes_acked: [1-9]/);
     expect(output).toMatch(/the controller promoted "replica-[ab]"; members now: primary=stale/);
     expect(output).toContain("the promoted replica holds every value written before the failover");
+    // A workload deterministic per connection: every replica's replies match the primary's.
+    expect(output).not.toMatch(/relay: divergence/);
+    expect(output).toMatch(/replica\.replica-a\.divergences: 0/);
   });
 });

@@ -5,12 +5,14 @@
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect } from "node:net";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { startProcess, type Managed } from "./processes.ts";
 import { freePorts, waitFor } from "./ports.ts";
 import { startRelay, type RelayHandle } from "./relay.ts";
 import { startEnvoy, type EnvoyHandle } from "./envoy.ts";
+import { kvExchange } from "../../samples/kv-client.ts";
+
+export { kvExchange };
 
 export const TOKEN = "stack-test-token";
 
@@ -30,24 +32,6 @@ async function startKv(name: string, port: number): Promise<Managed> {
     return (await kvExchange(port, ["PING"]).catch(() => []))[0] === "PONG";
   }, 20_000, 20);
   return proc;
-}
-
-/** Send lines, collect as many answer lines (or fail after timeoutMs). */
-export function kvExchange(port: number, lines: string[], timeoutMs = 2000): Promise<string[]> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, "127.0.0.1");
-    let buffer = "";
-    socket.setEncoding("utf8");
-    socket.setTimeout(timeoutMs, () => { socket.destroy(); reject(new Error("timed out")); });
-    socket.on("connect", () => socket.write(lines.map((l) => l + "\n").join("")));
-    socket.on("data", (chunk: string) => {
-      buffer += chunk;
-      const answers = buffer.split("\n").filter(Boolean);
-      if (answers.length >= lines.length) { socket.end(); resolve(answers); }
-    });
-    socket.on("error", reject);
-    socket.on("close", () => reject(new Error(`closed after ${buffer.split("\n").filter(Boolean).length} answers`)));
-  });
 }
 
 export interface StackOptions {
