@@ -21,7 +21,8 @@ function splitHostPort(address: string): { host: string; port: number } {
 }
 
 /** Who reads a replica's replies (the session's reply check). `end` fires once, when the reply
- *  stream is over: the replica half-closed, the socket closed, or we stopped waiting for it. */
+ *  stream is over: everything was delivered and the replica closed, or the finish timeout passed
+ *  after the connection ended. Not on errors (the link is then detached for that reason). */
 export interface ReplyObserver {
   bytes(reply: Buffer): void;
   end(): void;
@@ -73,7 +74,8 @@ export class ReplicaLink {
       metrics.replicaReplyDropped.add(reply.length, this.labels);
       if (!this.terminal) this.replies?.bytes(reply);
     });
-    this.socket.on("end", () => this.replyEnd());
+    // The replica's FIN alone does not end its replies for the check: a replica that dies may
+    // send one. They end when the link finishes normally, or at the finish timeout.
     this.socket.on("error", () => this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED"));
     this.socket.on("close", () => {
       if (this.terminal) return;
