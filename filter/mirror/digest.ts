@@ -11,15 +11,16 @@ export const REPLY_WINDOW_BYTES: u64 = 16 * 1024;
 
 const CRC32_POLYNOMIAL: u32 = 0xedb88320;
 const TABLE_ENTRIES: i32 = 256;
+const TABLES: i32 = 16;
 
 function buildTables(): StaticArray<u32> {
-  const t = new StaticArray<u32>(TABLE_ENTRIES * 8);
+  const t = new StaticArray<u32>(TABLE_ENTRIES * TABLES);
   for (let i = 0; i < TABLE_ENTRIES; i++) {
     let c = <u32>i;
     for (let k = 0; k < 8; k++) c = (c & 1) != 0 ? CRC32_POLYNOMIAL ^ (c >>> 1) : c >>> 1;
     t[i] = c;
   }
-  for (let s = 1; s < 8; s++) {
+  for (let s = 1; s < TABLES; s++) {
     for (let i = 0; i < TABLE_ENTRIES; i++) {
       const prev = t[(s - 1) * TABLE_ENTRIES + i];
       t[s * TABLE_ENTRIES + i] = (prev >>> 8) ^ t[prev & 0xff];
@@ -41,16 +42,22 @@ export function crc32Update(crc: u32, ptr: usize, length: usize): u32 {
   let c = ~crc;
   let p = ptr;
   let n = length;
-  while (n >= 8) {
+  while (n >= 16) {
     // wasm loads are little-endian and may be unaligned.
     const one = load<u32>(p) ^ c;
     const two = load<u32>(p + 4);
-    c = entry(tables, 7, one & 0xff) ^ entry(tables, 6, (one >>> 8) & 0xff) ^
-      entry(tables, 5, (one >>> 16) & 0xff) ^ entry(tables, 4, one >>> 24) ^
-      entry(tables, 3, two & 0xff) ^ entry(tables, 2, (two >>> 8) & 0xff) ^
-      entry(tables, 1, (two >>> 16) & 0xff) ^ entry(tables, 0, two >>> 24);
-    p += 8;
-    n -= 8;
+    const three = load<u32>(p + 8);
+    const four = load<u32>(p + 12);
+    c = entry(tables, 15, one & 0xff) ^ entry(tables, 14, (one >>> 8) & 0xff) ^
+      entry(tables, 13, (one >>> 16) & 0xff) ^ entry(tables, 12, one >>> 24) ^
+      entry(tables, 11, two & 0xff) ^ entry(tables, 10, (two >>> 8) & 0xff) ^
+      entry(tables, 9, (two >>> 16) & 0xff) ^ entry(tables, 8, two >>> 24) ^
+      entry(tables, 7, three & 0xff) ^ entry(tables, 6, (three >>> 8) & 0xff) ^
+      entry(tables, 5, (three >>> 16) & 0xff) ^ entry(tables, 4, three >>> 24) ^
+      entry(tables, 3, four & 0xff) ^ entry(tables, 2, (four >>> 8) & 0xff) ^
+      entry(tables, 1, (four >>> 16) & 0xff) ^ entry(tables, 0, four >>> 24);
+    p += 16;
+    n -= 16;
   }
   while (n > 0) {
     c = entry(tables, 0, (c ^ <u32>load<u8>(p)) & 0xff) ^ (c >>> 8);
