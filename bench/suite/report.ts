@@ -212,7 +212,7 @@ export function renderSvg(r: Results): string {
         { name: "p99", values: l.rows.map((x) => x.ratio.p99) },
         { name: "p99.9", values: l.rows.map((x) => x.ratio.p999) },
       ],
-      refLines: [{ y: 1, label: "×1" }], valueLabel: (v) => v.toFixed(2) }));
+      refLines: [{ y: 1, label: "×1" }], valueLabel: (v) => (v === 1 ? "" : v.toFixed(2)) }));
   });
   if (!r.latency) { parts.push(message(cell(0).x, cell(0).y, cw, ch, "Latency", "not run")); }
   if (r.bulk) {
@@ -232,7 +232,7 @@ export function renderSvg(r: Results): string {
   if (r.conns) {
     const c = r.conns;
     parts.push(barChart({ ...cell(4), title: "Memory holding N connections", yLabel: "RSS MiB", stacked: true,
-      categories: c.rows.map((x) => `${x.connections}\n${x.setup === "tcp_proxy" ? "tcp_proxy" : x.setup.replace("lockstep-", "lockstep ") + " r."}`),
+      categories: c.rows.map((x) => `${x.connections}\n${x.setup === "tcp_proxy" ? "tcp_proxy" : `lockstep\n${x.setup.slice("lockstep-".length)} repl.`}`),
       series: [
         { name: "Envoy", values: c.rows.map((x) => x.envoyRss.median * MiB) },
         { name: "relay", values: c.rows.map((x) => (x.relayRss?.median ?? 0) * MiB) },
