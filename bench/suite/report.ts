@@ -30,7 +30,8 @@ export function targets(r: Results): Target[] {
     const row = (k: string) => l.rows.find((x) => x.setup === k);
     for (const [k, limit] of [["lockstep-0", 1.03], ["lockstep-1", 1.10], ["lockstep-3", 1.20]] as const) {
       const x = row(k);
-      if (x) out.push({ what: `p50 latency ${l.size} B, ${k.replace("lockstep-", "")} replicas`, target: `≤ ×${limit.toFixed(2)}`, ours: `×${f(x.ratio.p50, 3)}`, met: x.ratio.p50 <= limit });
+      const n = Number(k.slice("lockstep-".length));
+      if (x) out.push({ what: `p50 latency ${l.size} B, ${n} replica${n === 1 ? "" : "s"}`, target: `≤ ×${limit.toFixed(2)}`, ours: `×${f(x.ratio.p50, 3)}`, met: x.ratio.p50 <= limit });
     }
     const lock = l.rows.filter((x) => x.setup.startsWith("lockstep-"));
     if (lock.length) {
@@ -138,7 +139,7 @@ function niceMax(v: number): number {
 }
 
 function barChart(c: Chart): string {
-  const pad = { l: 56, r: 28, t: 28, b: 64 };
+  const pad = { l: 56, r: 44, t: 28, b: 64 };
   const pw = c.w - pad.l - pad.r, ph = c.h - pad.t - pad.b;
   const ox = c.x + pad.l, oy = c.y + pad.t + ph;
   const tops = c.categories.map((_, i) => c.stacked
@@ -212,7 +213,7 @@ export function renderSvg(r: Results): string {
         { name: "p99", values: l.rows.map((x) => x.ratio.p99) },
         { name: "p99.9", values: l.rows.map((x) => x.ratio.p999) },
       ],
-      refLines: [{ y: 1, label: "×1" }], valueLabel: (v) => (v === 1 ? "" : v.toFixed(2)) }));
+      refLines: [{ y: 1, label: "×1" }, { y: 1.25, label: "p99 target" }], valueLabel: (v) => (v === 1 ? "" : v.toFixed(2)) }));
   });
   if (!r.latency) { parts.push(message(cell(0).x, cell(0).y, cw, ch, "Latency", "not run")); }
   if (r.bulk) {
@@ -220,6 +221,7 @@ export function renderSvg(r: Results): string {
     parts.push(barChart({ ...cell(2), title: `Bulk throughput (${(b.bytes * MiB).toFixed(0)} MiB per run)`, yLabel: "MB/s",
       categories: b.rows.map((x) => short(x.setup)),
       series: [{ name: "MB/s, median with min–max", values: b.rows.map((x) => x.mbps.median), lo: b.rows.map((x) => x.mbps.min), hi: b.rows.map((x) => x.mbps.max) }],
+      refLines: ((base) => base ? [{ y: base * 0.6, label: "60%" }, { y: base * 0.35, label: "35%" }] : [])(b.rows.find((x) => x.setup === "tcp_proxy")?.mbps.median),
       valueLabel: (v) => v.toFixed(0) }));
     const rows = b.rows.filter((x) => x.envoyCpuPerGB);
     parts.push(barChart({ ...cell(3), title: "CPU per GB streamed", yLabel: "CPU seconds / GB", stacked: true,
@@ -231,7 +233,9 @@ export function renderSvg(r: Results): string {
   } else parts.push(message(cell(2).x, cell(2).y, cw, ch, "Bulk throughput", "not run"));
   if (r.conns) {
     const c = r.conns;
+    const plainAtMax = c.rows.find((x) => x.setup === "tcp_proxy" && x.connections === Math.max(...c.counts))?.envoyRss.median;
     parts.push(barChart({ ...cell(4), title: "Memory holding N connections", yLabel: "RSS MiB", stacked: true,
+      refLines: plainAtMax ? [{ y: (2 * plainAtMax) * MiB, label: "2×" }] : [],
       categories: c.rows.map((x) => `${x.connections}\n${x.setup === "tcp_proxy" ? "tcp_proxy" : `lockstep\n${x.setup.slice("lockstep-".length)} repl.`}`),
       series: [
         { name: "Envoy", values: c.rows.map((x) => x.envoyRss.median * MiB) },
@@ -243,9 +247,9 @@ export function renderSvg(r: Results): string {
     parts.push(barChart({ ...cell(5), title: "Failover: failure → first served", yLabel: "ms",
       categories: fo.rows.map((x) => `${x.kind === "kill" ? "kill -9" : "SIGSTOP"}\n${x.trials} trials, ${x.failedConnects} failed`),
       series: [{ name: "p50", values: fo.rows.map((x) => x.p50) }, { name: "p99", values: fo.rows.map((x) => x.p99) }],
-      valueLabel: (v) => v.toFixed(1) }));
+      refLines: [{ y: 10, label: "10 ms" }, { y: 300, label: "300" }], valueLabel: (v) => v.toFixed(1) }));
   } else parts.push(message(cell(5).x, cell(5).y, cw, ch, "Failover", fo?.status ?? "not run"));
-  const title = `lockstep benchmarks, ${r.meta.mode} mode, ${r.meta.date.slice(0, 16).replace("T", " ")} UTC (Envoy on CPU 0; client, backends, relay on CPU 1)`;
+  const title = `lockstep benchmarks, ${r.meta.mode} mode, ${r.meta.date.slice(0, 16).replace("T", " ")} UTC (Envoy on CPU 0, the rest on CPU 1; red dashes: targets)`;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="DejaVu Sans, Arial, sans-serif">
 <rect width="100%" height="100%" fill="white"/>
 <text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${esc(title)}</text>
