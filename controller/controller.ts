@@ -24,6 +24,8 @@ const MAYBE_DEAD_REASONS = ["REPLICA_CLOSED", "CONNECT_FAILED"];
 const SUCCESSOR_LAG_MARGIN_BYTES = 64 * 1024;
 const SUCCESSOR_RTT_MARGIN = 0.5;
 const SUCCESSOR_RTT_MARGIN_MS = 1;
+/** ... and only once it has stayed clearly better this long (RTT spikes under load are not a reason). */
+const SUCCESSOR_SWITCH_AFTER_MS = 2000;
 /** Weight of a new RTT sample in the smoothed RTT. */
 const RTT_SMOOTHING = 0.2;
 
@@ -37,11 +39,14 @@ export interface ControllerOptions {
   /** How often the relay is read and set right. */
   readonly relayPollMs: number;
   readonly log: (line: string) => void;
+  /** Clock (ms), for tests. */
+  readonly now?: () => number;
 }
 
 export class Controller {
   private readonly checkers = new Map<string, HealthChecker>();
-  private readonly successors = new Map<string, string>();
+  /** A replica clearly better than the successor, and since when. */
+  private readonly challengers = new Map<string, { name: string; since: number }>();
   private relayTimer?: NodeJS.Timeout;
   private polling = false;
   private pollAgain = false;
@@ -66,30 +71,43 @@ export class Controller {
   }
 
   /** The member Envoy falls back to first if the primary fails (EDS priority 1). */
-  successor(service: string): string | undefined { return this.successors.get(service); }
+  successor(service: string): string | undefined { return this.state.get(service)?.successor; }
 
-  /** Standbys best first; the current successor keeps its place unless clearly beaten. */
-  private rank(s: Service): Member[] {
+  /** The designated successor: the best replica, but the current one keeps its place unless
+   *  clearly beaten for SUCCESSOR_SWITCH_AFTER_MS. */
+  private chooseSuccessor(s: Service): Member | undefined {
     const ranked = promotable(s).sort((a, b) => a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name));
-    const current = ranked.find((m) => m.name === this.successors.get(s.name));
+    const current = ranked.find((m) => m.name === s.successor);
     const best = ranked[0];
-    if (current && best && current !== best) {
-      const lagClose = current.lagBytes - best.lagBytes <= SUCCESSOR_LAG_MARGIN_BYTES;
-      const [mine, theirs] = [current.rttMs ?? Infinity, best.rttMs ?? Infinity];
-      // An RTT not measured yet is no reason to switch.
-      const rttClose = mine === Infinity || theirs === Infinity || mine - theirs <= Math.max(SUCCESSOR_RTT_MARGIN_MS, theirs * SUCCESSOR_RTT_MARGIN);
-      if (lagClose && rttClose) return [current, ...ranked.filter((m) => m !== current)];
-    }
-    return ranked;
+    if (!current || current === best || !this.clearlyBetter(best, current)) { this.challengers.delete(s.name); return current ?? best; }
+    const challenger = this.challengers.get(s.name);
+    const now = this.o.now?.() ?? Date.now();
+    if (challenger?.name !== best.name) { this.challengers.set(s.name, { name: best.name, since: now }); return current; }
+    if (now - challenger.since < SUCCESSOR_SWITCH_AFTER_MS) return current;
+    this.challengers.delete(s.name);
+    return best;
+  }
+
+  private clearlyBetter(best: Member, current: Member): boolean {
+    if (current.lagBytes - best.lagBytes > SUCCESSOR_LAG_MARGIN_BYTES) return true;
+    const [mine, theirs] = [current.rttMs ?? Infinity, best.rttMs ?? Infinity];
+    // An RTT not measured yet is no reason to switch.
+    return mine !== Infinity && theirs !== Infinity && mine - theirs > Math.max(SUCCESSOR_RTT_MARGIN_MS, theirs * SUCCESSOR_RTT_MARGIN);
   }
 
   /** Turn the state into Envoy's snapshot, the relay's sets and the health targets. */
   private publish(): void {
     const endpoints: ServiceEndpoints[] = [];
     for (const s of this.state.list()) {
+      const successor = this.chooseSuccessor(s);
+      // A new successor is stored first; storing it calls publish again, which goes on from there.
+      if (successor?.name !== s.successor) return this.state.setSuccessor(s.name, successor?.name);
+    }
+    for (const s of this.state.list()) {
       const primary = primaryOf(s);
-      const standbys = this.rank(s);
-      if (standbys[0]) this.successors.set(s.name, standbys[0].name); else this.successors.delete(s.name);
+      // The successor at priority 1; the others (only reached if it fails too) in a stable order.
+      const others = promotable(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
+      const standbys = [...s.members.filter((m) => m.name === s.successor), ...others];
       if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: standbys.map((m) => m.address) });
       // Every in-sync member: the relay leaves out whichever one is a connection's primary,
       // so a connection opened while Envoy and the controller disagree still reaches all others.
@@ -135,7 +153,7 @@ export class Controller {
   /** The primary is down: promote the member Envoy already sends new connections to. */
   private failover(service: string, failed: string, reason: string): void {
     const s = this.state.get(service)!;
-    const planned = promotable(s).find((m) => m.name === this.successors.get(service)) ?? bestReplica(s);
+    const planned = promotable(s).find((m) => m.name === s.successor) ?? bestReplica(s);
     if (!planned) {
       this.o.log(`failover: ${service}: primary ${failed} is down and no live, in-sync replica can take over`);
       this.state.recordNoCandidate(service, failed, `primary ${failed} is down (${reason}); no live, in-sync replica to promote`);

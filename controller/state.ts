@@ -80,6 +80,14 @@ export class ControllerState {
     for (const l of this.listeners) l(this.list());
   }
 
+  /** Record the designated successor (stored, no event: it is a consequence, not a decision). */
+  setSuccessor(name: string, member: string | undefined): void {
+    const s = this.services.get(name);
+    if (!s || s.successor === member) return;
+    const { successor: _, ...rest } = s;
+    this.commit(Object.freeze(member === undefined ? rest : { ...rest, successor: member }), []);
+  }
+
   /** Declare a new service through the API; refuses a name already in use. */
   addService(service: Service): Service {
     if (this.services.has(service.name)) throw new ModelError("DUPLICATE", `a service named "${service.name}" exists`);

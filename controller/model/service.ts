@@ -23,6 +23,9 @@ export interface Member {
 export interface Service {
   readonly name: string;
   readonly members: readonly Member[];
+  /** The member Envoy falls back to first (EDS priority 1), as last decided: stored, so a
+   *  restarted controller publishes exactly the endpoints Envoy already has. */
+  readonly successor?: string;
 }
 
 export class ModelError extends Error {

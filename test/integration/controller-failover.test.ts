@@ -43,6 +43,7 @@ describe("controller failover on real Envoy, real processes", () => {
     const ms = results.map((r) => r.ms);
     console.log(`kill -9 of the primary, ${TRIALS} trials: kill -> first served by the promoted replica p50 ${percentile(ms, 50).toFixed(1)} ms, p99 ${percentile(ms, 99).toFixed(1)} ms; failed connects after the primary was gone: ${results.reduce((n, r) => n + r.failedConnects, 0)}`);
     expect(results.reduce((n, r) => n + r.servedByOthers, 0)).toBe(0);
+    expect(results.filter((r) => r.successor !== r.plannedSuccessor)).toEqual([]); // the API named the member that took over
     expect(results.reduce((n, r) => n + r.failedConnects, 0)).toBe(0);
     const { json } = await stack.api("GET", `/v1/events?service=${stack.service}`);
     expect(json.events.filter((e: any) => e.kind === "promotion")).toHaveLength(TRIALS);

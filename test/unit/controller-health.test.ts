@@ -56,6 +56,7 @@ describe("health checker", () => {
 describe("controller decisions", () => {
   const member = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + Number(name.slice(1))}`, role, alive: true, lagBytes: 0, ...extra });
 
+  let clock = 0;
   function setUp(members: Member[]) {
     const state = new ControllerState(undefined);
     state.declare({ name: "kv", members });
@@ -63,7 +64,7 @@ describe("controller decisions", () => {
     const xds = new XdsRestServer();
     const controller = new Controller({
       state, xds, relay: new RelayClient("http://127.0.0.1:1"), probe: async (address) => results.get(address)!,
-      healthOf: () => SETTINGS, relayPollMs: 1_000_000, log: () => {},
+      healthOf: () => SETTINGS, relayPollMs: 1_000_000, log: () => {}, now: () => clock,
     });
     (controller as any).publish();
     const checker = () => (controller as any).checkers.get("kv") as HealthChecker;
@@ -80,6 +81,24 @@ describe("controller decisions", () => {
     const s = state.get("kv")!;
     expect(s.members.map((m) => `${m.name}:${m.role}`)).toEqual(["m0:stale", "m1:replica", "m2:primary", "m3:stale"]);
     expect(state.history("kv").map((e) => e.kind)).toEqual(["promotion"]);
+  });
+
+  it("keeps the designated successor through RTT noise, and replaces it only once another is clearly better for 2 s", () => {
+    clock = 0;
+    const { state, controller } = setUp([member("m0", "primary"), member("m1", "replica", { rttMs: 1 }), member("m2", "replica", { rttMs: 1.2 })]);
+    expect(controller.successor("kv")).toBe("m1");
+    state.observe("kv", "m2", { rttMs: 0.6 }); // better, but not clearly
+    clock = 5000;
+    state.observe("kv", "m1", { rttMs: 1.1 });
+    expect(controller.successor("kv")).toBe("m1");
+    state.observe("kv", "m1", { rttMs: 4 }); // now clearly worse...
+    clock = 6000;
+    state.observe("kv", "m2", { rttMs: 0.5 });
+    expect(controller.successor("kv")).toBe("m1"); // ...but only for 1 s
+    clock = 7100;
+    state.observe("kv", "m2", { rttMs: 0.55 });
+    expect(controller.successor("kv")).toBe("m2");
+    expect(state.get("kv")!.successor).toBe("m2"); // stored: a restart publishes the same
   });
 
   it("records that no member could take over instead of promoting a stale or diverged one", async () => {
