@@ -8,6 +8,12 @@ function hostPort(address: string): { host: string; port: number } {
   return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
 }
 
+/** Envoy's default circuit breaker allows 1,024 connections per cluster: the 1,025th client
+ *  would be closed at once. tcp_proxy holds one upstream connection per client. */
+const UNLIMITED_CONNECTIONS = `    circuit_breakers:
+      thresholds: [{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }]
+`;
+
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
 export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
   const pluginConfig = JSON.stringify({
@@ -75,7 +81,7 @@ function edsCluster(c: LockstepConfig, name: string, controller: string): string
   return `  - name: ${name}
     type: EDS
     connect_timeout: 1s
-    # Reset the clients of a host that fails its health check, so they reconnect at once.
+${UNLIMITED_CONNECTIONS}    # Reset the clients of a host that fails its health check, so they reconnect at once.
     close_connections_on_host_health_failure: true
     # Apply endpoint changes at once (default merge window: 1 s); never spread load over a
     # dead priority (default panic threshold: 50%).
@@ -121,7 +127,7 @@ export function renderBootstrap(c: LockstepConfig, header = "", options: Bootstr
   const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
   const primaryCluster = options.controller
     ? edsCluster(c, `${c.service}_primary`, options.controller)
-    : staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n");
+    : staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n" + UNLIMITED_CONNECTIONS);
   return `${header}${node}static_resources:
   listeners:
 ${renderListener(c, "  ", options.mirror ?? true)}
@@ -134,9 +140,7 @@ ${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http2_protocol_options: {} }
     # One gRPC stream per client connection: lift the default limit of 1024 requests.
-    circuit_breakers:
-      thresholds: [{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }]
-`)}
+${UNLIMITED_CONNECTIONS}`)}
 admin:
   address:
     socket_address: { address: 127.0.0.1, port_value: ${c.envoy.adminPort} }
