@@ -17,7 +17,7 @@ import { findEnvoy, PROJECT_ROOT } from "../scripts/envoy-binary.ts";
 import * as native from "./suite/native.ts";
 import { loadAverage } from "./suite/procfs.ts";
 import { bulkSection, connsSection, failoverSection, latencySection, placementCheck, type Progress } from "./suite/sections.ts";
-import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, useEnvoyWithoutPrimaryBreaker, type Setup } from "./suite/setups.ts";
+import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
 import { renderMarkdown, renderSvg, type Results } from "./suite/report.ts";
 
 export interface SuiteOptions {
@@ -59,7 +59,6 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
   }
   progress(`bench: ${options.quick ? "quick" : "full"} mode; compiling bench/loadgen.c with cc -O2`);
   native.buildLoadgen();
-  useEnvoyWithoutPrimaryBreaker();
   const results: Results = {
     meta: {
       date: new Date().toISOString(), mode: options.quick ? "quick" : "full",

@@ -15,7 +15,7 @@ import { freePorts, waitFor } from "../../test/support/ports.ts";
 import { startProcess } from "../../test/support/processes.ts";
 import * as native from "../suite/native.ts";
 import { spread } from "../suite/stats.ts";
-import { ENVOY_CPU, LOAD_CPU, replicaSpecs, SERVICE, startPlain, stopSetup, useEnvoyWithoutPrimaryBreaker } from "../suite/setups.ts";
+import { ENVOY_CPU, LOAD_CPU, replicaSpecs, SERVICE, startPlain, stopSetup } from "../suite/setups.ts";
 
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, exchanges: { type: "string", default: "20000" } } });
 
@@ -37,7 +37,6 @@ async function lockstepWithAckInterval(primaryPort: number, replicas: native.Bac
 async function main(): Promise<void> {
   native.pin(process.pid, LOAD_CPU);
   native.buildLoadgen();
-  useEnvoyWithoutPrimaryBreaker();
   const primary = await native.startServers(1, LOAD_CPU);
   const replicas = await native.startServers(1, LOAD_CPU);
   const plain = await startPlain(primary.ports[0]);

@@ -199,7 +199,8 @@ function message(x: number, y: number, w: number, h: number, title: string, text
 <text x="${x + w / 2}" y="${y + h / 2}" text-anchor="middle" font-size="12" fill="#666">${esc(text)}</text>`;
 }
 
-const short = (k: string) => k === "tcp_proxy" ? "tcp_proxy" : k === "direct" ? "direct" : k.replace("lockstep-", "lockstep\n") + (k.startsWith("lockstep") ? " repl." : "");
+const short = (k: string) => k === "tcp_proxy" ? "tcp_proxy" : k === "direct" ? "direct"
+  : k.endsWith("-nocheck") ? k.replace("lockstep-", "lockstep\n").replace("-nocheck", " repl.\nno check") : k.replace("lockstep-", "lockstep\n") + " repl.";
 
 export function renderSvg(r: Results): string {
   const W = 1200, H = 720, cw = W / 3, ch = (H - 40) / 2;

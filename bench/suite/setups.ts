@@ -1,15 +1,14 @@
 // The set-ups every section compares, started once and pinned:
 //   direct      client straight to the backend (no Envoy)
 //   tcp_proxy   plain Envoy tcp_proxy, no filter: the baseline every ratio is taken against
-//   lockstep-N  Envoy + the lockstep filter + a relay mirroring to N replicas (N = 0..3)
+//   lockstep-N  Envoy + the lockstep filter + a relay mirroring to N replicas (N = 0..3), with
+//               the reply check on (the default)
+//   lockstep-2-nocheck  the same with 2 replicas and the reply check off: its cost is the difference
 // Placement on the 2 cores: Envoy (main thread and its one worker) on CPU 0; the load generator,
 // the backends, the relay and this runner on CPU 1.
 import { startEnvoy, type EnvoyHandle } from "../../test/support/envoy.ts";
 import { startRelay, type RelayHandle } from "../../test/support/relay.ts";
 import { freePort } from "../../test/support/ports.ts";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { findEnvoy, PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { pin, type Backends } from "./native.ts";
 
 export const ENVOY_CPU = "0";
@@ -31,44 +30,32 @@ export function replicaSpecs(replicaServers: Backends, n: number) {
   return replicaServers.ports.slice(0, n).map((p, i) => ({ name: `r${i + 1}`, address: `127.0.0.1:${p}` }));
 }
 
-/** The rendered bootstrap leaves the primary cluster at Envoy's default circuit breaker of 1024
- *  connections (the 1025th concurrent client is closed at once), and has no admin runtime layer.
- *  For the bench, every Envoy is started through a wrapper ($ENVOY_BIN, which findEnvoy honours)
- *  that merges a static runtime layer lifting that breaker, alike for tcp_proxy and lockstep,
- *  so the many-connections section can hold 10,000. */
-export function useEnvoyWithoutPrimaryBreaker(): void {
-  if (process.env.ENVOY_BIN?.endsWith("envoy-bench-wrapper.sh")) return;
-  const real = findEnvoy();
-  const keys = ["max_connections", "max_pending_requests", "max_requests"].map((k) => `"circuit_breakers.${SERVICE}_primary.default.${k}": 1000000`).join(", ");
-  const dir = join(PROJECT_ROOT, ".cache", "bench");
-  mkdirSync(dir, { recursive: true });
-  const wrapper = join(dir, "envoy-bench-wrapper.sh");
-  writeFileSync(wrapper, `#!/bin/sh\n# Written by bench/suite/setups.ts: the real Envoy, plus a runtime layer lifting the primary cluster's circuit breaker.\nexec '${real}' "$@" --config-yaml 'layered_runtime: { layers: [ { name: bench, static_layer: { ${keys} } } ] }'\n`);
-  chmodSync(wrapper, 0o755);
-  process.env.ENVOY_BIN = wrapper;
-}
-
 export async function startPlain(primaryPort: number): Promise<Setup> {
   const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, relayPort: await freePort(), mirror: false, service: SERVICE });
   pin(envoy.process.child.pid!, ENVOY_CPU);
   return { key: "tcp_proxy", label: "Envoy tcp_proxy (baseline)", port: envoy.listenerPort, replicas: 0, envoy };
 }
 
-export async function startLockstep(primaryPort: number, replicaServers: Backends, n: number): Promise<Setup> {
+export async function startLockstep(primaryPort: number, replicaServers: Backends, n: number, compareReplies = true): Promise<Setup> {
   const replicas = replicaSpecs(replicaServers, n);
   const relay = await startRelay({ replicas });
   pin(relay.process.child.pid!, LOAD_CPU);
-  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas, relayPort: relay.port, service: SERVICE });
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas, relayPort: relay.port, service: SERVICE, compareReplies });
   pin(envoy.process.child.pid!, ENVOY_CPU);
-  return { key: `lockstep-${n}`, label: `Envoy + lockstep, ${n} replica${n === 1 ? "" : "s"}`, port: envoy.listenerPort, replicas: n, envoy, relay };
+  return {
+    key: `lockstep-${n}${compareReplies ? "" : "-nocheck"}`,
+    label: `Envoy + lockstep, ${n} replica${n === 1 ? "" : "s"}${compareReplies ? "" : ", reply check off"}`,
+    port: envoy.listenerPort, replicas: n, envoy, relay,
+  };
 }
 
-/** direct, tcp_proxy, lockstep-0..maxReplicas: one Envoy (and relay) each, started together. */
+/** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each, started together. */
 export async function startAll(primary: Backends, replicaServers: Backends, maxReplicas: number): Promise<Setup[]> {
   const direct: Setup = { key: "direct", label: "direct to backend", port: primary.ports[0], replicas: 0 };
   const rest = await Promise.all([
     startPlain(primary.ports[0]),
     ...Array.from({ length: maxReplicas + 1 }, (_, n) => startLockstep(primary.ports[0], replicaServers, n)),
+    startLockstep(primary.ports[0], replicaServers, Math.min(2, maxReplicas), false),
   ]);
   return [direct, ...rest];
 }

@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import type { Results } from "../../bench/suite/report.ts";
 
-const SETUPS = ["direct", "tcp_proxy", "lockstep-0", "lockstep-1", "lockstep-2", "lockstep-3"];
+const SETUPS = ["direct", "tcp_proxy", "lockstep-0", "lockstep-1", "lockstep-2", "lockstep-3", "lockstep-2-nocheck"];
 const positive = (x: unknown) => typeof x === "number" && Number.isFinite(x) && x > 0;
 
 describe("npm run bench -- --quick", () => {
