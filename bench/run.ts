@@ -70,6 +70,16 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
     },
   };
 
+  /** Run one section; a failure is recorded in the report and the run goes on. */
+  const section = async <T>(name: string, run: () => Promise<T>): Promise<T | undefined> => {
+    try { return await run(); } catch (err) {
+      const why = (err as Error).message.split("\n")[0];
+      progress(`bench: section ${name} failed: ${why}`);
+      (results.errors ??= []).push(`${name}: ${why}`);
+      return undefined;
+    }
+  };
+
   const primary = await native.startServers(1, LOAD_CPU);
   const replicaServers = await native.startServers(3, LOAD_CPU);
   let setups: Setup[] = [];
@@ -83,15 +93,15 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
       for (const size of [64, 4096]) results.latency.push(await latencySection(setups, size, m.latencyExchanges, m.latencyRounds, progress));
       if (m.placementExchanges) results.placement = await placementCheck(setups, [primary, replicaServers], m.placementExchanges, progress);
     }
-    if (want("bulk")) results.bulk = await bulkSection(setups, m.bulkBytes, m.bulkRounds, progress);
+    if (want("bulk")) results.bulk = await section("bulk", () => bulkSection(setups, m.bulkBytes, m.bulkRounds, progress));
     for (const s of setups) await stopSetup(s);
     setups = [];
-    if (want("conns")) results.conns = await connsSection(primary, replicaServers, m.connCounts, 2, m.connRounds, progress);
+    if (want("conns")) results.conns = await section("conns", () => connsSection(primary, replicaServers, m.connCounts, 2, m.connRounds, progress));
     if (want("failover")) {
       // bench/failover.ts starts its own stack (controller, Envoy, relay, backends) and places
       // nothing: let it use both cores, as its tests do.
       native.pin(process.pid, "0,1");
-      results.failover = await failoverSection(m.failover, progress);
+      results.failover = await section("failover", () => failoverSection(m.failover, progress));
     }
   } finally {
     for (const s of setups) await stopSetup(s);

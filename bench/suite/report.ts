@@ -13,6 +13,8 @@ export interface Results {
   bulk?: BulkSection;
   conns?: ConnsSection;
   failover?: FailoverSection;
+  /** Sections that failed, with why (the others are still reported). */
+  errors?: string[];
 }
 
 const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "–");
@@ -76,6 +78,7 @@ export function renderMarkdown(r: Results): string {
     "",
     "![plot](results.svg)",
     "",
+    ...(r.errors?.length ? ["**Sections that failed in this run** (the rest is reported below):", "", ...r.errors.map((e) => `- ${e}`), ""] : []),
   ];
   for (const l of r.latency ?? []) {
     out.push(`## Latency, ${l.size} B request / ${l.size} B reply`, "",

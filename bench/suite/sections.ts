@@ -229,11 +229,15 @@ export async function connsSection(primary: native.Backends, replicaServers: nat
             relayPer: relay1 !== undefined ? (relay1 - relay0) / n : undefined, heapPer: (heap1 - heap0) / n, open: held.open_s,
           });
           await held.release();
+        } catch (err) {
+          // One round lost (e.g. the open-file limit hit at the edge) is reported, not fatal.
+          progress(`connections ${n}: ${kind} round ${round}/${rounds} failed, skipped: ${(err as Error).message.split("\n")[0]}`);
         } finally {
           await stopSetup(s);
         }
       }
     }
+    if (!raw.has(BASELINE)) continue;
     const plainEnvoy = spread(raw.get(BASELINE)!.map((r) => r.envoy)).median;
     for (const [kind, runs] of raw) {
       const envoyRss = spread(runs.map((r) => r.envoy));
