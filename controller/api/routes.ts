@@ -100,8 +100,10 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
       if (dup) throw new ApiError("BAD_REQUEST", `two members have the ${key} "${dup[key]}"`);
     }
     const health = healthCheck(b.healthCheck);
+    if (state.get(b.name)) throw new ApiError("DUPLICATE", `a service named "${b.name}" exists`);
+    // Its health settings first: adding the service starts its health checks.
+    options.health?.(b.name, health);
     const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
-    options.health?.(service.name, health);
     res.status(201).json(view(service, state, options));
   });
   r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {

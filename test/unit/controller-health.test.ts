@@ -118,3 +118,28 @@ describe("controller decisions", () => {
     expect(state.get("kv")!.members.find((m) => m.name === "m1")).toMatchObject({ role: "stale", alive: true });
   });
 });
+
+describe("services declared through the API", () => {
+  it("are health-checked with the settings given in the call", async () => {
+    const { startController } = await import("../../controller/server.ts");
+    const { mkdtempSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const probes: { address: string; send?: string }[] = [];
+    const running = await startController({
+      services: [], api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: "t0k3n-for-test",
+      storePath: join(mkdtempSync(join(tmpdir(), "lockstep-api-health-")), "s.json"), relay: { url: "http://127.0.0.1:1" },
+      probe: async (address, spec) => { probes.push({ address, send: spec.send }); return { ok: true, rttMs: 1 }; },
+    });
+    try {
+      const res = await fetch(`http://127.0.0.1:${running.apiPort}/v1/services`, {
+        method: "POST", headers: { authorization: "Bearer t0k3n-for-test", "content-type": "application/json" },
+        body: JSON.stringify({ name: "orders", primary: { name: "a", address: "127.0.0.1:8101" }, replicas: [], healthCheck: { send: "PING\n", expect: "PONG" } }),
+      });
+      expect(res.status).toBe(201);
+      await new Promise((r) => setTimeout(r, 250));
+      expect(probes.length).toBeGreaterThan(0);
+      expect(probes.every((p) => p.address === "127.0.0.1:8101" && p.send === "PING\n")).toBe(true);
+    } finally { await running.close(); }
+  });
+});
