@@ -48,7 +48,8 @@ export interface Stack {
   readonly members: Map<string, KvMember>;
   readonly envoy: EnvoyHandle;
   readonly relay: RelayHandle;
-  controller: Managed;
+  /** The controller process now (restartController replaces it). */
+  readonly controller: Managed;
   readonly apiPort: number;
   readonly xdsPort: number;
   readonly storePath: string;
@@ -120,7 +121,6 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const stack: Stack = {
     service, members, envoy, relay, apiPort, xdsPort, storePath,
     get controller() { return controller; },
-    set controller(c) { controller = c; },
     async restartController(signal = "SIGKILL") {
       await controller.kill(signal);
       controller = await startController();
