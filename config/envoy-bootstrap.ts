@@ -2,11 +2,8 @@
 // [lockstep wasm filter] -> tcp_proxy -> primary, and an HTTP/2 cluster for the mirror relay.
 // The files in envoy/ are this function's output for the demo (a test keeps them in step).
 import type { LockstepConfig } from "./lockstep-config.ts";
+import { splitHostPort } from "./address.ts";
 
-function hostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(":");
-  return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
-}
 
 /** Envoy's default circuit breaker allows 1,024 connections per cluster: the 1,025th client
  *  would be closed at once. tcp_proxy holds one upstream connection per client. */
@@ -59,7 +56,7 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
 }
 
 function staticCluster(name: string, address: string, extra: string): string {
-  const { host, port } = hostPort(address);
+  const { host, port } = splitHostPort(address);
   return `  - name: ${name}
     type: STATIC
 ${extra}    load_assignment:

@@ -3,6 +3,7 @@
 // messages that name the field, then frozen. The demo, `envoy/` examples and the tests
 // all derive their Envoy bootstrap and relay configuration from it.
 import { readFileSync } from "node:fs";
+import { NAME, HOST_PORT } from "./address.ts";
 
 export interface ReplicaSpec { readonly name: string; readonly address: string }
 
@@ -65,8 +66,6 @@ export const DEFAULT_LIMITS = Object.freeze({
   maxQueuedBytesTotal: 256 << 20,
 });
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 
 export class ConfigError extends Error {}
 

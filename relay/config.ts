@@ -2,6 +2,7 @@
 // Parsed and validated once (errors name the field), then frozen. The replica set can be
 // replaced at runtime (RelayServer.setReplicas); a connection keeps the set it opened with.
 import { readFileSync } from "node:fs";
+import { NAME, HOST_PORT } from "../config/address.ts";
 
 export interface ReplicaTarget { readonly name: string; readonly address: string }
 
@@ -44,8 +45,6 @@ export const RELAY_DEFAULTS = Object.freeze({
 
 export class RelayConfigError extends Error {}
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 
 function fail(field: string, message: string): never { throw new RelayConfigError(`relay config: "${field}" ${message}`); }
 

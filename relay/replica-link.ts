@@ -14,11 +14,8 @@ import type { ReplicaState, DetachReason, ReplicaProgress } from "./frames.ts";
 import type { ReplicaTarget, RelayLimits } from "./config.ts";
 import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
+import { splitHostPort } from "../config/address.ts";
 
-function splitHostPort(address: string): { host: string; port: number } {
-  const i = address.lastIndexOf(":");
-  return { host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)) };
-}
 
 /** Who reads a replica's replies (the session's reply check). `end` fires once, when the reply
  *  stream is over: everything was delivered and the replica closed, or the finish timeout passed

@@ -19,6 +19,7 @@ import { renderBootstrap } from "../config/envoy-bootstrap.ts";
 import { findEnvoy, PROJECT_ROOT } from "./envoy-binary.ts";
 import { createKvServer } from "../samples/kv-server.ts";
 import { kvExchange } from "../samples/kv-client.ts";
+import { splitHostPort } from "../config/address.ts";
 
 const { values } = parseArgs({
   options: {
@@ -67,7 +68,7 @@ async function startSamples(c: LockstepConfig): Promise<void> {
   for (const m of members) {
     const { server, kill } = createKvServer(m.name);
     samples.set(m.address, { kill });
-    const port = Number(m.address.slice(m.address.lastIndexOf(":") + 1));
+    const { port } = splitHostPort(m.address);
     await new Promise<void>((ok, fail) => { server.once("error", fail); server.listen(port, "127.0.0.1", () => ok()); });
     closers.push(() => server.close());
     log(`sample kv-server "${m.name}" on ${m.address}`);

@@ -8,9 +8,8 @@ import { OPENAPI } from "./openapi.ts";
 import type { ControllerState } from "../state.ts";
 import type { Service, Member } from "../model/service.ts";
 import { HEALTH_DEFAULTS, type HealthSettings } from "../health/checker.ts";
+import { NAME, HOST_PORT } from "../../config/address.ts";
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 export const MAX_BODY_BYTES = 16 * 1024;
 
 function view(s: Service, state: ControllerState, options: ApiOptions) {

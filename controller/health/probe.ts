@@ -2,6 +2,7 @@
 // an expected answer, within a timeout. Reports success and the round-trip time (connect, or
 // payload to answer): the RTT the controller uses to break ties between equally current replicas.
 import { connect } from "node:net";
+import { splitHostPort } from "../../config/address.ts";
 
 export interface ProbeSpec {
   /** Bytes to send once connected (none: a connect check). */
@@ -16,8 +17,7 @@ export interface ProbeResult { readonly ok: boolean; readonly rttMs?: number; re
 export type Probe = (address: string, spec: ProbeSpec) => Promise<ProbeResult>;
 
 export const tcpProbe: Probe = (address, spec) => new Promise((resolve) => {
-  const i = address.lastIndexOf(":");
-  const socket = connect({ host: address.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(address.slice(i + 1)), noDelay: true });
+  const socket = connect({ ...splitHostPort(address), noDelay: true });
   let started = process.hrtime.bigint();
   let answer = "";
   let done = false;

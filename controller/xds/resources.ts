@@ -1,4 +1,5 @@
 // xDS type URLs and the JSON shapes lockstep serves (Envoy v3 API, REST-JSON encoding).
+import { splitHostPort } from "../../config/address.ts";
 
 export const TYPE_URL = Object.freeze({
   ENDPOINTS: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
@@ -25,6 +26,6 @@ export interface DiscoveryRequest { version_info?: string; resource_names?: stri
 export interface DiscoveryResponse { version_info: string; type_url: string; resources: ClusterLoadAssignment[] }
 
 export function socketAddress(hostPort: string): SocketAddress {
-  const i = hostPort.lastIndexOf(":");
-  return { socket_address: { address: hostPort.slice(0, i).replace(/^\[|\]$/g, ""), port_value: Number(hostPort.slice(i + 1)) } };
+  const { host, port } = splitHostPort(hostPort);
+  return { socket_address: { address: host, port_value: port } };
 }

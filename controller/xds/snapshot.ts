@@ -2,6 +2,7 @@
 // published: the transport only ever serves a whole snapshot, never a half-updated one.
 import { createHash } from "node:crypto";
 import { TYPE_URL, PRIMARY_PRIORITY, STANDBY_PRIORITY, socketAddress, type ClusterLoadAssignment } from "./resources.ts";
+import { HOST_PORT } from "../../config/address.ts";
 
 /** What the controller decided for one service's primary cluster. */
 export interface ServiceEndpoints {
@@ -21,7 +22,6 @@ export interface Snapshot {
   readonly endpoints: ReadonlyMap<string, ClusterLoadAssignment>;
 }
 
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
 
 function assignment(s: ServiceEndpoints): ClusterLoadAssignment {
   return {
