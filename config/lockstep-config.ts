@@ -3,7 +3,7 @@
 // messages that name the field, then frozen. The demo, `envoy/` examples and the tests
 // all derive their Envoy bootstrap and relay configuration from it.
 import { readFileSync } from "node:fs";
-import { NAME, HOST_PORT } from "./address.ts";
+import { NAME, NAME_RULE, parseEndpoint, parseHost, AddressError } from "./address.ts";
 
 export interface ReplicaSpec { readonly name: string; readonly address: string }
 
@@ -77,11 +77,14 @@ function port(value: unknown, field: string, fallback?: number): number {
   return value as number;
 }
 
-function hostPort(value: unknown, field: string): string {
-  if (typeof value !== "string" || !HOST_PORT.test(value)) fail(field, `must be "host:port" (got ${JSON.stringify(value)})`);
-  const p = Number(HOST_PORT.exec(value)![2]);
-  if (p < 1 || p > 65535) fail(field, "has a port outside 1-65535");
-  return value;
+/** An endpoint in its canonical spelling (config/address.ts). */
+function endpoint(value: unknown, field: string): string {
+  try { return parseEndpoint(value, field).text; } catch (err) { throw new ConfigError(`lockstep config: ${(err as AddressError).message}`); }
+}
+
+function ip(value: unknown, field: string, fallback: string): string {
+  if (value === undefined) return fallback;
+  try { return parseHost(value, field); } catch (err) { throw new ConfigError(`lockstep config: ${(err as AddressError).message}`); }
 }
 
 /** Envoy reads up to 1 MiB from a connection at a time: a bound below that detaches on one read. */
@@ -129,7 +132,7 @@ function parseController(raw: unknown, service: string): ControllerSpec {
   const known = ["address", "apiPort", "xdsPort", "store"];
   for (const k of Object.keys(c)) if (!known.includes(k)) fail(`controller.${k}`, `is not a known field (known: ${known.join(", ")})`);
   return Object.freeze({
-    address: text(c.address, "controller.address", "127.0.0.1", 253),
+    address: ip(c.address, "controller.address", "127.0.0.1"),
     apiPort: port(c.apiPort, "controller.apiPort", 9100),
     xdsPort: port(c.xdsPort, "controller.xdsPort", 9102),
     store: text(c.store, "controller.store", `.cache/controller/${service}.json`, 4096),
@@ -143,22 +146,25 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
   const known = ["service", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller", "compareReplies"];
   for (const key of Object.keys(r)) if (!known.includes(key)) fail(key, `is not a known field (known: ${known.join(", ")})`);
   const service = r.service ?? "default";
-  if (typeof service !== "string" || !NAME.test(service)) fail("service", "must be 1-64 characters of [A-Za-z0-9_-]");
-  const primary = hostPort(r.primary, "primary");
+  if (typeof service !== "string" || !NAME.test(service)) fail("service", `must be ${NAME_RULE}`);
+  const primary = endpoint(r.primary, "primary");
   if (!Array.isArray(r.replicas)) fail("replicas", "must be a list of {name, address}");
   const names = new Set<string>();
+  const replicaAddresses = new Set<string>();
   const replicas = r.replicas.map((rep: any, i: number) => {
     const field = `replicas[${i}]`;
     if (typeof rep !== "object" || rep === null) fail(field, "must be {name, address}");
-    if (typeof rep.name !== "string" || !NAME.test(rep.name)) fail(`${field}.name`, "must be 1-64 characters of [A-Za-z0-9_-]");
+    if (typeof rep.name !== "string" || !NAME.test(rep.name)) fail(`${field}.name`, `must be ${NAME_RULE}`);
     if (names.has(rep.name)) fail(`${field}.name`, `repeats the name "${rep.name}"`);
     names.add(rep.name);
-    const address = hostPort(rep.address, `${field}.address`);
+    const address = endpoint(rep.address, `${field}.address`);
     if (address === primary) fail(`${field}.address`, "is the primary's address: a backend cannot be its own replica");
+    if (replicaAddresses.has(address)) fail(`${field}.address`, `repeats the address ${address}: one backend, one member`);
+    replicaAddresses.add(address);
     return Object.freeze({ name: rep.name, address });
   });
   const primaryName = r.primaryName ?? "primary";
-  if (typeof primaryName !== "string" || !NAME.test(primaryName)) fail("primaryName", "must be 1-64 characters of [A-Za-z0-9_-]");
+  if (typeof primaryName !== "string" || !NAME.test(primaryName)) fail("primaryName", `must be ${NAME_RULE}`);
   if (names.has(primaryName)) fail("primaryName", `is also a replica's name ("${primaryName}")`);
   const listener = r.listener ?? {};
   const relay = r.relay ?? {};
@@ -166,14 +172,14 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
   const limits = r.limits ?? {};
   const config: LockstepConfig = {
     service,
-    listener: Object.freeze({ address: listener.address ?? "127.0.0.1", port: port(listener.port, "listener.port", 10000) }),
+    listener: Object.freeze({ address: ip(listener.address, "listener.address", "127.0.0.1"), port: port(listener.port, "listener.port", 10000) }),
     primary,
     primaryName,
     healthCheck: parseHealthCheck(r.healthCheck),
     compareReplies: r.compareReplies === undefined ? true : typeof r.compareReplies === "boolean" ? r.compareReplies : fail("compareReplies", "must be true or false"),
     ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service) }),
     replicas: Object.freeze(replicas),
-    relay: Object.freeze({ address: relay.address ?? "127.0.0.1", port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
+    relay: Object.freeze({ address: ip(relay.address, "relay.address", "127.0.0.1"), port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
     envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),
     limits: Object.freeze({
       maxInflightBytesPerConnection: bound(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),

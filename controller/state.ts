@@ -1,6 +1,7 @@
 // The controller's state: services, their members, and the event history. Every change goes
 // through here, is saved to the store, and is announced to listeners (xDS snapshot, relay).
 import { FileStore, StoreError } from "./store/file-store.ts";
+import { canonicalEndpoint } from "../config/address.ts";
 import { promote, rejoin, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
 
 export interface ControllerEvent {
@@ -17,6 +18,13 @@ export function validateStoredState(raw: unknown): StoredState {
   const r = raw as StoredState;
   if (typeof raw !== "object" || raw === null || r.schema !== 1 || !Array.isArray(r.services) || !Array.isArray(r.events)) {
     throw new StoreError("not a lockstep controller store (expected { schema: 1, services: [], events: [] })");
+  }
+  // Older stores may hold other spellings of an address: keep only the canonical one.
+  for (const s of r.services) {
+    for (const m of s.members as Member[]) {
+      try { (m as { address: string }).address = canonicalEndpoint(m.address); }
+      catch (err) { throw new StoreError(`service "${s.name}" member "${m.name}": ${(err as Error).message}`); }
+    }
   }
   return r;
 }

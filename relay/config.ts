@@ -2,7 +2,7 @@
 // Parsed and validated once (errors name the field), then frozen. The replica set can be
 // replaced at runtime (RelayServer.setReplicas); a connection keeps the set it opened with.
 import { readFileSync } from "node:fs";
-import { NAME, HOST_PORT } from "../config/address.ts";
+import { NAME, NAME_RULE, parseEndpoint, parseHost, AddressError } from "../config/address.ts";
 
 export interface ReplicaTarget { readonly name: string; readonly address: string }
 
@@ -48,6 +48,11 @@ export class RelayConfigError extends Error {}
 
 function fail(field: string, message: string): never { throw new RelayConfigError(`relay config: "${field}" ${message}`); }
 
+function host(value: unknown, field: string, fallback: string): string {
+  if (value === undefined) return fallback;
+  try { return parseHost(value, field); } catch (err) { throw new RelayConfigError(`relay config: ${(err as AddressError).message}`); }
+}
+
 function int(value: unknown, field: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (value === undefined) return fallback;
   if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) fail(field, `must be a whole number from ${min} to ${max}`);
@@ -57,13 +62,18 @@ function int(value: unknown, field: string, fallback: number, min: number, max =
 export function parseReplicas(raw: unknown, field = "replicas"): readonly ReplicaTarget[] {
   if (!Array.isArray(raw)) fail(field, "must be a list of {name, address}");
   const seen = new Set<string>();
+  const addresses = new Set<string>();
   return Object.freeze(raw.map((r: any, i: number) => {
     if (typeof r !== "object" || r === null) fail(`${field}[${i}]`, "must be {name, address}");
-    if (typeof r.name !== "string" || !NAME.test(r.name)) fail(`${field}[${i}].name`, "must be 1-64 characters of [A-Za-z0-9_-]");
+    if (typeof r.name !== "string" || !NAME.test(r.name)) fail(`${field}[${i}].name`, `must be ${NAME_RULE}`);
     if (seen.has(r.name)) fail(`${field}[${i}].name`, `repeats "${r.name}"`);
     seen.add(r.name);
-    if (typeof r.address !== "string" || !HOST_PORT.test(r.address)) fail(`${field}[${i}].address`, `must be "host:port" (got ${JSON.stringify(r.address)})`);
-    return Object.freeze({ name: r.name, address: r.address });
+    let address: string;
+    try { address = parseEndpoint(r.address, `${field}[${i}].address`).text; }
+    catch (err) { throw new RelayConfigError(`relay config: ${(err as AddressError).message}`); }
+    if (addresses.has(address)) fail(`${field}[${i}].address`, `repeats the address ${address}`);
+    addresses.add(address);
+    return Object.freeze({ name: r.name, address });
   }));
 }
 
@@ -78,8 +88,8 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
   for (const k of Object.keys(limits)) if (!(k in RELAY_DEFAULTS.limits)) fail(`limits.${k}`, `is not a known limit (known: ${Object.keys(RELAY_DEFAULTS.limits).join(", ")})`);
   const d = RELAY_DEFAULTS;
   return Object.freeze({
-    listen: Object.freeze({ host: listen.host ?? d.listen.host, port: int(listen.port, "listen.port", d.listen.port, 0, 65535) }),
-    metrics: Object.freeze({ host: metrics.host ?? d.metrics.host, port: int(metrics.port, "metrics.port", d.metrics.port, 0, 65535) }),
+    listen: Object.freeze({ host: host(listen.host, "listen.host", d.listen.host), port: int(listen.port, "listen.port", d.listen.port, 0, 65535) }),
+    metrics: Object.freeze({ host: host(metrics.host, "metrics.host", d.metrics.host), port: int(metrics.port, "metrics.port", d.metrics.port, 0, 65535) }),
     replicas: parseReplicas(r.replicas ?? []),
     limits: Object.freeze({
       // At least 1 MiB: Envoy hands the filter up to 1 MiB per read, and one read is one DATA frame.

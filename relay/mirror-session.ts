@@ -15,7 +15,7 @@ import { ReplyCheck } from "./reply-check.ts";
 import type { RelayConfig, ReplicaTarget } from "./config.ts";
 import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
-import { sameEndpoint } from "./endpoints.ts";
+import { sameEndpoint } from "../config/address.ts";
 
 export type MirrorCall = ServerDuplexStream<Buffer, Buffer>;
 
@@ -105,7 +105,7 @@ export class MirrorSession {
     } else {
       const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
       for (const target of this.ctx.replicas(open.service)) {
-        if (sameEndpoint(target, open.primary)) continue; // the connection's primary is never its own mirror
+        if (sameEndpoint(target.address, open.primary)) continue; // the connection's primary is never its own mirror
         const link: ReplicaLink = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
           () => {
             if (link.terminal) check?.removeReplica(link); // verdict given, or none possible any more

@@ -7,7 +7,6 @@ import { parseReplicas, RelayConfigError, type RelayConfig, type ReplicaTarget }
 import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
 import { MirrorSession, type MirrorCall } from "./mirror-session.ts";
-import { resolveTargets } from "./endpoints.ts";
 
 const identity = (b: Buffer) => b;
 /** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf. */
@@ -57,11 +56,9 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const budget = new ByteBudget(config.limits.maxQueuedBytesTotal, metrics);
   let defaultReplicas = config.replicas;
   const byService = new Map<string, readonly ReplicaTarget[]>();
-  await resolveTargets(defaultReplicas);
   const replicasOf = (service?: string) => (service !== undefined && byService.get(service)) || defaultReplicas;
   const setReplicas = async (raw: unknown, service?: string) => {
     const next = parseReplicas(raw);
-    await resolveTargets(next);
     if (service === undefined) defaultReplicas = next; else byService.set(service, next);
     log(`replica set${service === undefined ? "" : ` of "${service}"`} now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
   };

@@ -8,7 +8,7 @@ import { OPENAPI } from "./openapi.ts";
 import type { ControllerState } from "../state.ts";
 import type { Service, Member } from "../model/service.ts";
 import { HEALTH_DEFAULTS, type HealthSettings } from "../health/checker.ts";
-import { NAME, HOST_PORT } from "../../config/address.ts";
+import { NAME, NAME_RULE, parseEndpoint, AddressError } from "../../config/address.ts";
 
 export const MAX_BODY_BYTES = 16 * 1024;
 
@@ -25,7 +25,7 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
 
 function param(req: Request, key: string): string {
   const v = req.params[key];
-  if (typeof v !== "string" || !NAME.test(v)) throw new ApiError("BAD_REQUEST", `"${key}" must be 1-64 characters of [A-Za-z0-9_-]`);
+  if (typeof v !== "string" || !NAME.test(v)) throw new ApiError("BAD_REQUEST", `"${key}" must be ${NAME_RULE}`);
   return v;
 }
 
@@ -44,9 +44,13 @@ function member(raw: unknown, field: string, role: Member["role"]): Member {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ApiError("BAD_REQUEST", `"${field}" must be {"name", "address"}`);
   const m = raw as Record<string, unknown>;
   onlyKeys(m, ["name", "address"]);
-  if (typeof m.name !== "string" || !NAME.test(m.name)) throw new ApiError("BAD_REQUEST", `"${field}.name" must be 1-64 characters of [A-Za-z0-9_-]`);
-  if (typeof m.address !== "string" || !HOST_PORT.test(m.address)) throw new ApiError("BAD_REQUEST", `"${field}.address" must be "host:port"`);
-  return { name: m.name, address: m.address, role, alive: true, lagBytes: 0 };
+  if (typeof m.name !== "string" || !NAME.test(m.name)) throw new ApiError("BAD_REQUEST", `"${field}.name" must be ${NAME_RULE}`);
+  return { name: m.name, address: address(m.address, `${field}.address`), role, alive: true, lagBytes: 0 };
+}
+
+/** An endpoint in its canonical spelling, or 400 saying what is wrong with it. */
+function address(raw: unknown, field: string): string {
+  try { return parseEndpoint(raw, field).text; } catch (err) { throw new ApiError("BAD_REQUEST", (err as AddressError).message); }
 }
 
 function healthCheck(raw: unknown): HealthSettings {
@@ -91,7 +95,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   r.post("/v1/services", requireToken, json, (req, res) => {
     const b = body(req);
     onlyKeys(b, ["name", "primary", "replicas", "healthCheck"]);
-    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", '"name" must be 1-64 characters of [A-Za-z0-9_-]');
+    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
     if (!Array.isArray(b.replicas)) throw new ApiError("BAD_REQUEST", '"replicas" must be a list of {"name", "address"}');
     const members = [member(b.primary, "primary", "primary"), ...b.replicas.map((r, i) => member(r, `replicas[${i}]`, "replica"))];
     for (const key of ["name", "address"] as const) {
@@ -114,9 +118,8 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   r.post("/v1/services/:service/members", requireToken, json, (req, res) => {
     const b = body(req);
     onlyKeys(b, ["name", "address"]);
-    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", '"name" must be 1-64 characters of [A-Za-z0-9_-]');
-    if (typeof b.address !== "string" || !HOST_PORT.test(b.address)) throw new ApiError("BAD_REQUEST", '"address" must be "host:port"');
-    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: b.address }), state, options));
+    if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
+    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: address(b.address, "address") }), state, options));
   });
   r.delete("/v1/services/:service/members/:member", requireToken, (req, res) => {
     res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state, options));

@@ -17,7 +17,10 @@ export interface ProbeResult { readonly ok: boolean; readonly rttMs?: number; re
 export type Probe = (address: string, spec: ProbeSpec) => Promise<ProbeResult>;
 
 export const tcpProbe: Probe = (address, spec) => new Promise((resolve) => {
-  const socket = connect({ ...splitHostPort(address), noDelay: true });
+  let target: { host: string; port: number };
+  // Addresses are checked where they enter (config, API); a bad one must still never throw here.
+  try { target = splitHostPort(address); } catch (err) { resolve({ ok: false, error: (err as Error).message }); return; }
+  const socket = connect({ ...target, noDelay: true });
   let started = process.hrtime.bigint();
   let answer = "";
   let done = false;

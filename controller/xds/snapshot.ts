@@ -2,7 +2,7 @@
 // published: the transport only ever serves a whole snapshot, never a half-updated one.
 import { createHash } from "node:crypto";
 import { TYPE_URL, PRIMARY_PRIORITY, STANDBY_PRIORITY, socketAddress, type ClusterLoadAssignment } from "./resources.ts";
-import { HOST_PORT } from "../../config/address.ts";
+import { parseEndpoint } from "../../config/address.ts";
 
 /** What the controller decided for one service's primary cluster. */
 export interface ServiceEndpoints {
@@ -41,7 +41,7 @@ export function buildSnapshot(version: string, services: readonly ServiceEndpoin
   for (const s of services) {
     if (endpoints.has(s.cluster)) throw new SnapshotError(`cluster "${s.cluster}" appears twice`);
     for (const a of [s.primary, ...s.standbys]) {
-      if (!HOST_PORT.test(a)) throw new SnapshotError(`cluster "${s.cluster}": "${a}" is not host:port`);
+      try { parseEndpoint(a); } catch (err) { throw new SnapshotError(`cluster "${s.cluster}": ${(err as Error).message}`); }
     }
     if (s.standbys.includes(s.primary)) throw new SnapshotError(`cluster "${s.cluster}": the primary ${s.primary} is also listed as a standby`);
     if (new Set(s.standbys).size !== s.standbys.length) throw new SnapshotError(`cluster "${s.cluster}": a standby is listed twice`);

@@ -16,8 +16,21 @@ describe("lockstep config", () => {
   });
 
   it.each([
-    [{ ...minimal, primary: "nohost" }, '"primary" must be "host:port"'],
-    [{ ...minimal, primary: "h:70000" }, '"primary" has a port outside'],
+    [{ ...minimal, primary: "nohost" }, '"primary" must be "ip:port"'],
+    // Addresses that are not addresses (Envoy's EDS would refuse every later snapshot).
+    [{ ...minimal, primary: "999.999.999.999:80" }, '"999.999.999.999" is not an IPv4 address'],
+    [{ ...minimal, primary: "256.0.0.1:80" }, '"256.0.0.1" is not an IPv4 address'],
+    [{ ...minimal, primary: "-:80" }, '"-" is not an IPv4 address'],
+    [{ ...minimal, primary: "a..b:80" }, '"a..b" is not an IPv4 address'],
+    [{ ...minimal, primary: "[:::]:80" }, '":::" is not an IPv6 address'],
+    [{ ...minimal, primary: "127.0.0.1:0" }, '"primary" has port 0'],
+    [{ ...minimal, primary: "127.0.0.1:99999" }, '"primary" has port 99999'],
+    [{ ...minimal, primary: `${"a".repeat(300)}:80` }, "at most 64 characters"],
+    [{ ...minimal, replicas: [{ name: "a", address: "localhost:7002" }] }, '"replicas[0].address" names the host "localhost"'],
+    [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:07001" }] }, "cannot be its own replica"],
+    [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:1" }, { name: "b", address: "127.0.0.1:01" }] }, "repeats the address 127.0.0.1:1"],
+    [{ ...minimal, listener: { address: "localhost" } }, '"listener.address" is a host name'],
+    [{ ...minimal, primary: "h:70000" }, '"primary" has port 70000'],
     [{ ...minimal, replicas: "a" }, '"replicas" must be a list'],
     [{ ...minimal, replicas: [{ name: "bad name", address: "127.0.0.1:1" }] }, '"replicas[0].name"'],
     [{ ...minimal, replicas: [{ name: "a", address: "127.0.0.1:1" }, { name: "a", address: "127.0.0.1:2" }] }, 'repeats the name "a"'],

@@ -66,8 +66,12 @@ describe("mirror relay", () => {
     expect(relay.metrics.replicaReplyDropped.get({ replica: "ra" })).toBe(replicas[0].connections[0].sent);
   });
 
-  it("never mirrors a connection to the replica that is its primary", async () => {
-    const s = open(replicas[0].address.replace("127.0.0.1", "localhost"));
+  it.each([
+    ["as configured", (port: number) => `127.0.0.1:${port}`],
+    ["with a leading zero in the port", (port: number) => `127.0.0.1:0${port}`],
+    ["as an IPv4-mapped IPv6 address", (port: number) => `[::ffff:127.0.0.1]:${port}`],
+  ])("never mirrors a connection to the replica that is its primary, spelled %s", async (_how, spell) => {
+    const s = open(spell(replicas[0].port));
     s.call.write(encodeData(0, Buffer.from("hello")));
     s.call.end();
     await s.status;
@@ -163,7 +167,7 @@ describe("mirror relay", () => {
     [{ listen: { port: 70000 } }, '"listen.port"'],
     [{ limits: { maxLagBytesPerConnection: 1000 } }, '"limits.maxLagBytesPerConnection" must be a whole number from 1048576'],
     [{ limits: { speed: 1 } }, '"limits.speed" is not a known limit'],
-    [{ replicas: [{ name: "a", address: "nope" }] }, '"replicas[0].address" must be "host:port"'],
+    [{ replicas: [{ name: "a", address: "nope" }] }, '"replicas[0].address" must be "ip:port"'],
     [{ extra: true }, '"extra" is not a known field'],
   ])("refuses the configuration %j", (raw, message) => {
     expect(() => parseRelayConfig(raw)).toThrow(RelayConfigError);

@@ -226,6 +226,8 @@ describe("reply check in the relay, with real replicas", () => {
     const crcs = d.push(input);
     s.call.write(encodeReplyDigest(0, crcs));
     await waitFor("the divergence to be found in window 1", () => relay.metrics.replicaDivergences.get({ service: "svc", replica: "liar" }) === 1);
+    // The filter hears of it in the next ACK.
+    await waitFor("an ACK saying so", () => s.acks.at(-1)?.replicas.find((r) => r.name === "liar")?.state === "DETACHED");
     expect(s.acks.at(-1)!.replicas.find((r) => r.name === "liar")).toMatchObject({ state: "DETACHED", reason: "DIVERGED" });
     s.call.write(encodeEnd(input.length));
     s.call.write(encodeReplyEnd(d.total, d.tail, "CUT")); // the echo servers say "bye" after END: not the primary's

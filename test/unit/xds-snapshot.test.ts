@@ -22,7 +22,7 @@ describe("xDS snapshots", () => {
     [[svc, svc], 'cluster "kv_primary" appears twice'],
     [[{ ...svc, standbys: ["127.0.0.1:7001"] }], "the primary 127.0.0.1:7001 is also listed as a standby"],
     [[{ ...svc, standbys: ["127.0.0.1:7002", "127.0.0.1:7002"] }], "a standby is listed twice"],
-    [[{ ...svc, primary: "nowhere" }], '"nowhere" is not host:port'],
+    [[{ ...svc, primary: "nowhere" }], 'must be "ip:port"'],
   ])("refuses an inconsistent snapshot (%#)", (services, message) => {
     expect(() => buildSnapshot("2", services)).toThrow(SnapshotError);
     expect(() => buildSnapshot("2", services)).toThrow(message);
