@@ -1,6 +1,9 @@
-// The relay's configuration: where it listens, the replicas, and its memory bounds.
-// Parsed and validated once (errors name the field), then frozen. The replica set can be
-// replaced at runtime (RelayServer.setReplicas); a connection keeps the set it opened with.
+// The relay's configuration: where it listens, each service's replicas (if known at start),
+// and its memory and time bounds. Parsed and validated once (errors name the field), then
+// frozen. A service's replica set can be replaced at runtime by the controller
+// (PUT /v1/services/<service>/replicas); a connection keeps the set it opened with. A service
+// with no set (none configured, and the controller has not set one yet) gets none borrowed
+// from another: its connections wait for one (setWaitMs), then go unmirrored and counted.
 import { readFileSync } from "node:fs";
 import { NAME, NAME_RULE, parseEndpoint, parseHost, AddressError } from "../config/address.ts";
 
@@ -13,8 +16,15 @@ export interface RelayLimits {
   readonly maxQueuedBytesTotal: number;
   /** How long a replica connection may take to connect. */
   readonly connectTimeoutMs: number;
-  /** How long a finished connection waits for its replicas to take the last bytes and close. */
+  /** How long a finished connection waits for its replicas to take the last bytes. A replica
+   *  that has not taken them by then missed them (STALLED). */
   readonly finishTimeoutMs: number;
+  /** Once a replica took every byte of a finished connection, how long its connection stays open
+   *  for the rest of its replies (the reply check); then it is closed whatever they are. */
+  readonly replyWaitMs: number;
+  /** How long a new connection of a service whose replica set is not known yet waits for the
+   *  controller to set it (client bytes wait, bounded by the filter's in-flight bound). */
+  readonly setWaitMs: number;
   /** A replica behind by more than a quarter of maxLagBytesPerConnection holds the connection's
    *  stream (backpressure to Envoy, then to the client); one that writes nothing for this long
    *  meanwhile is detached (STALLED), so a stuck replica delays a connection by at most this. */
@@ -24,7 +34,8 @@ export interface RelayLimits {
 export interface RelayConfig {
   readonly listen: { readonly host: string; readonly port: number };
   readonly metrics: { readonly host: string; readonly port: number };
-  readonly replicas: readonly ReplicaTarget[];
+  /** Replica sets known at start, by service. */
+  readonly services: Readonly<Record<string, readonly ReplicaTarget[]>>;
   readonly limits: RelayLimits;
   /** An ACK goes out at least this often while something changed. */
   readonly ackIntervalMs: number;
@@ -38,7 +49,7 @@ export interface RelayConfig {
 export const RELAY_DEFAULTS = Object.freeze({
   listen: Object.freeze({ host: "127.0.0.1", port: 10100 }),
   metrics: Object.freeze({ host: "127.0.0.1", port: 10101 }),
-  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000, stallTimeoutMs: 500 }),
+  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000, replyWaitMs: 1000, setWaitMs: 2000, stallTimeoutMs: 500 }),
   ackIntervalMs: 10,
   ackEveryBytes: 64 << 10,
 });
@@ -77,10 +88,21 @@ export function parseReplicas(raw: unknown, field = "replicas"): readonly Replic
   }));
 }
 
+function parseServices(raw: unknown): Readonly<Record<string, readonly ReplicaTarget[]>> {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("services", 'must be {"<service>": [{name, address}, ...]}');
+  const out: Record<string, readonly ReplicaTarget[]> = {};
+  for (const [service, replicas] of Object.entries(raw)) {
+    if (!NAME.test(service)) fail(`services.${service}`, `: a service name must be ${NAME_RULE}`);
+    out[service] = parseReplicas(replicas, `services.${service}`);
+  }
+  return Object.freeze(out);
+}
+
 export function parseRelayConfig(raw: unknown): RelayConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["listen", "metrics", "replicas", "limits", "ackIntervalMs", "ackEveryBytes", "controlToken"];
+  const known = ["listen", "metrics", "services", "limits", "ackIntervalMs", "ackEveryBytes", "controlToken"];
+  if ("replicas" in r) fail("replicas", 'is gone: give each service its own set, {"services": {"<service>": [{name, address}, ...]}}');
   for (const k of Object.keys(r)) if (!known.includes(k)) fail(k, `is not a known field (known: ${known.join(", ")})`);
   const listen = r.listen ?? {};
   const metrics = r.metrics ?? {};
@@ -90,13 +112,15 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
   return Object.freeze({
     listen: Object.freeze({ host: host(listen.host, "listen.host", d.listen.host), port: int(listen.port, "listen.port", d.listen.port, 0, 65535) }),
     metrics: Object.freeze({ host: host(metrics.host, "metrics.host", d.metrics.host), port: int(metrics.port, "metrics.port", d.metrics.port, 0, 65535) }),
-    replicas: parseReplicas(r.replicas ?? []),
+    services: parseServices(r.services ?? {}),
     limits: Object.freeze({
       // At least 1 MiB: Envoy hands the filter up to 1 MiB per read, and one read is one DATA frame.
       maxLagBytesPerConnection: int(limits.maxLagBytesPerConnection, "limits.maxLagBytesPerConnection", d.limits.maxLagBytesPerConnection, 1 << 20),
       maxQueuedBytesTotal: int(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", d.limits.maxQueuedBytesTotal, 1 << 20),
       connectTimeoutMs: int(limits.connectTimeoutMs, "limits.connectTimeoutMs", d.limits.connectTimeoutMs, 1),
       finishTimeoutMs: int(limits.finishTimeoutMs, "limits.finishTimeoutMs", d.limits.finishTimeoutMs, 1),
+      replyWaitMs: int(limits.replyWaitMs, "limits.replyWaitMs", d.limits.replyWaitMs, 0),
+      setWaitMs: int(limits.setWaitMs, "limits.setWaitMs", d.limits.setWaitMs, 0),
       stallTimeoutMs: int(limits.stallTimeoutMs, "limits.stallTimeoutMs", d.limits.stallTimeoutMs, 1),
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),

@@ -20,7 +20,8 @@ try {
   }
   const relay = await startRelay(config, log);
   log(`listening for mirror streams on ${config.listen.host}:${relay.grpcPort}, metrics on http://${config.metrics.host}:${relay.metricsPort}/metrics`);
-  log(`replicas: ${config.replicas.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+  for (const [service, replicas] of Object.entries(config.services)) log(`replicas of "${service}": ${replicas.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+  if (Object.keys(config.services).length === 0) log("no replica set configured: each service's set comes from the controller (connections wait for it)");
   const stop = async () => { log("shutting down"); await relay.close(); process.exit(0); };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);

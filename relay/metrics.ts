@@ -5,7 +5,8 @@
 //   lockstep_relay_streams_total                       counter  streams accepted
 //   lockstep_relay_streams_lost_total                  counter  streams reset by Envoy before they finished
 //   lockstep_relay_bytes_received_total                counter  client bytes received from the filter
-//   lockstep_relay_connections_unmirrored_total        counter  streams whose primary was unknown: mirrored nowhere
+//   lockstep_relay_connections_unmirrored_total{reason} counter streams mirrored nowhere: no_primary (Envoy named
+//                                                      none), no_replica_set (none set within setWaitMs), relay_bound
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
 //   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections
 //
@@ -17,7 +18,9 @@
 //   lockstep_relay_replica_bytes_acked_total    counter  bytes written to the replica's socket
 //   lockstep_relay_replica_lag_bytes            gauge    accepted and not yet written, over its open connections
 //   lockstep_relay_replica_reply_bytes_dropped_total  counter  replica replies read and dropped
-//   lockstep_relay_replica_detaches_total{…,reason}   counter  connections on which it fell out of sync
+//   lockstep_relay_replica_detaches_total{…,reason}   counter  connections it left early (reason; STREAM_LOST: the stream was reset)
+//   lockstep_relay_replica_missed_connections_total   counter  connections on which it did not provably take every client
+//                                                               byte: it is out of sync (the controller reads this)
 // The consistency check (docs/CONSISTENCY.md), same labels:
 //   lockstep_relay_replica_divergences_total          counter  connections whose replies differed from the primary's
 //   lockstep_relay_replica_replies_matched_total      counter  connections whose replies matched the primary's to its end
@@ -56,7 +59,7 @@ export class RelayMetrics {
   readonly streamsTotal = this.family("lockstep_relay_streams_total", "counter", "streams accepted");
   readonly streamsLost = this.family("lockstep_relay_streams_lost_total", "counter", "streams reset by Envoy before they finished");
   readonly bytesReceived = this.family("lockstep_relay_bytes_received_total", "counter", "client bytes received from the filter");
-  readonly unmirrored = this.family("lockstep_relay_connections_unmirrored_total", "counter", "streams whose primary was unknown: mirrored to no replica");
+  readonly unmirrored = this.family("lockstep_relay_connections_unmirrored_total", "counter", "streams mirrored to no replica (reason: no_primary, no_replica_set, relay_bound)");
   readonly protocolErrors = this.family("lockstep_relay_protocol_errors_total", "counter", "malformed or out-of-order frames");
   readonly queuedBytes = this.family("lockstep_relay_queued_bytes", "gauge", "bytes held for replicas over all connections");
   readonly replicaActive = this.family("lockstep_relay_replica_connections_active", "gauge", "replica connections open");
@@ -65,7 +68,8 @@ export class RelayMetrics {
   readonly replicaAcked = this.family("lockstep_relay_replica_bytes_acked_total", "counter", "bytes written to the replica's socket");
   readonly replicaLag = this.family("lockstep_relay_replica_lag_bytes", "gauge", "bytes accepted for the replica and not yet written, over its open connections");
   readonly replicaReplyDropped = this.family("lockstep_relay_replica_reply_bytes_dropped_total", "counter", "replica reply bytes read and dropped");
-  readonly replicaDetaches = this.family("lockstep_relay_replica_detaches_total", "counter", "connections on which the replica fell out of sync");
+  readonly replicaDetaches = this.family("lockstep_relay_replica_detaches_total", "counter", "connections the replica left early, by reason");
+  readonly replicaMissed = this.family("lockstep_relay_replica_missed_connections_total", "counter", "connections on which the replica did not provably take every client byte (it is out of sync)");
   readonly replicaDivergences = this.family("lockstep_relay_replica_divergences_total", "counter", "connections on which the replica's replies differed from the primary's (it is detached: DIVERGED)");
   readonly replicaRepliesMatched = this.family("lockstep_relay_replica_replies_matched_total", "counter", "connections on which the replica's replies matched the primary's to its end");
   readonly replicaWindowsCompared = this.family("lockstep_relay_replica_reply_windows_compared_total", "counter", "reply windows of 16 KiB found equal to the primary's");

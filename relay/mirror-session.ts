@@ -1,20 +1,31 @@
 // One client connection, as seen by the relay: one gRPC stream from the filter, and one
-// link per replica chosen when the stream opens (never the connection's primary). Checks
-// the frames' order, fans the client's bytes out to the links, and acknowledges offsets.
-// When the filter digests the primary's replies (OPEN flag REPLY_DIGESTS), the session's
-// ReplyCheck compares every replica's replies with them and detaches a replica whose
-// replies differ (DIVERGED), leaving the others and the client alone.
+// link per replica of the service's set when the stream opens (never the connection's
+// primary). Checks the frames' order, fans the client's bytes out to the links, and
+// acknowledges offsets. When the filter digests the primary's replies (OPEN flag
+// REPLY_DIGESTS), the session's ReplyCheck compares every replica's replies with them: each
+// replica ends the connection with exactly one verdict (matched, diverged or given up), and a
+// replica is reported CLOSED (completed) only once its verdict is in.
 //
-// The session owns a list of links with a role. Today every link is a mirror target; the
-// planned session mode adds a link that carries the primary's stream itself.
+// Life of a session:
+//   OPEN ── set known? ──► links started ── DATA/END ... ── stream half-closed (client gone) ──►
+//     │                                                     finishing: each link delivers its last
+//     └─ no set yet: frames wait (no ACK, so the filter's     bytes (finishTimeoutMs, else STALLED),
+//        in-flight bound holds the client) up to setWaitMs,   waits replyWaitMs at most for its
+//        then the stream fails: the filter counts the         replies, then its connection closes
+//        connection unmirrored                                ──► final ACK, stream ends OK
+// A stream reset (Envoy gone, or the filter cut the mirror) drops every replica connection.
+//
+// Evidence for the controller: when a session ends, every replica that did not provably take
+// all of the connection's client bytes is counted in lockstep_relay_replica_missed_connections_total.
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type OpenFrame } from "./frames.ts";
+import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
 import { ReplyCheck } from "./reply-check.ts";
 import type { RelayConfig, ReplicaTarget } from "./config.ts";
 import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
+import type { ReplicaSets, OpenConnection } from "./replica-sets.ts";
 import { sameEndpoint } from "../config/address.ts";
 
 export type MirrorCall = ServerDuplexStream<Buffer, Buffer>;
@@ -23,28 +34,34 @@ export interface SessionContext {
   readonly config: RelayConfig;
   readonly budget: ByteBudget;
   readonly metrics: RelayMetrics;
-  /** The replica set for a service's connections opening now. */
-  replicas(service: string): readonly ReplicaTarget[];
+  readonly sets: ReplicaSets;
   log(line: string): void;
 }
 
-export class MirrorSession {
-  private links: { role: "mirror"; link: ReplicaLink }[] = [];
-  private open?: OpenFrame;
+export class MirrorSession implements OpenConnection {
+  private links: ReplicaLink[] = [];
+  private openFrame?: OpenFrame;
   /** The consistency check, when the filter digests the primary's replies. */
   private check?: ReplyCheck<ReplicaLink>;
+  /** Frames that came while the service's set was unknown, replayed once it is known. */
+  private early?: FilterFrame[];
+  private earlyBytes = 0;
+  private stopWaiting?: () => void;
+  private waitTimer?: NodeJS.Timeout;
   /** Client bytes received (the next DATA frame must start here). */
   private received = 0;
   private endedAt = -1;
   private lastAckReceived = -1;
   private ackTimer?: NodeJS.Timeout;
-  private finishTimer?: NodeJS.Timeout;
+  /** When the filter half-closed the stream (the client connection ended). */
+  private finishAt = 0;
+  private deadlineTimer?: NodeJS.Timeout;
+  private deliveredAt = new Map<ReplicaLink, number>();
   /** Not reading the stream while a live replica is far behind (see holdIfBehind). */
   private holding = false;
   private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
-  /** streamsActive was decremented for this session (cleanup may run more than once). */
-  private uncounted = false;
+  started = false;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
@@ -56,65 +73,113 @@ export class MirrorSession {
     call.on("close", () => this.abort());
   }
 
-  private onFrame(frame: Buffer): void {
+  get service(): string { return this.openFrame?.service ?? ""; }
+  get primary(): string { return this.openFrame?.primary ?? ""; }
+  get mirroredTo(): string[] { return this.links.map((l) => l.target.name); }
+
+  private onFrame(raw: Buffer): void {
     if (this.state !== "open") return;
     try {
-      const f = decodeFilterFrame(frame);
-      if (!this.open && f.type !== "OPEN") throw new FrameError(`first frame must be OPEN, got ${f.type}`);
-      switch (f.type) {
-        case "OPEN":
-          if (this.open) throw new FrameError("second OPEN on one stream");
-          if (f.flags & ~OPEN_FLAG_REPLY_DIGESTS) throw new FrameError(`OPEN frame: unknown flags 0x${f.flags.toString(16).padStart(2, "0")}`);
-          this.open = f;
-          this.startLinks(f);
-          break;
-        case "DATA":
-          if (this.endedAt >= 0) throw new FrameError("DATA after END");
-          if (f.offset !== this.received) throw new FrameError(`DATA at offset ${f.offset}, expected ${this.received}`);
-          if (f.bytes.length === 0) break;
-          this.received += f.bytes.length;
-          this.ctx.metrics.bytesReceived.add(f.bytes.length);
-          for (const { link } of this.links) link.push(f.bytes);
-          this.holdIfBehind();
-          this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);
-          break;
-        case "END":
-          if (f.totalBytes !== this.received) throw new FrameError(`END at ${f.totalBytes}, but ${this.received} bytes were received`);
-          this.endedAt = f.totalBytes;
-          for (const { link } of this.links) link.end();
-          this.scheduleAck(true);
-          break;
-        case "REPLY_DIGEST":
-          if (!this.check) throw new FrameError("REPLY_DIGEST on a stream opened without the REPLY_DIGESTS flag");
-          this.check.primaryDigests(f.firstWindow, f.crcs);
-          break;
-        case "REPLY_END":
-          if (!this.check) throw new FrameError("REPLY_END on a stream opened without the REPLY_DIGESTS flag");
-          this.check.primaryEnded(f.totalBytes, f.tailCrc, f.end);
-          break;
+      const f = decodeFilterFrame(raw);
+      if (!this.openFrame && f.type !== "OPEN") throw new FrameError(`first frame must be OPEN, got ${f.type}`);
+      if (f.type === "OPEN") return this.onOpen(f);
+      this.checkOrder(f);
+      if (!this.early) return this.apply(f);
+      if (f.type === "DATA") {
+        if (!this.ctx.budget.take(f.bytes.length)) {
+          this.ctx.metrics.unmirrored.add(1, { reason: "relay_bound" });
+          return this.fail(GrpcStatus.RESOURCE_EXHAUSTED, "the relay's memory bound is reached while this connection waits for its replica set");
+        }
+        this.earlyBytes += f.bytes.length;
       }
+      this.early.push(f);
     } catch (err) {
       this.protocolError(err instanceof Error ? err.message : String(err));
     }
   }
 
-  private startLinks(open: OpenFrame): void {
-    if (open.primary === "") {
-      this.ctx.metrics.unmirrored.add(1);
-      this.ctx.log(`connection ${open.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
-    } else {
-      const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
-      for (const target of this.ctx.replicas(open.service)) {
+  private onOpen(f: OpenFrame): void {
+    if (this.openFrame) throw new FrameError("second OPEN on one stream");
+    if (f.flags & ~OPEN_FLAG_REPLY_DIGESTS) throw new FrameError(`OPEN frame: unknown flags 0x${f.flags.toString(16).padStart(2, "0")}`);
+    this.openFrame = f;
+    this.ctx.sets.track(this);
+    if (f.primary === "") {
+      this.ctx.metrics.unmirrored.add(1, { reason: "no_primary" });
+      this.ctx.log(`connection ${f.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
+      this.startLinks([]);
+      return;
+    }
+    if (this.ctx.sets.get(f.service)) { this.startLinks(this.ctx.sets.get(f.service)!); return; }
+    // No set for this service yet (a relay just started, before the controller set it): hold
+    // the frames (not acknowledged, so the filter's in-flight bound holds the client) a while.
+    this.early = [];
+    this.stopWaiting = this.ctx.sets.whenKnown(f.service, (targets) => {
+      clearTimeout(this.waitTimer);
+      const frames = this.early!;
+      this.early = undefined;
+      this.ctx.budget.give(this.earlyBytes);
+      this.earlyBytes = 0;
+      this.startLinks(targets);
+      for (const frame of frames) if (this.state !== "done") this.apply(frame);
+      if (this.finishAt) this.finish();
+    });
+    this.waitTimer = setTimeout(() => {
+      this.stopWaiting?.();
+      this.ctx.metrics.unmirrored.add(1, { reason: "no_replica_set" });
+      this.fail(GrpcStatus.UNAVAILABLE, `service "${f.service}" has no replica set on this relay after ${this.ctx.config.limits.setWaitMs} ms ` +
+        `(the controller sets it; without one nothing is mirrored); the filter counts this connection unmirrored`);
+    }, this.ctx.config.limits.setWaitMs);
+  }
+
+  /** Frame-order checks, made on arrival (frames held for a replica set are replayed unchecked). */
+  private checkOrder(f: FilterFrame): void {
+    if (f.type === "DATA") {
+      if (this.endedAt >= 0) throw new FrameError("DATA after END");
+      if (f.offset !== this.received) throw new FrameError(`DATA at offset ${f.offset}, expected ${this.received}`);
+      this.received += f.bytes.length;
+      this.ctx.metrics.bytesReceived.add(f.bytes.length);
+    } else if (f.type === "END") {
+      if (f.totalBytes !== this.received) throw new FrameError(`END at ${f.totalBytes}, but ${this.received} bytes were received`);
+      this.endedAt = f.totalBytes;
+    } else if ((f.type === "REPLY_DIGEST" || f.type === "REPLY_END") && !(this.openFrame!.flags & OPEN_FLAG_REPLY_DIGESTS)) {
+      throw new FrameError(`${f.type} on a stream opened without the REPLY_DIGESTS flag`);
+    }
+  }
+
+  private apply(f: FilterFrame): void {
+    switch (f.type) {
+      case "DATA":
+        if (f.bytes.length === 0) break;
+        for (const link of this.links) link.push(f.bytes);
+        this.holdIfBehind();
+        this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);
+        break;
+      case "END":
+        for (const link of this.links) link.end();
+        this.scheduleAck(true);
+        break;
+      case "REPLY_DIGEST":
+        this.check?.primaryDigests(f.firstWindow, f.crcs);
+        break;
+      case "REPLY_END":
+        this.check?.primaryEnded(f.totalBytes, f.tailCrc, f.end);
+        this.settleLinks();
+        break;
+    }
+  }
+
+  private startLinks(targets: readonly ReplicaTarget[]): void {
+    const open = this.openFrame!;
+    this.started = true;
+    const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
+    if (open.primary !== "") {
+      for (const target of targets) {
         if (sameEndpoint(target.address, open.primary)) continue; // the connection's primary is never its own mirror
         const link: ReplicaLink = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
-          () => {
-            if (link.terminal) check?.removeReplica(link); // verdict given, or none possible any more
-            this.onLinkStateChange();
-          },
-          () => { this.releaseIfCaughtUp(); this.scheduleAck(false); },
-          check && { bytes: (reply) => check.replicaBytes(link, reply), end: () => check.replicaEnded(link) });
+          { changed: () => this.onLinkChange(link), progress: () => { this.releaseIfCaughtUp(); this.scheduleAck(false); } },
+          check && { bytes: (reply) => check.replicaBytes(link, reply) });
         check?.addReplica(link);
-        this.links.push({ role: "mirror", link });
+        this.links.push(link);
       }
     }
     this.scheduleAck(true);
@@ -131,109 +196,169 @@ export class MirrorSession {
           `at reply offset ${d.offset}: ${d.detail}; replica detached from this connection (DIVERGED)`);
         link.detach("DIVERGED");
       },
-      matched: (link) => m.replicaRepliesMatched.add(1, labels(link)),
+      matched: (link) => { m.replicaRepliesMatched.add(1, labels(link)); this.settleLinks(); },
       compared: (link, windows) => m.replicaWindowsCompared.add(windows, labels(link)),
       abandoned: (link, why) => {
         m.replicaChecksAbandoned.add(1, labels(link));
         this.ctx.log(`reply check given up: service "${open.service}" replica "${link.target.name}" connection ${open.connectionId}: ${why}`);
+        this.settleLinks();
       },
     });
     return this.check;
   }
 
   private scheduleAck(now: boolean): void {
-    if (this.state === "done") return;
+    if (this.state === "done" || this.early) return;
     if (now) { this.sendAck(); return; }
     if (!this.ackTimer) this.ackTimer = setTimeout(() => this.sendAck(), this.ctx.config.ackIntervalMs);
   }
 
   private sendAck(): void {
     if (this.ackTimer) { clearTimeout(this.ackTimer); this.ackTimer = undefined; }
-    if (this.state === "done" || this.call.destroyed) return;
+    if (this.state === "done" || this.call.destroyed || this.early) return;
     this.lastAckReceived = this.received;
-    this.call.write(encodeAck(this.received, this.links.map(({ link }) => link.progress())));
+    this.call.write(encodeAck(this.received, this.links.map((link) => link.progress())));
   }
 
-  /** The filter half-closed the stream: the client connection is over. Flush, then end. */
+  /** The filter half-closed the stream: the client connection is over. Deliver, judge, end. */
   private finish(): void {
     if (this.state !== "open") return;
+    if (!this.finishAt) this.finishAt = Date.now();
+    if (this.early) return; // once the set is known (or the wait is over)
     this.state = "finishing";
-    for (const { link } of this.links) link.end();
-    this.finishTimer = setTimeout(() => {
-      for (const { link } of this.links) link.closeIfDelivered();
-      this.complete();
-    }, this.ctx.config.limits.finishTimeoutMs);
-    this.onLinkStateChange();
+    for (const link of this.links) link.end();
+    this.settleLinks();
+  }
+
+  /** A link connected, detached, took its last bytes or its replica closed: judge, then ACK. */
+  private onLinkChange(link: ReplicaLink): void {
+    if (link.terminal) this.check?.giveUp(link, `the replica left the connection (${link.state}${link.reason !== "NONE" ? `, ${link.reason}` : ""}) before its replies could be judged`);
+    this.releaseIfCaughtUp();
+    this.settleLinks();
+  }
+
+  /**
+   * Finish every link that took all of the connection's bytes once its replies are judged: at
+   * once if its verdict is in (or there is no check) and its replica closed or the client's
+   * connection is over; a replica still answering after the client's connection ended gets
+   * replyWaitMs, then its check is given up. A link still short of bytes finishTimeoutMs after
+   * the end missed them (STALLED). Completes the session when every link is done.
+   */
+  private settleLinks(): void {
+    if (this.state === "done") return;
+    const now = Date.now();
+    const limits = this.ctx.config.limits;
+    let next = Infinity;
+    for (const link of this.links) {
+      if (link.terminal) continue;
+      if (!link.delivered) {
+        if (this.state !== "finishing") continue;
+        const deadline = this.finishAt + limits.finishTimeoutMs;
+        if (now >= deadline) link.detach("STALLED");
+        else next = Math.min(next, deadline);
+        continue;
+      }
+      if (!this.deliveredAt.has(link)) this.deliveredAt.set(link, now);
+      if (this.check?.verdict(link) === "open" && link.closed) this.check.replicaEnded(link); // its replies are all there are
+      if (link.terminal) continue; // judged diverged just now
+      const judged = (this.check?.verdict(link) ?? "none") !== "open";
+      // It closed (so it read every byte): done once judged. Else give it replyWaitMs after the
+      // client's connection ended to read the last bytes and answer, then close it.
+      if (link.closed && judged) { link.finish(); continue; }
+      if (this.state !== "finishing") continue;
+      const deadline = Math.max(this.finishAt, this.deliveredAt.get(link)!) + limits.replyWaitMs;
+      if (now >= deadline) {
+        this.check?.giveUp(link, `its replies did not reach the primary's within ${limits.replyWaitMs} ms of the client's close`);
+        if (!link.terminal) link.finish();
+      } else next = Math.min(next, deadline);
+    }
+    if ((this.state as string) === "done") return; // completed by a link finished above
+    if (this.state === "finishing" && this.links.every((l) => l.terminal)) return this.complete();
+    this.scheduleAck(true);
+    if (this.deadlineTimer) { clearTimeout(this.deadlineTimer); this.deadlineTimer = undefined; }
+    if (next !== Infinity) this.deadlineTimer = setTimeout(() => this.settleLinks(), Math.max(1, next - now));
   }
 
   private get highWater(): number { return this.ctx.config.limits.maxLagBytesPerConnection / 4; }
 
   /** Backpressure: while a live replica is behind by more than the high-water mark, stop
    *  reading the stream (HTTP/2 flow control then holds Envoy, whose filter pauses the client).
-   *  A replica that makes no progress for stallTimeoutMs meanwhile is detached. */
+   *  A connected replica that takes no bytes for stallTimeoutMs meanwhile is detached. */
   private holdIfBehind(): void {
-    if (this.holding || !this.links.some(({ link }) => !link.terminal && link.lag > this.highWater)) return;
+    if (this.holding || !this.links.some((link) => !link.terminal && link.lag > this.highWater)) return;
     this.holding = true;
     this.call.pause();
     const period = Math.max(10, Math.min(100, this.ctx.config.limits.stallTimeoutMs / 5));
     this.stallTimer = setInterval(() => {
       const now = Date.now();
-      for (const { link } of this.links) {
-        if (!link.terminal && link.lag > 0 && now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs) link.detach("STALLED");
+      for (const link of this.links) {
+        if (link.terminal || link.state !== "LIVE" || link.lag === 0 || link.tookBytes(now)) continue;
+        if (now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs) link.detach("STALLED");
       }
       this.releaseIfCaughtUp();
     }, period);
   }
 
   private releaseIfCaughtUp(): void {
-    if (!this.holding || this.links.some(({ link }) => !link.terminal && link.lag > this.highWater / 2)) return;
+    if (!this.holding || this.links.some((link) => !link.terminal && link.lag > this.highWater / 2)) return;
     this.holding = false;
     if (this.stallTimer) clearInterval(this.stallTimer);
     this.stallTimer = undefined;
     if (this.state === "open") this.call.resume();
   }
 
-  /** A link connected, detached or closed: tell the filter; complete once all are done. */
-  private onLinkStateChange(): void {
-    this.releaseIfCaughtUp();
-    if (this.state === "finishing" && this.links.every(({ link }) => link.terminal)) this.complete();
-    else this.scheduleAck(true);
-  }
-
   private complete(): void {
     if (this.state === "done") return;
     this.sendAck();
-    this.state = "done";
-    this.cleanup();
+    this.end(true);
     this.call.end();
   }
 
   /** The stream was reset (Envoy cancelled it, or the connection to Envoy broke). */
   private abort(): void {
     if (this.state === "done") return;
-    const wasOpen = this.state === "open" || this.links.some(({ link }) => !link.terminal);
-    this.state = "done";
-    for (const { link } of this.links) link.abandon();
-    if (wasOpen) this.ctx.metrics.streamsLost.add(1);
-    this.cleanup();
+    const lost = this.state === "open" || this.links.some((link) => !link.terminal);
+    for (const link of this.links) link.abandon();
+    if (lost) this.ctx.metrics.streamsLost.add(1);
+    this.end(false);
   }
 
   private protocolError(message: string): void {
     this.ctx.metrics.protocolErrors.add(1);
-    this.ctx.log(`protocol error on connection ${this.open?.connectionId ?? "?"}: ${message}; stream closed`);
-    for (const { link } of this.links) link.detach("PROTOCOL");
+    this.ctx.log(`protocol error on connection ${this.openFrame?.connectionId ?? "?"}: ${message}; stream closed`);
+    for (const link of this.links) link.detach("PROTOCOL");
     this.sendAck();
-    this.state = "done";
-    this.cleanup();
-    // grpc-js turns an 'error' event into the call's status and ends it.
-    this.call.emit("error", { code: GrpcStatus.INVALID_ARGUMENT, details: message });
+    this.fail(GrpcStatus.INVALID_ARGUMENT, message);
   }
 
-  private cleanup(): void {
-    if (this.ackTimer) clearTimeout(this.ackTimer);
-    if (this.finishTimer) clearTimeout(this.finishTimer);
+  /** End the stream with an error status (grpc-js turns an 'error' event into the call's status). */
+  private fail(code: number, details: string): void {
+    for (const link of this.links) link.abandon();
+    this.end(false);
+    this.call.emit("error", { code, details });
+  }
+
+  /**
+   * The session is over: count, per replica, whether it provably took every client byte of the
+   * connection (the controller reads this). The total is known if the client's stream ended in
+   * order (END, or the filter's half-close after every DATA); a reset stream's total is not (the
+   * primary may have taken bytes that never reached the relay), so a replica then missed bytes
+   * unless END had come and it took all of them.
+   */
+  private end(complete: boolean): void {
+    const total = complete ? this.received : this.endedAt;
+    for (const link of this.links) {
+      if (total < 0 || link.acked < total) {
+        this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
+      }
+    }
+    this.state = "done";
+    this.stopWaiting?.();
+    if (this.openFrame) this.ctx.sets.untrack(this);
+    if (this.early) { this.ctx.budget.give(this.earlyBytes); this.early = undefined; this.earlyBytes = 0; }
+    for (const t of [this.ackTimer, this.waitTimer, this.deadlineTimer]) if (t) clearTimeout(t);
     if (this.stallTimer) clearInterval(this.stallTimer);
-    this.ackTimer = this.finishTimer = this.stallTimer = undefined;
-    if (!this.uncounted) { this.uncounted = true; this.ctx.metrics.streamsActive.add(-1); }
+    this.ackTimer = this.waitTimer = this.deadlineTimer = this.stallTimer = undefined;
+    this.ctx.metrics.streamsActive.add(-1);
   }
 }

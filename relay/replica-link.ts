@@ -4,11 +4,14 @@
 // and dropped. Bounded: past the per-connection lag bound or the relay-wide budget the
 // link detaches (socket destroyed, queue freed) and stays detached.
 //
-//   CONNECTING ──connect──► LIVE ──end + all written + replica closed──► CLOSED
+//   CONNECTING ──connect──► LIVE ──(session) delivered, replies judged──► CLOSED
 //        │                   │
-//        └──────────────┬────┘ connect failure, replica closed/reset early, bound exceeded, stalled
-//                       ▼
-//                    DETACHED (reason; DIVERGED when its replies differ from the primary's)
+//        └──────────────┬────┘ connect failure, replica reset or gone with bytes to take,
+//                       ▼       bound exceeded, stalled, replies differ (DIVERGED)
+//                    DETACHED (reason)
+//
+// The link knows its socket; the session decides when a delivered link is done (it knows
+// the client connection's end and the reply check's verdict).
 import { connect, type Socket } from "node:net";
 import type { ReplicaState, DetachReason, ReplicaProgress } from "./frames.ts";
 import type { ReplicaTarget, RelayLimits } from "./config.ts";
@@ -16,14 +19,20 @@ import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
 import { splitHostPort } from "../config/address.ts";
 
-
-/** Who reads a replica's replies (the session's reply check). `end` fires once, when the reply
- *  stream is over: everything was delivered and the replica closed, or the finish timeout passed
- *  after the connection ended. Not on errors (the link is then detached for that reason). */
+/** Who reads a replica's replies (the session's reply check). */
 export interface ReplyObserver {
   bytes(reply: Buffer): void;
-  end(): void;
 }
+
+export interface LinkEvents {
+  /** The state changed, or the replica's connection closed: the session re-judges and ACKs. */
+  changed(): void;
+  /** Bytes were written to the socket (the session may release backpressure and ACK). */
+  progress(): void;
+}
+
+/** Private libuv handle field: bytes of the current write not yet taken by the kernel. */
+type WithHandle = Socket & { _handle?: { writeQueueSize?: number } | null };
 
 export class ReplicaLink {
   state: ReplicaState = "CONNECTING";
@@ -32,11 +41,16 @@ export class ReplicaLink {
   queued = 0;
   /** Bytes written to the socket and flushed to the kernel. */
   acked = 0;
-  /** When bytes were last flushed (or the link was created). */
+  /** When the replica last took bytes (or the link connected). */
   lastProgressAt = Date.now();
-  private readonly socket: Socket;
-  private ending = false;
+  /** No more bytes will come: the client half-closed or its connection ended. */
+  ending = false;
+  /** The replica's connection is closed (its replies are over). */
+  closed = false;
   private endSent = false;
+  private sampledAcked = 0;
+  private sampledUnwritten = 0;
+  private readonly socket: Socket;
   private readonly labels: { service: string; replica: string };
 
   constructor(
@@ -45,17 +59,13 @@ export class ReplicaLink {
     private readonly limits: RelayLimits,
     private readonly budget: ByteBudget,
     private readonly metrics: RelayMetrics,
-    /** Called on every state change (the session sends an ACK). */
-    private readonly onStateChange: () => void,
-    /** Called when bytes were flushed (the session may send an ACK). */
-    private readonly onProgress: () => void,
+    private readonly events: LinkEvents,
     private readonly replies?: ReplyObserver,
   ) {
     this.labels = { service, replica: target.name };
     metrics.replicaConnections.add(1, this.labels);
     metrics.replicaActive.add(1, this.labels);
-    const { host, port } = splitHostPort(target.address);
-    this.socket = connect({ host, port, allowHalfOpen: true, noDelay: true });
+    this.socket = connect({ ...splitHostPort(target.address), allowHalfOpen: true, noDelay: true });
     this.socket.setTimeout(limits.connectTimeoutMs, () => {
       if (this.state === "CONNECTING") this.detach("CONNECT_FAILED");
     });
@@ -64,28 +74,30 @@ export class ReplicaLink {
       this.lastProgressAt = Date.now();
       if (this.state !== "CONNECTING") return;
       this.state = "LIVE";
-      this.onStateChange();
       this.maybeEnd();
+      this.events.changed();
     });
     this.socket.on("data", (reply: Buffer) => {
       metrics.replicaReplyDropped.add(reply.length, this.labels);
       if (!this.terminal) this.replies?.bytes(reply);
     });
-    // The replica's FIN alone does not end its replies for the check: a replica that dies may
-    // send one. They end when the link finishes normally, or at the finish timeout.
+    // A reset or error is the replica failing (or refusing), never a protocol's normal close.
     this.socket.on("error", () => this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED"));
     this.socket.on("close", () => {
       if (this.terminal) return;
-      // Judge the replies first: a replica that answered differently ends DIVERGED, not CLOSED.
-      if (this.endSent && this.acked === this.queued) this.replyEnd();
-      if (this.terminal) return;
-      if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
-      else this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED");
+      if (this.state === "CONNECTING") return this.detach("CONNECT_FAILED");
+      // Bytes it never took are lost to it; else its replies are over (a protocol's close after
+      // its last answer, like QUIT), and it is judged on them once the client's stream ends.
+      if (this.acked < this.queued) return this.detach("REPLICA_CLOSED");
+      this.closed = true;
+      this.events.changed();
     });
   }
 
   get terminal(): boolean { return this.state === "DETACHED" || this.state === "CLOSED"; }
   get lag(): number { return this.queued - this.acked; }
+  /** Every byte of the connection was written to the replica (and its end sent, or it had closed). */
+  get delivered(): boolean { return this.ending && this.acked === this.queued && (this.endSent || this.closed); }
 
   progress(): ReplicaProgress {
     return { name: this.target.name, queued: this.queued, acked: this.acked, state: this.state, reason: this.reason };
@@ -94,6 +106,7 @@ export class ReplicaLink {
   /** Queue `bytes` for the replica (written in order once connected). */
   push(bytes: Buffer): void {
     if (this.terminal || this.ending) return;
+    if (this.closed) return this.detach("REPLICA_CLOSED"); // it closed, and the client goes on
     if (this.lag + bytes.length > this.limits.maxLagBytesPerConnection) return this.detach("LAG_BOUND");
     if (!this.budget.take(bytes.length)) return this.detach("RELAY_BOUND");
     this.queued += bytes.length;
@@ -108,40 +121,34 @@ export class ReplicaLink {
       this.budget.give(bytes.length);
       this.metrics.replicaAcked.add(bytes.length, this.labels);
       this.metrics.replicaLag.add(-bytes.length, this.labels);
-      this.onProgress();
-      this.maybeEnd();
+      this.events.progress();
+      if (this.maybeEnd()) this.events.changed();
     });
   }
 
   /** No more bytes: half-close the replica connection once everything is written. */
   end(): void {
+    if (this.ending) return;
     this.ending = true;
     this.maybeEnd();
   }
 
-  private maybeEnd(): void {
-    if (this.ending && !this.endSent && this.state === "LIVE" && this.acked === this.queued) {
-      this.endSent = true;
-      this.socket.end();
-    }
+  private maybeEnd(): boolean {
+    if (!this.ending || this.endSent || this.closed || this.state !== "LIVE" || this.acked !== this.queued) return false;
+    this.endSent = true;
+    this.socket.end();
+    return true;
   }
 
-  /** The connection's finish timeout passed: if everything was written and half-closed, the
-   *  replica merely did not close its side, so finish it ourselves; else it never took the
-   *  last bytes (STALLED). */
-  closeIfDelivered(): void {
-    if (this.terminal) return;
-    this.replyEnd(); // what it answered by now is all it answered
-    if (this.terminal) return;
-    if (this.endSent && this.acked === this.queued) this.finish("CLOSED");
-    else this.detach("STALLED");
-  }
-
-  private replyEnded = false;
-  private replyEnd(): void {
-    if (this.replyEnded || this.terminal) return;
-    this.replyEnded = true;
-    this.replies?.end();
+  /** Whether the replica took bytes since the last call: a write completed, or the kernel took
+   *  part of the one in progress (a large write completes only once the whole of it is taken). */
+  tookBytes(now: number): boolean {
+    const unwritten = (this.socket as WithHandle)._handle?.writeQueueSize ?? 0;
+    const took = this.acked !== this.sampledAcked || unwritten < this.sampledUnwritten;
+    this.sampledAcked = this.acked;
+    this.sampledUnwritten = unwritten;
+    if (took) this.lastProgressAt = now;
+    return took;
   }
 
   /** Out of sync for this connection: free everything now. */
@@ -151,10 +158,10 @@ export class ReplicaLink {
     this.reason = reason;
     this.metrics.replicaDetaches.add(1, { ...this.labels, reason });
     this.release();
-    this.onStateChange();
+    this.events.changed();
   }
 
-  /** The client connection was reset: drop the replica connection without counting a detach. */
+  /** The client's stream was lost: drop the replica connection (counted, no ACK can follow). */
   abandon(): void {
     if (this.terminal) return;
     this.state = "DETACHED";
@@ -163,10 +170,12 @@ export class ReplicaLink {
     this.release();
   }
 
-  private finish(state: "CLOSED"): void {
-    this.state = state;
+  /** Delivered and judged: close the replica's connection (it may still be answering). */
+  finish(): void {
+    if (this.terminal) return;
+    this.state = "CLOSED";
     this.release();
-    this.onStateChange();
+    this.events.changed();
   }
 
   private release(): void {

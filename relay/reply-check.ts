@@ -6,7 +6,8 @@
 //
 // Per replica:   open ──window mismatch / more or fewer bytes than the primary──► diverged
 //                  │ ──every byte the primary said is matched──► matched
-//                  └──more than MAX_PENDING_WINDOWS digests waiting for the other side──► abandoned
+//                  ├──more than MAX_PENDING_WINDOWS digests waiting for the other side──► abandoned
+//                  └──given up (left the connection for another reason, replies too late)──► abandoned
 //
 // Memory: the primary's digests not yet compared by every open replica, and each replica's
 // digests not yet matched by the primary's, each at most MAX_PENDING_WINDOWS numbers.
@@ -89,10 +90,14 @@ export class ReplyCheck<K> {
 
   addReplica(replica: K): void { this.sides.set(replica, new ReplicaSide()); }
 
-  /** The replica left the connection for another reason: forget it. */
-  removeReplica(replica: K): void {
-    this.sides.delete(replica);
-    this.trimPrimary();
+  /** Stop checking a replica that has no verdict yet (it left the connection for another
+   *  reason, or its replies did not come in time): its verdict is "abandoned", with `why`. Every
+   *  replica added ends with exactly one verdict: matched, diverged or abandoned. */
+  giveUp(replica: K, why: string): void {
+    const s = this.sides.get(replica);
+    if (!s || s.verdict !== "open") return;
+    this.settle(replica, s, "abandoned");
+    this.events.abandoned(replica, why);
   }
 
   verdict(replica: K): Verdict { return this.sides.get(replica)?.verdict ?? "open"; }

@@ -1,9 +1,13 @@
 // The relay process's parts put together: the gRPC server that accepts one stream per
-// client connection, the shared byte budget, the metrics endpoint, and the replica set.
+// client connection, the shared byte budget, the metrics endpoint, and each service's replica
+// set. Every start has a new instance id (in /stats and the service view): a relay that
+// restarted lost its connections' sessions, and the controller must be able to tell.
 import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { randomBytes } from "node:crypto";
 import { parseReplicas, RelayConfigError, type RelayConfig, type ReplicaTarget } from "./config.ts";
+import { ReplicaSets, type ServiceView } from "./replica-sets.ts";
 import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
 import { MirrorSession, type MirrorCall } from "./mirror-session.ts";
@@ -27,10 +31,12 @@ export interface RelayServer {
   readonly grpcPort: number;
   readonly metricsPort: number;
   readonly metrics: RelayMetrics;
-  /** Replace the replica set for connections that open from now on: of `service`, or the
-   *  default set (services without a set of their own) when `service` is omitted. */
-  setReplicas(replicas: unknown, service?: string): Promise<void>;
-  replicas(service?: string): readonly ReplicaTarget[];
+  /** Random, new at every start. */
+  readonly instance: string;
+  /** Replace `service`'s replica set for connections that open from now on. */
+  setReplicas(replicas: unknown, service: string): void;
+  /** The service's set (null if none is known) and its open connections. */
+  view(service: string): ServiceView;
   close(): Promise<void>;
 }
 
@@ -53,16 +59,16 @@ function readBody(req: IncomingMessage): Promise<string> {
 
 export async function startRelay(config: RelayConfig, log: (line: string) => void = () => {}): Promise<RelayServer> {
   const metrics = new RelayMetrics();
+  const instance = randomBytes(8).toString("hex");
   const budget = new ByteBudget(config.limits.maxQueuedBytesTotal, metrics);
-  let defaultReplicas = config.replicas;
-  const byService = new Map<string, readonly ReplicaTarget[]>();
-  const replicasOf = (service?: string) => (service !== undefined && byService.get(service)) || defaultReplicas;
-  const setReplicas = async (raw: unknown, service?: string) => {
-    const next = parseReplicas(raw);
-    if (service === undefined) defaultReplicas = next; else byService.set(service, next);
-    log(`replica set${service === undefined ? "" : ` of "${service}"`} now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+  const sets = new ReplicaSets(config.services);
+  const setReplicas = (raw: unknown, service: string) => {
+    const next: readonly ReplicaTarget[] = parseReplicas(raw);
+    sets.set(service, next);
+    log(`replica set of "${service}" now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
   };
-  const ctx = { config, budget, metrics, log, replicas: replicasOf };
+  const view = (service: string) => ({ ...sets.view(service), instance });
+  const ctx = { config, budget, metrics, log, sets };
 
   const grpc = new Server({
     "grpc.max_receive_message_length": MAX_FRAME_BYTES,
@@ -87,8 +93,8 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
       try { raw = JSON.parse(await readBody(req)); }
       catch (err) { throw new RelayConfigError(err instanceof RelayConfigError ? err.message : `body is not valid JSON: ${(err as Error).message}`); }
       if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...]}');
-      await setReplicas((raw as { replicas: unknown }).replicas, service);
-      json(res, 200, { service, replicas: replicasOf(service) });
+      setReplicas((raw as { replicas: unknown }).replicas, service);
+      json(res, 200, view(service));
     } catch (err) {
       if (!(err instanceof RelayConfigError)) throw err;
       json(res, 400, { error: err.message });
@@ -98,18 +104,18 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
     const url = req.url ?? "/";
     const serviceReplicas = SERVICE_REPLICAS_PATH.exec(url.split("?")[0]);
     if (serviceReplicas && req.method === "PUT") { control(req, res, serviceReplicas[1]).catch(() => json(res, 500, { error: "internal error" })); return; }
-    if (serviceReplicas && req.method === "GET") { json(res, 200, { service: serviceReplicas[1], replicas: replicasOf(serviceReplicas[1]) }); return; }
+    if (serviceReplicas && req.method === "GET") { json(res, 200, view(serviceReplicas[1])); return; }
     if (url.startsWith("/metrics")) { res.writeHead(200, { "content-type": "text/plain; version=0.0.4" }); res.end(metrics.prometheus()); }
-    else if (url.startsWith("/stats")) { res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify(metrics.json())); }
-    else if (url.startsWith("/healthz")) { res.writeHead(200, { "content-type": "text/plain" }); res.end("ok\n"); }
+    else if (url.startsWith("/stats")) { res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify({ instance, ...metrics.json() })); }
+    else if (url.startsWith("/healthz")) { res.writeHead(200, { "content-type": "text/plain" }); res.end(`ok ${instance}\n`); }
     else { res.writeHead(404, { "content-type": "text/plain" }); res.end("not found: try /metrics, /stats, /healthz or /v1/services/<service>/replicas\n"); }
   });
   await new Promise<void>((resolve, reject) => { http.once("error", reject); http.listen(config.metrics.port, config.metrics.host, () => resolve()); });
   const metricsPort = (http.address() as AddressInfo).port;
 
   return {
-    grpcPort, metricsPort, metrics,
-    replicas: replicasOf,
+    grpcPort, metricsPort, metrics, instance,
+    view,
     setReplicas,
     async close() {
       await new Promise<void>((resolve) => grpc.tryShutdown(() => resolve()));

@@ -139,7 +139,9 @@ async function main(): Promise<void> {
   writeFileSync(relayConfig, JSON.stringify({
     listen: { host: c.relay.address, port: c.relay.port },
     metrics: { host: c.relay.address, port: c.relay.metricsPort },
-    replicas: c.replicas,
+    // With a controller, it sets each service's replica set (and keeps it right); the relay
+    // waits for it rather than start from a set that may be out of date.
+    services: c.controller ? {} : { [c.service]: c.replicas },
     limits: { maxLagBytesPerConnection: c.limits.maxLagBytesPerConnection, maxQueuedBytesTotal: c.limits.maxQueuedBytesTotal },
   }, null, 2));
   spawnLogged("relay", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig]);

@@ -38,7 +38,7 @@ export async function startPlain(primaryPort: number): Promise<Setup> {
 
 export async function startLockstep(primaryPort: number, replicaServers: Backends, n: number, compareReplies = true): Promise<Setup> {
   const replicas = replicaSpecs(replicaServers, n);
-  const relay = await startRelay({ replicas });
+  const relay = await startRelay({ replicas, service: SERVICE });
   pin(relay.process.child.pid!, LOAD_CPU);
   const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas, relayPort: relay.port, service: SERVICE, compareReplies });
   pin(envoy.process.child.pid!, ENVOY_CPU);

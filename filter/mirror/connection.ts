@@ -1,10 +1,17 @@
 // One client connection's mirror: its gRPC stream to the relay, the bytes sent and
 // acknowledged, and what the relay reports of each replica. Lives from the connection's
 // first event until the relay's final answer (or a cancel), which may outlast the
-// connection's own context. Never holds client bytes: what is sent is the relay's to keep,
-// bounded by the in-flight limits. With compare_replies it also digests the primary's reply
-// stream (read, never changed or held) in windows aligned by offset, and sends the digests;
-// its state for that is a few numbers per connection.
+// connection's own context. Never holds client bytes itself: a client byte is sent to the
+// relay exactly when it is passed on to the primary (bytes Envoy holds while the connection
+// waits for the relay are sent when they go on, and never if the connection ends first), so
+// the replicas get exactly the bytes the primary got. With compare_replies it also digests
+// the primary's reply stream (read, never changed or held) in windows aligned by offset, and
+// sends the digests; its state for that is a few numbers per connection.
+//
+// Evidence for the controller, counted once per connection when it is known: a replica that
+// did not provably take every byte the primary took (replica.<name>.missed_connections), and a
+// connection whose bytes reached no replica the relay named (unmirrored_connections: every
+// replica of the service missed them).
 import * as host from "../abi/host";
 import { BufferType } from "../abi/constants";
 import { freeHostBuffer, HOST_BUFFER_HEADROOM } from "../abi/memory";
@@ -43,6 +50,8 @@ export const STATE_DONE: u8 = 3;
 export const STATE_NO_REPLICAS: u8 = 4;
 
 class ReplicaView {
+  /** Counted in missed_connections for this connection. */
+  missed: bool = false;
   constructor(public name: string, public queued: u64, public acked: u64, public state: u8) {}
 }
 
@@ -56,12 +65,20 @@ export class MirrorConnection {
   received: u64 = 0;
   endSent: bool = false;
   closingSinceNs: u64 = 0;
-  /** The client's bytes are held in Envoy (we returned PAUSE) until the relay catches up. */
+  /** The client's bytes are held in Envoy (we returned PAUSE) until the relay catches up;
+   *  none of them is sent before they go on to the primary. */
   paused: bool = false;
   pausedSinceNs: u64 = 0;
-  /** While paused, Envoy's buffer keeps growing and is handed to us whole on each read:
-   *  this many of its bytes were mirrored already. */
-  bufferedMirrored: usize = 0;
+  /** Size of Envoy's held buffer (it grows, and is handed over whole, on each read). */
+  heldBytes: usize = 0;
+  /** The client half-closed while its bytes were held: END follows them. */
+  endHeld: bool = false;
+  /** Client bytes passed on to the primary, mirrored or not. */
+  taken: u64 = 0;
+  /** Counted in unmirrored_connections. */
+  private unmirroredCounted: bool = false;
+  /** The relay said this connection has no replica: its bytes are mirrored nowhere, by design. */
+  private withoutReplicas: bool = false;
   replicas: ReplicaView[] = [];
   /** Digesting the primary's replies (compare_replies, and the stream is usable for it). */
   comparing: bool;
@@ -109,16 +126,17 @@ export class MirrorConnection {
     return token;
   }
 
-  /** Mirror the bytes of DOWNSTREAM_DATA (`size` long) not mirrored yet. Only from on_downstream_data. */
-  mirrorDownstream(size: usize): void {
-    const start = this.bufferedMirrored;
-    if (size <= start || this.state == STATE_NO_REPLICAS) return;
-    const fresh = size - start;
-    if (!this.mirroring) { this.skip(fresh); return; }
+  /** The `size` bytes of DOWNSTREAM_DATA go on to the primary now: mirror them (all of them:
+   *  bytes are never sent while held). From on_downstream_data, or while Envoy holds them. */
+  passDownstream(size: usize): void {
+    if (size == 0) return;
+    this.taken += size;
+    if (this.withoutReplicas) return;
+    if (!this.mirroring) { this.skip(size); return; }
     // The host copies the bytes into memory we allocate, with headroom in front of them:
     // the DATA header goes there, and header + payload go out in one send, uncopied.
-    const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, start, fresh);
-    if (payload == 0) { this.skip(fresh); return; }
+    const payload = host.getBufferBytesRaw(BufferType.DOWNSTREAM_DATA, 0, size);
+    if (payload == 0) { this.skip(size); return; }
     const length = host.lastReturnedSize();
     const frame = payload - DATA_HEADER_BYTES;
     writeDataHeader(frame, this.sent);
@@ -179,7 +197,7 @@ export class MirrorConnection {
     this.replyEndSent = true;
   }
 
-  /** The client half-closed: tell the relay where its stream ends. */
+  /** The client half-closed (after every byte it sent went on): tell the relay where its stream ends. */
   endDownstream(): void {
     if (!this.mirroring || this.endSent) return;
     const frame = encodeEnd(this.sent);
@@ -187,9 +205,11 @@ export class MirrorConnection {
     this.endSent = true;
   }
 
-  /** The client connection is over: half-close the stream; the relay flushes and answers. */
+  /** The client connection is over: half-close the stream; the relay flushes and answers.
+   *  Bytes Envoy still held never reached the primary: they are not sent. */
   finish(nowNs: u64): void {
     this.paused = false; // the connection is gone: nothing to resume
+    this.heldBytes = 0;
     if (this.state == STATE_STREAMING) {
       // The connection ended before the primary ended its replies (if it had, REPLY_END is out).
       this.endReplies(REPLY_END_CUT);
@@ -209,6 +229,7 @@ export class MirrorConnection {
     if (ack.replicas.length == 0 && this.replicas.length == 0 && this.state == STATE_STREAMING) {
       // No replica to feed: stop sending; the relay ends the stream once we half-close.
       this.state = STATE_NO_REPLICAS;
+      this.withoutReplicas = true;
       this.closingSinceNs = host.nowNanoseconds();
       this.stats.add(this.stats.connectionsWithoutReplicas, 1);
       host.grpcClose(this.token);
@@ -261,6 +282,30 @@ export class MirrorConnection {
     this.stats.add(this.stats.inflightBytes, -<i64>this.inflight);
     this.received = this.sent;
     this.state = STATE_DONE;
+    this.countMissed(complete);
+  }
+
+  /**
+   * Count, once per connection, each replica that did not provably take every byte the primary
+   * took so far: one the relay did not report CLOSED (every byte delivered, replies judged) that
+   * is short of bytes, or any not CLOSED once the stream was lost (bytes the relay wrote may
+   * still have been in its socket buffers when it went). With no replica named by the relay,
+   * the connection counts as unmirrored: every replica of the service missed its bytes.
+   */
+  private countMissed(complete: bool): void {
+    if (this.taken == 0 || this.withoutReplicas) return;
+    if (this.replicas.length == 0) {
+      if (!this.unmirroredCounted) { this.unmirroredCounted = true; this.stats.add(this.stats.unmirroredConnections, 1); }
+      return;
+    }
+    for (let i = 0; i < this.replicas.length; i++) {
+      const v = this.replicas[i];
+      if (v.missed || v.state == REPLICA_CLOSED) continue;
+      if (!complete || this.taken > v.acked) {
+        v.missed = true;
+        this.stats.add(this.stats.replica(v.name).missedConnections, 1);
+      }
+    }
   }
 
   /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream. */
@@ -269,7 +314,9 @@ export class MirrorConnection {
     this.end(false);
   }
 
+  /** Bytes went on to the primary without a mirror (stream lost, cut, or never opened). */
   private skip(size: usize): void {
     this.stats.add(this.stats.bytesUnmirrored, <i64>size);
+    this.countMissed(false);
   }
 }

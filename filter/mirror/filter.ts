@@ -1,7 +1,7 @@
 // The network context of one client connection: feeds the connection's mirror from Envoy's
 // data callbacks. Never changes the bytes. Returns Pause only while the relay (a local
 // process, never a replica) is behind by more than the in-flight bound, for at most the
-// stall timeout; never pauses the primary's replies.
+// stall timeout, and then mirrors nothing until the bytes go on; never pauses the primary's replies.
 import { NetworkContext } from "../abi/context";
 import { Action } from "../abi/constants";
 import * as host from "../abi/host";
@@ -16,15 +16,14 @@ export class MirrorFilter extends NetworkContext {
 
   onDownstreamData(size: usize, endOfStream: bool): u32 {
     this.mirrorRoot.open(this.mirror);
-    const pause = this.mirrorRoot.mirrorDownstream(this.mirror, size);
-    if (endOfStream) this.mirror.endDownstream();
-    if (pause) {
+    if (this.mirrorRoot.mustWait(this.mirror, size)) {
       // The relay is behind: hold these bytes in Envoy (its read buffer's watermarks then
       // stop reading the client) until an ACK, or the stall timeout, resumes the connection.
-      this.mirror.bufferedMirrored = size;
+      // They are mirrored when they go on: if the client resets first, neither gets them.
+      this.mirrorRoot.hold(this.mirror, size, endOfStream);
       return Action.PAUSE;
     }
-    this.mirror.bufferedMirrored = 0;
+    this.mirrorRoot.pass(this.mirror, size, endOfStream);
     return Action.CONTINUE;
   }
 

@@ -1,6 +1,7 @@
 // The plugin's root context: reads the configuration, owns every connection's mirror
-// (gRPC callbacks arrive here and are routed by token), enforces the per-worker in-flight
-// bound and reaps streams whose relay never answered.
+// (gRPC callbacks arrive here and are routed by token), enforces the in-flight bounds (a
+// connection whose next bytes would pass one waits, its bytes held by Envoy, until the relay
+// catches up) and reaps streams whose relay never answered.
 import { RootContext, NetworkContext } from "../abi/context";
 import { BufferType, GrpcStatus } from "../abi/constants";
 import * as host from "../abi/host";
@@ -50,33 +51,47 @@ export class MirrorRoot extends RootContext {
     if (token != 0 && before == 0) this.byToken.set(token, mirror);
   }
 
-  /** Mirror DOWNSTREAM_DATA. Returns true if the connection must wait for the relay (PAUSE). */
-  mirrorDownstream(mirror: MirrorConnection, size: usize): bool {
-    const before = mirror.sent;
-    mirror.mirrorDownstream(size);
-    this.inflightTotal += mirror.sent - before;
+  /** Whether `size` more bytes would pass a bound while the relay still holds some: then the
+   *  connection waits (PAUSE) with the bytes unsent. A connection with nothing in flight always
+   *  goes on (one read may pass the bound: at most 1 MiB, Envoy's read size). */
+  mustWait(mirror: MirrorConnection, size: usize): bool {
     if (!mirror.mirroring) return false;
-    if (mirror.inflight > this.config.maxInflightBytesPerConnection || this.inflightTotal > this.config.maxInflightBytesTotal) {
-      if (!mirror.paused) {
-        mirror.paused = true;
-        mirror.pausedSinceNs = host.nowNanoseconds();
-        const stats = changetype<MirrorStats>(this.stats);
-        stats.add(stats.pauses, 1);
-      }
-      return true;
-    }
-    return false;
+    return (mirror.inflight > 0 && mirror.inflight + size > this.config.maxInflightBytesPerConnection) ||
+      (this.inflightTotal > 0 && this.inflightTotal + size > this.config.maxInflightBytesTotal);
   }
 
-  /** Let a paused connection's bytes go on to the primary once the relay has caught up. */
+  /** Hold the connection's bytes (Envoy keeps them; `size` is its whole buffer by now). */
+  hold(mirror: MirrorConnection, size: usize, endOfStream: bool): void {
+    mirror.heldBytes = size;
+    if (endOfStream) mirror.endHeld = true;
+    if (mirror.paused) return;
+    mirror.paused = true;
+    mirror.pausedSinceNs = host.nowNanoseconds();
+    const stats = changetype<MirrorStats>(this.stats);
+    stats.add(stats.pauses, 1);
+  }
+
+  /** `size` bytes of DOWNSTREAM_DATA go on to the primary: mirror them first. */
+  pass(mirror: MirrorConnection, size: usize, endOfStream: bool): void {
+    const before = mirror.sent;
+    mirror.paused = false;
+    mirror.heldBytes = 0;
+    mirror.passDownstream(size);
+    this.inflightTotal += mirror.sent - before;
+    if (endOfStream || mirror.endHeld) mirror.endDownstream();
+    mirror.endHeld = false;
+  }
+
+  /** Let a paused connection's bytes go on (mirrored as they go) once the relay has caught up,
+   *  or at once (`force`) when its mirror is gone. */
   private maybeResume(mirror: MirrorConnection, force: bool): void {
     if (!mirror.paused) return;
     const caughtUp = mirror.inflight <= this.config.maxInflightBytesPerConnection / 2 &&
       this.inflightTotal <= this.config.maxInflightBytesTotal / 4 * 3;
     if (!force && !caughtUp) return;
-    mirror.paused = false;
-    mirror.bufferedMirrored = 0;
-    if (host.setEffectiveContext(mirror.contextId)) host.continueDownstream();
+    if (!host.setEffectiveContext(mirror.contextId)) { mirror.paused = false; return; } // the connection is gone
+    this.pass(mirror, mirror.heldBytes, false);
+    host.continueDownstream();
   }
 
   /** Forget `mirror`'s stream: cancel it (if `cancel`), release its in-flight bytes, and let
@@ -86,6 +101,24 @@ export class MirrorRoot extends RootContext {
     this.byToken.delete(mirror.token);
     if (cancel) mirror.cancel();
     this.maybeResume(mirror, true);
+  }
+
+  private largestInFlight(fallback: MirrorConnection): MirrorConnection {
+    let largest = fallback;
+    const mirrors = this.byToken.values();
+    for (let i = 0; i < mirrors.length; i++) if (mirrors[i].mirroring && mirrors[i].inflight > largest.inflight) largest = mirrors[i];
+    return largest;
+  }
+
+  /** Cut `victim`'s mirror because the relay stalled while `waiting` waited. */
+  private cut(victim: MirrorConnection, waiting: MirrorConnection): void {
+    host.logWarn("lockstep: relay stalled for " + this.config.relayStallTimeoutMs.toString() + " ms" +
+      (victim === waiting ? "" : " (connection " + waiting.contextId.toString() + " waits for this worker's total in flight)") +
+      "; mirror of connection " + victim.contextId.toString() + " cut (" + victim.inflight.toString() + " bytes unacknowledged), it goes on unmirrored");
+    const stats = changetype<MirrorStats>(this.stats);
+    stats.add(stats.overflows, 1);
+    this.drop(victim, true);
+    if (victim !== waiting) this.maybeResume(waiting, false); // the total fell
   }
 
   onGrpcReceive(token: u32, size: usize): void {
@@ -124,15 +157,15 @@ export class MirrorRoot extends RootContext {
     const now = host.nowNanoseconds();
     const closeLimit = this.config.closeTimeoutMs * 1_000_000;
     const stallLimit = this.config.relayStallTimeoutMs * 1_000_000;
-    const stats = changetype<MirrorStats>(this.stats);
     const mirrors = this.byToken.values();
     for (let i = 0; i < mirrors.length; i++) {
       const m = mirrors[i];
       if (m.paused && now - m.pausedSinceNs > stallLimit) {
-        host.logWarn("lockstep: relay stalled for " + this.config.relayStallTimeoutMs.toString() + " ms on connection " +
-          m.contextId.toString() + " (" + m.inflight.toString() + " bytes unacknowledged); mirror cut, connection goes on");
-        stats.add(stats.overflows, 1);
-        this.drop(m, true);
+        // The relay stalled. If this connection waits for its own bytes in flight, its mirror
+        // is cut; if it waits for the worker's total, the connection holding the most is cut
+        // (cutting one with nothing in flight frees nothing), and this one resumes as the total falls.
+        const own = m.inflight > 0 && m.inflight + <u64>m.heldBytes > this.config.maxInflightBytesPerConnection;
+        this.cut(own ? m : this.largestInFlight(m), m);
       } else if (m.paused) {
         this.maybeResume(m, false); // the worker-wide total may have fallen through other connections' ACKs
       } else if ((m.state == STATE_CLOSING || m.state == STATE_NO_REPLICAS) && now - m.closingSinceNs > closeLimit) {

@@ -6,6 +6,9 @@ import { MetricType } from "../abi/constants";
 
 export class ReplicaStats {
   connections: u32; bytesMirrored: u32; bytesAcked: u32; detaches: u32; completed: u32;
+  /** Connections on which it did not provably take every byte the primary took: out of sync
+   *  for the service (the controller reads this). */
+  missedConnections: u32;
   /** Connections on which its replies differed from the primary's (also counted in detaches). */
   divergences: u32;
   constructor(prefix: string) {
@@ -15,6 +18,7 @@ export class ReplicaStats {
     this.detaches = defineMetric(MetricType.COUNTER, prefix + "detaches");
     this.completed = defineMetric(MetricType.COUNTER, prefix + "completed");
     this.divergences = defineMetric(MetricType.COUNTER, prefix + "divergences");
+    this.missedConnections = defineMetric(MetricType.COUNTER, prefix + "missed_connections");
   }
 }
 
@@ -35,6 +39,9 @@ export class MirrorStats {
   overflows: u32;
   /** Times a connection's client bytes waited in Envoy for the relay to catch up. */
   pauses: u32;
+  /** Connections whose bytes reached no replica the relay named (stream never opened, or lost
+   *  before the relay's first answer, or the relay had no set): every replica missed them. */
+  unmirroredConnections: u32;
   /** Connections the relay had no replica for: after its first answer, nothing is sent. */
   connectionsWithoutReplicas: u32;
   /** Bytes sent to the relay and not yet acknowledged, summed over this worker. */
@@ -59,6 +66,7 @@ export class MirrorStats {
     this.overflows = defineMetric(MetricType.COUNTER, p + "overflows");
     this.pauses = defineMetric(MetricType.COUNTER, p + "pauses");
     this.connectionsWithoutReplicas = defineMetric(MetricType.COUNTER, p + "connections_without_replicas");
+    this.unmirroredConnections = defineMetric(MetricType.COUNTER, p + "unmirrored_connections");
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
     this.replyBytesDigested = defineMetric(MetricType.COUNTER, p + "reply_bytes_digested");

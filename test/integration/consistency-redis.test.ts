@@ -54,7 +54,7 @@ interface Stack { primary: RedisHandle; replicas: RedisHandle[]; relay: RelayHan
 async function startStack(compareReplies: boolean): Promise<Stack> {
   const [primary, ...replicas] = await Promise.all(["primary", "replica-a", "replica-b"].map((n) => startRedis(n)));
   const specs = replicas.map((r) => ({ name: r.name, address: r.address }));
-  const relay = await startRelay({ replicas: specs });
+  const relay = await startRelay({ replicas: specs, service: SERVICE });
   const envoy = await startEnvoy({ primary: primary.address, replicas: specs, relayPort: relay.port, service: SERVICE, compareReplies, concurrency: 2 });
   return { primary, replicas, relay, envoy };
 }

@@ -8,10 +8,13 @@ import { startProcess, type Managed } from "./processes.ts";
 import { freePorts, waitFor } from "./ports.ts";
 
 export interface RelayOptions {
-  replicas: { name: string; address: string }[];
+  /** The replica set of `service` known at start; none: the relay waits for a controller to set it. */
+  replicas?: { name: string; address: string }[];
+  /** The service those replicas belong to (Envoy's side: startEnvoy's `service`, "itest" by default). */
+  service?: string;
   port?: number;
   metricsPort?: number;
-  limits?: { maxLagBytesPerConnection?: number; maxQueuedBytesTotal?: number; connectTimeoutMs?: number };
+  limits?: { maxLagBytesPerConnection?: number; maxQueuedBytesTotal?: number; connectTimeoutMs?: number; stallTimeoutMs?: number; replyWaitMs?: number; setWaitMs?: number; finishTimeoutMs?: number };
 }
 
 export interface RelayHandle {
@@ -44,7 +47,7 @@ export async function startRelay(options: RelayOptions): Promise<RelayHandle> {
   writeFileSync(configPath, JSON.stringify({
     listen: { host: "127.0.0.1", port },
     metrics: { host: "127.0.0.1", port: metricsPort },
-    replicas: options.replicas,
+    services: options.replicas ? { [options.service ?? "itest"]: options.replicas } : {},
     limits: options.limits ?? {},
   }));
   const proc = startProcess("relay", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", configPath], { cwd: PROJECT_ROOT });

@@ -80,7 +80,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }));
   const members = new Map(started.map((m) => [m.name, m]));
   const all = [...members.values()];
-  const relay = await startRelay({ replicas: [] });
+  const relay = await startRelay({}); // the controller sets the replica set
   const dir = mkdtempSync(join(tmpdir(), "lockstep-stack-"));
   const storePath = join(dir, "controller.json");
   const healthCheck = options.healthCheck ?? { send: "PING\n", expect: "PONG", intervalMs: 100, timeoutMs: 250 };

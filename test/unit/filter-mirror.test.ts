@@ -182,29 +182,83 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stat(host, "bytes_unmirrored")).toBe(5);
   });
 
-  it("pauses the client while the relay is behind, mirrors only new bytes of Envoy's grown buffer, and resumes on ACK", () => {
+  /** An ACK from a relay with one live replica that took everything received. */
+  const ackLive = (received: number) => encodeAck(received, [{ name: "r1", queued: received, acked: received, state: "LIVE", reason: "NONE" }]);
+  /** Frames of the connection's stream after OPEN, as [type, offset or total, length]. */
+  const shape = (host: NetworkHost) => framesOf(host).map((f) =>
+    f.type === "DATA" ? ["DATA", f.offset, f.bytes.length] : f.type === "END" ? ["END", f.totalBytes] : [f.type]);
+
+  it("holds the client's bytes unsent while the relay is behind, and mirrors them exactly when they go on to the primary", () => {
     const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000 });
     const conn = fixtureConnection(host);
-    const first = conn.downstreamData(Buffer.alloc(1500, 1));
-    expect(first.action).toBe(Action.PAUSE);
-    expect(conn.downstreamData(Buffer.alloc(200, 2)).action).toBe(Action.PAUSE); // Envoy hands over 1700 bytes
+    expect(conn.downstreamData(Buffer.alloc(1500, 1)).action).toBe(Action.CONTINUE); // nothing in flight: it goes
+    expect(conn.downstreamData(Buffer.alloc(200, 2)).action).toBe(Action.PAUSE); // 1500 in flight + 200 > 1000
+    expect(conn.downstreamData(Buffer.alloc(100, 3)).action).toBe(Action.PAUSE); // Envoy hands over its 300 bytes
+    expect(shape(host)).toEqual([["DATA", 0, 1500]]); // held bytes are not sent
     const [stream] = host.grpcStreams.values();
-    const data = stream.sent.slice(1).map((b) => decodeFilterFrame(b));
-    expect(data.map((f) => f.type === "DATA" && [f.offset, f.bytes.length])).toEqual([[0, 1500], [1500, 200]]);
-    expect(conn.toUpstream).toHaveLength(0);
-    host.grpcReceive(stream.token, encodeAck(1100, [])); // 600 in flight: still above half the bound
+    host.grpcReceive(stream.token, ackLive(900)); // 600 in flight: above half the bound
     expect(conn.continued).toBe(0);
-    host.grpcReceive(stream.token, encodeAck(1700, []));
+    host.grpcReceive(stream.token, ackLive(1500));
     expect(conn.continued).toBe(1);
-    expect(Buffer.concat(conn.toUpstream)).toEqual(Buffer.concat([Buffer.alloc(1500, 1), Buffer.alloc(200, 2)]));
+    expect(shape(host)).toEqual([["DATA", 0, 1500], ["DATA", 1500, 300]]);
+    expect(Buffer.concat(conn.toUpstream)).toEqual(Buffer.concat([Buffer.alloc(1500, 1), Buffer.alloc(200, 2), Buffer.alloc(100, 3)]));
     expect(stat(host, "pauses")).toBe(1);
     expect(conn.downstreamData("x").action).toBe(Action.CONTINUE);
+    expect(host.violations).toEqual([]);
   });
 
-  it("gives up on a stalled relay after the stall timeout: mirror cut, connection resumed", () => {
+  it("never sends the replicas bytes the primary did not get: a client reset while its bytes are held (issue 8, defect 3)", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000 });
+    const conn = fixtureConnection(host);
+    conn.downstreamData(Buffer.alloc(1500, 1));
+    expect(conn.downstreamData(Buffer.alloc(700, 2)).action).toBe(Action.PAUSE);
+    conn.closeDownstream(); // the client reset: Envoy drops the 700 held bytes
+    conn.done();
+    const [stream] = host.grpcStreams.values();
+    expect(shape(host)).toEqual([["DATA", 0, 1500], ["REPLY_END"]]);
+    expect(stream.closedByModule).toBe("close");
+    expect(Buffer.concat(conn.toUpstream).length).toBe(1500);
+    expect(stat(host, "bytes_sent")).toBe(1500);
+    expect(stat(host, "bytes_unmirrored")).toBe(0);
+  });
+
+  it("sends END after the held bytes when the client half-closed while they were held", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000 });
+    const conn = fixtureConnection(host);
+    conn.downstreamData(Buffer.alloc(1500, 1));
+    expect(conn.downstreamData(Buffer.alloc(10, 2), true).action).toBe(Action.PAUSE);
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, ackLive(1500));
+    expect(shape(host)).toEqual([["DATA", 0, 1500], ["DATA", 1500, 10], ["END", 1510]]);
+  });
+
+  it("clears the wait when Envoy's next read finds the relay caught up, so the stall timeout never cuts a flowing connection (issue 8, defect 7)", () => {
     const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000, relay_stall_timeout_ms: 300 });
     const conn = fixtureConnection(host);
-    expect(conn.downstreamData(Buffer.alloc(2000)).action).toBe(Action.PAUSE);
+    conn.downstreamData(Buffer.alloc(900, 1));
+    expect(conn.downstreamData(Buffer.alloc(200, 2)).action).toBe(Action.PAUSE);
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, ackLive(300)); // 600 in flight: not enough to resume (half the bound)...
+    expect(conn.continued).toBe(0);
+    expect(conn.downstreamData(Buffer.alloc(50, 3)).action).toBe(Action.CONTINUE); // ...but 600 + 250 fits: it goes on
+    // Flowing again, with bytes in flight all the time, for longer than the stall timeout.
+    let sent = 1150;
+    for (let i = 0; i < 10; i++) {
+      host.advance(100); host.tick();
+      host.grpcReceive(stream.token, ackLive(sent - 200));
+      expect(conn.downstreamData(Buffer.alloc(300, 4)).action).toBe(Action.CONTINUE);
+      sent += 300;
+    }
+    expect(stat(host, "overflows")).toBe(0);
+    expect(stream.closedByModule).not.toBe("cancel");
+    expect(shape(host)).toEqual([["DATA", 0, 900], ["DATA", 900, 250], ...Array.from({ length: 10 }, (_, i) => ["DATA", 1150 + 300 * i, 300])]);
+  });
+
+  it("gives up on a stalled relay after the stall timeout: mirror cut, held bytes go on unmirrored, counted", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000, relay_stall_timeout_ms: 300 });
+    const conn = fixtureConnection(host);
+    conn.downstreamData(Buffer.alloc(2000));
+    expect(conn.downstreamData(Buffer.alloc(50)).action).toBe(Action.PAUSE);
     host.advance(200); host.tick();
     expect(conn.continued).toBe(0);
     host.advance(200); host.tick();
@@ -213,7 +267,89 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stream.closedByModule).toBe("cancel");
     expect(stat(host, "overflows")).toBe(1);
     expect(stat(host, "inflight_bytes")).toBe(0);
+    expect(stat(host, "bytes_unmirrored")).toBe(2050);
+    expect(stat(host, "unmirrored_connections")).toBe(1); // the relay never named a replica
     expect(conn.downstreamData("after").action).toBe(Action.CONTINUE);
+  });
+
+  it("when the worker's total is the bound, cuts the connection holding the most in flight, not one with nothing in flight (issue 8, defect 7)", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 4000, max_inflight_bytes_total: 5000, relay_stall_timeout_ms: 300 });
+    const big = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
+    const small = host.newConnection({ source: "127.0.0.1:3", upstream: "127.0.0.1:2" });
+    expect(big.downstreamData(Buffer.alloc(3000)).action).toBe(Action.CONTINUE);
+    expect(small.downstreamData(Buffer.alloc(1000)).action).toBe(Action.CONTINUE);
+    const [bigStream, smallStream] = host.grpcStreams.values();
+    host.grpcReceive(smallStream.token, ackLive(1000)); // small has nothing in flight now
+    expect(small.downstreamData(Buffer.alloc(2500)).action).toBe(Action.PAUSE); // 3000 + 2500 > 5000
+    host.advance(400); host.tick();
+    expect(bigStream.closedByModule).toBe("cancel");
+    expect(smallStream.closedByModule).not.toBe("cancel");
+    expect(small.continued).toBe(1); // the total fell: small goes on, mirrored
+    expect(shape(host).length).toBeGreaterThan(0);
+    expect(decodeFilterFrame(smallStream.sent.at(-1)!)).toMatchObject({ type: "DATA", offset: 1000 });
+    expect(stat(host, "overflows")).toBe(1);
+  });
+
+  describe("evidence the controller reads: which replicas missed bytes", () => {
+    const r = (name: string, acked: number, state: "LIVE" | "CLOSED" | "DETACHED", reason: "NONE" | "LAG_BOUND" | "REPLICA_CLOSED" = "NONE") =>
+      ({ name, queued: acked, acked, state, reason });
+
+    it("counts no replica that the relay reported CLOSED, and one that was left short of bytes", () => {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.downstreamData(Buffer.alloc(100));
+      conn.downstreamData(Buffer.alloc(50), true);
+      conn.closeDownstream(); conn.done();
+      const [stream] = host.grpcStreams.values();
+      host.grpcReceive(stream.token, encodeAck(150, [r("a", 150, "CLOSED"), r("b", 100, "DETACHED", "LAG_BOUND"), r("c", 150, "DETACHED", "REPLICA_CLOSED")]));
+      host.grpcClose(stream.token, 0);
+      expect(stat(host, "replica.a.missed_connections")).toBe(0);
+      expect(stat(host, "replica.b.missed_connections")).toBe(1);
+      expect(stat(host, "replica.c.missed_connections")).toBe(0); // it took every byte, then closed (a protocol's QUIT)
+      expect(stat(host, "unmirrored_connections")).toBe(0);
+    });
+
+    it("counts every replica not CLOSED when the stream is lost after bytes went on, once per connection", () => {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.downstreamData(Buffer.alloc(100));
+      const [stream] = host.grpcStreams.values();
+      host.grpcReceive(stream.token, encodeAck(100, [r("a", 100, "LIVE"), r("b", 100, "LIVE")]));
+      host.grpcClose(stream.token, 14); // the relay died: what it wrote may not have reached them
+      conn.downstreamData(Buffer.alloc(10));
+      conn.closeDownstream(); conn.done();
+      expect(stat(host, "replica.a.missed_connections")).toBe(1);
+      expect(stat(host, "replica.b.missed_connections")).toBe(1);
+    });
+
+    it("counts nothing for a stream lost before any byte went on, until one does", () => {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.upstreamData("+banner\r\n"); // opens the stream; no client byte yet
+      const [stream] = host.grpcStreams.values();
+      host.grpcReceive(stream.token, encodeAck(0, [r("a", 0, "LIVE")]));
+      host.grpcClose(stream.token, 14);
+      expect(stat(host, "replica.a.missed_connections")).toBe(0);
+      conn.downstreamData("late");
+      expect(stat(host, "replica.a.missed_connections")).toBe(1);
+    });
+
+    it("counts the connection unmirrored when its bytes reached no replica the relay named, and not when the relay has none", () => {
+      const { host } = load(build);
+      host.grpcFailNextStreamOpen(1);
+      const lost = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
+      lost.downstreamData("x");
+      lost.downstreamData("y");
+      expect(stat(host, "unmirrored_connections")).toBe(1);
+      const none = fixtureConnection(host);
+      none.downstreamData("first");
+      const stream = [...host.grpcStreams.values()].at(-1)!;
+      host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+      none.downstreamData("second");
+      none.closeDownstream(); none.done();
+      host.grpcClose(stream.token, 0);
+      expect(stat(host, "unmirrored_connections")).toBe(1);
+    });
   });
 
   it("digests the primary's reply into the fixtures' REPLY_DIGEST and REPLY_END, passing it on unchanged", () => {

@@ -19,7 +19,7 @@ describe("mirror relay", () => {
   let replicas: RecordingBackend[];
   let client: Client;
 
-  function open(primary = "127.0.0.1:1", connectionId = 1n): Stream {
+  function open(primary = "127.0.0.1:1", connectionId = 1n, service = "t"): Stream {
     const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
     const acks: AckFrame[] = [];
     call.on("data", (b: Buffer) => acks.push(decodeAck(b)));
@@ -27,15 +27,15 @@ describe("mirror relay", () => {
       call.on("status", (s) => resolve({ code: s.code, details: s.details }));
       call.on("error", () => {});
     });
-    call.write(encodeOpen({ version: 1, connectionId, flags: 0, service: "t", primary, client: "127.0.0.1:5" }));
+    call.write(encodeOpen({ version: 1, connectionId, flags: 0, service, primary, client: "127.0.0.1:5" }));
     return { call, acks, status: statusP };
   }
 
   beforeEach(async () => {
     replicas = await startBackends(["ra", "rb"]);
     relay = await startRelay(parseRelayConfig({
-      listen: { port: 0 }, metrics: { port: 0 },
-      replicas: replicas.map((r) => ({ name: r.name, address: r.address })),
+      listen: { port: 0 }, metrics: { port: 0 }, limits: { setWaitMs: 300 },
+      services: { t: replicas.map((r) => ({ name: r.name, address: r.address })) },
     }));
     client = new MirrorClient(`127.0.0.1:${relay.grpcPort}`, credentials.createInsecure());
   });
@@ -130,7 +130,7 @@ describe("mirror relay", () => {
   it("takes a new replica set for new connections only", async () => {
     const first = open();
     await waitFor("first ACK listing both replicas", () => first.acks.some((a) => a.replicas.length === 2 && a.replicas.every((r) => r.state === "LIVE")));
-    await relay.setReplicas([{ name: "rb", address: replicas[1].address }]);
+    relay.setReplicas([{ name: "rb", address: replicas[1].address }], "t");
     const second = open();
     first.call.write(encodeData(0, Buffer.from("one")));
     second.call.write(encodeData(0, Buffer.from("two")));
@@ -138,7 +138,7 @@ describe("mirror relay", () => {
     await Promise.all([first.status, second.status]);
     expect(first.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["ra", "rb"]);
     expect(second.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["rb"]);
-    await expect(relay.setReplicas([{ name: "bad name", address: "x" }])).rejects.toThrow('"replicas[0].name"');
+    expect(() => relay.setReplicas([{ name: "bad name", address: "x" }], "t")).toThrow('"replicas[0].name"');
   });
 
   it("keeps a replica set per service, set through its control call, and refuses bad ones without change", async () => {
@@ -151,23 +151,67 @@ describe("mirror relay", () => {
       expect((await res.json()).error).toMatch(/JSON|replicas/);
     }
     expect((await (await fetch(base)).json()).replicas).toEqual([{ name: "rb", address: replicas[1].address }]);
-    // Service "t" now feeds rb only; another service still has the default set.
+    // Service "t" now feeds rb only.
     const s = open();
     s.call.write(encodeData(0, Buffer.from("to t")));
     s.call.end();
     await s.status;
     expect(s.acks.at(-1)!.replicas.map((r) => r.name)).toEqual(["rb"]);
-    expect(relay.replicas("other").map((r) => r.name)).toEqual(["ra", "rb"]);
     expect(relay.metrics.replicaConnections.get({ service: "t", replica: "rb" })).toBe(1);
     expect(relay.metrics.replicaConnections.get({ replica: "ra" })).toBe(0);
     expect(relay.metrics.replicaLag.get()).toBe(0);
+  });
+
+  it("never lends a service's replicas to another: a service without a set waits for one, then goes unmirrored, counted", async () => {
+    const s = open("127.0.0.1:1", 9n, "other");
+    s.call.write(encodeData(0, Buffer.from("to other")));
+    const got = await s.status;
+    expect(got.code).toBe(status.UNAVAILABLE);
+    expect(got.details).toContain('service "other" has no replica set');
+    expect(s.acks).toHaveLength(0); // nothing acknowledged: the filter counts every byte unmirrored
+    expect(relay.view("other").replicas).toBeNull();
+    expect(relay.metrics.unmirrored.get({ reason: "no_replica_set" })).toBe(1);
+    expect(replicas.every((r) => r.connections.length === 0)).toBe(true);
+  });
+
+  it("holds a new connection's bytes while its service's set is not known, and mirrors all of them once it is", async () => {
+    const s = open("127.0.0.1:1", 10n, "late");
+    const chunks = [randomBytes(1000), randomBytes(70_000)];
+    s.call.write(encodeData(0, chunks[0]));
+    s.call.write(encodeData(1000, chunks[1]));
+    s.call.write(encodeEnd(71_000));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(s.acks).toHaveLength(0);
+    relay.setReplicas([{ name: "ra", address: replicas[0].address }], "late");
+    s.call.end();
+    expect((await s.status).code).toBe(status.OK);
+    expect(replicas[0].connections).toHaveLength(1);
+    expect(replicas[0].connections[0].receivedHash.copy().digest("hex")).toBe(createHash("sha256").update(Buffer.concat(chunks)).digest("hex"));
+    expect(s.acks.at(-1)!.replicas.map((r) => [r.name, r.acked, r.state])).toEqual([["ra", 71_000, "CLOSED"]]);
+    expect(relay.metrics.queuedBytes.get()).toBe(0);
+  });
+
+  it("counts a replica that did not take every byte of a connection as having missed it, and only then", async () => {
+    const done = open("127.0.0.1:1", 11n);
+    done.call.write(encodeData(0, randomBytes(5000)));
+    done.call.end();
+    expect((await done.status).code).toBe(status.OK);
+    expect(relay.metrics.replicaMissed.get()).toBe(0);
+    // A reset stream: how much the primary took is unknown, so every replica missed it.
+    const reset = open("127.0.0.1:1", 12n);
+    reset.call.write(encodeData(0, randomBytes(5000)));
+    await waitFor("an ACK", () => reset.acks.some((a) => a.received === 5000));
+    reset.call.cancel();
+    await waitFor("the reset to be counted", () => relay.metrics.replicaMissed.get() === 2);
+    expect(relay.metrics.replicaMissed.get({ service: "t", replica: "ra" })).toBe(1);
   });
 
   it.each([
     [{ listen: { port: 70000 } }, '"listen.port"'],
     [{ limits: { maxLagBytesPerConnection: 1000 } }, '"limits.maxLagBytesPerConnection" must be a whole number from 1048576'],
     [{ limits: { speed: 1 } }, '"limits.speed" is not a known limit'],
-    [{ replicas: [{ name: "a", address: "nope" }] }, '"replicas[0].address" must be "ip:port"'],
+    [{ services: { t: [{ name: "a", address: "nope" }] } }, '"services.t[0].address" must be "ip:port"'],
+    [{ replicas: [{ name: "a", address: "127.0.0.1:1" }] }, '"replicas" is gone: give each service its own set'],
     [{ extra: true }, '"extra" is not a known field'],
   ])("refuses the configuration %j", (raw, message) => {
     expect(() => parseRelayConfig(raw)).toThrow(RelayConfigError);

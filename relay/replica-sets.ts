@@ -1,0 +1,78 @@
+// Each service's replica set as the relay knows it now, and the connections open under it.
+// A service has a set only if one was configured or the controller set it: a service without
+// one never borrows another's; its new connections wait for one (MirrorSession). The
+// connections open now are kept per service so the controller can see, per member, how many
+// were opened without it (a member that joined the set takes part only in connections opened
+// after: it is in sync once none of the older ones is still open).
+import type { ReplicaTarget } from "./config.ts";
+import { sameEndpoint } from "../config/address.ts";
+
+/** What the registry needs of an open connection. */
+export interface OpenConnection {
+  readonly service: string;
+  /** The connection's primary, as Envoy named it ("" if unknown). */
+  readonly primary: string;
+  /** Whether its replica set is chosen yet (false while it waits for the service's set). */
+  readonly started: boolean;
+  /** Names of the members its bytes are copied to. */
+  readonly mirroredTo: readonly string[];
+}
+
+export interface ServiceView {
+  readonly service: string;
+  /** null: no set known (connections wait, then go unmirrored). */
+  readonly replicas: readonly ReplicaTarget[] | null;
+  /** Connections open now, and per member of the current set how many of them it is not part
+   *  of (opened before it joined; its primary excepted). */
+  readonly connections: { readonly open: number; readonly without: Readonly<Record<string, number>> };
+}
+
+export class ReplicaSets {
+  private readonly sets = new Map<string, readonly ReplicaTarget[]>();
+  private readonly waiting = new Map<string, Set<(targets: readonly ReplicaTarget[]) => void>>();
+  private readonly open = new Map<string, Set<OpenConnection>>();
+
+  constructor(initial: Readonly<Record<string, readonly ReplicaTarget[]>> = {}) {
+    for (const [service, targets] of Object.entries(initial)) this.sets.set(service, targets);
+  }
+
+  get(service: string): readonly ReplicaTarget[] | undefined { return this.sets.get(service); }
+
+  /** Replace a service's set for connections that open from now on; wakes those waiting for it. */
+  set(service: string, targets: readonly ReplicaTarget[]): void {
+    this.sets.set(service, targets);
+    const waiters = this.waiting.get(service);
+    this.waiting.delete(service);
+    for (const wake of waiters ?? []) wake(targets);
+  }
+
+  /** Call `then` once the service has a set (now, if it has one). Returns a cancel function. */
+  whenKnown(service: string, then: (targets: readonly ReplicaTarget[]) => void): () => void {
+    const known = this.sets.get(service);
+    if (known) { then(known); return () => {}; }
+    let waiters = this.waiting.get(service);
+    if (!waiters) this.waiting.set(service, (waiters = new Set()));
+    waiters.add(then);
+    return () => { waiters!.delete(then); };
+  }
+
+  track(c: OpenConnection): void {
+    let s = this.open.get(c.service);
+    if (!s) this.open.set(c.service, (s = new Set()));
+    s.add(c);
+  }
+
+  untrack(c: OpenConnection): void { this.open.get(c.service)?.delete(c); }
+
+  view(service: string): ServiceView {
+    const targets = this.sets.get(service) ?? null;
+    const open = [...(this.open.get(service) ?? [])];
+    const without: Record<string, number> = {};
+    for (const t of targets ?? []) {
+      without[t.name] = open.filter((c) => c.started && !c.mirroredTo.includes(t.name) && !sameEndpoint(t.address, c.primary)).length;
+    }
+    return { service, replicas: targets, connections: { open: open.length, without } };
+  }
+
+  services(): string[] { return [...new Set([...this.sets.keys(), ...this.open.keys()])].sort(); }
+}
