@@ -68,6 +68,10 @@ ${extra}    load_assignment:
 
 const hex = (text: string) => Buffer.from(text, "latin1").toString("hex");
 
+/** Successes in a row Envoy would need to take a failed host back: more than it can see in
+ *  years of probing, so in practice only the controller (re-)admits a member. */
+const NEVER_HEALTHY_AGAIN = 1_000_000_000;
+
 /** The primary cluster fed by the controller over REST long-poll EDS (controller/xds): the
  *  primary at priority 0, the designated successor at 1, other standbys below. Envoy itself
  *  detects a dead primary and moves new connections to the successor: every default that
@@ -84,12 +88,16 @@ ${UNLIMITED_CONNECTIONS}    # Reset the clients of a host that fails its health 
     # dead priority (default panic threshold: 50%).
     common_lb_config: { update_merge_window: 0s, healthy_panic_threshold: { value: 0 } }
     # Probes keep their connection open, so a crash (FIN/RST) is seen at once; one failure is enough.
+    # A host that failed is never taken back by Envoy itself (the threshold is never reached):
+    # a primary restarted empty 50 ms after a crash must not get connections again. The
+    # controller follows Envoy's verdict and re-admits a member by publishing it anew after a
+    # rejoin (a new host passes its first check at once).
     health_checks:
     - timeout: ${h.timeoutMs / 1000}s
       interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
       no_traffic_interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
       unhealthy_threshold: 1
-      healthy_threshold: 1
+      healthy_threshold: ${NEVER_HEALTHY_AGAIN}
       reuse_connection: true
       tcp_health_check: ${payload}
     # A refused connect ejects the host at once (the default ejects at most 10% of hosts: none of 1-2).

@@ -28,6 +28,10 @@ export interface ControllerSpec {
   readonly xdsPort: number;
   /** The embedded store (one JSON file, replaced atomically). */
   readonly store: string;
+  /** Admin addresses of the Envoys running the service (default: this config's Envoy,
+   *  127.0.0.1:<envoy.adminPort>): the controller reads their filters' evidence and their
+   *  health-check verdicts there. */
+  readonly envoyAdmins: readonly string[];
 }
 
 export interface LockstepConfig {
@@ -126,16 +130,21 @@ function parseHealthCheck(raw: unknown): HealthCheckSpec {
   return Object.freeze(spec);
 }
 
-function parseController(raw: unknown, service: string): ControllerSpec {
+function parseController(raw: unknown, service: string, envoyAdminPort: number): ControllerSpec {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("controller", "must be an object");
   const c = raw as Record<string, unknown>;
-  const known = ["address", "apiPort", "xdsPort", "store"];
+  const known = ["address", "apiPort", "xdsPort", "store", "envoyAdmins"];
+  if (c.envoyAdmins !== undefined && (!Array.isArray(c.envoyAdmins) || c.envoyAdmins.length === 0 || c.envoyAdmins.length > 64)) {
+    fail("controller.envoyAdmins", 'must be a list of 1 to 64 "ip:port" (each Envoy\'s admin address)');
+  }
   for (const k of Object.keys(c)) if (!known.includes(k)) fail(`controller.${k}`, `is not a known field (known: ${known.join(", ")})`);
   return Object.freeze({
     address: ip(c.address, "controller.address", "127.0.0.1"),
     apiPort: port(c.apiPort, "controller.apiPort", 9100),
     xdsPort: port(c.xdsPort, "controller.xdsPort", 9102),
     store: text(c.store, "controller.store", `.cache/controller/${service}.json`, 4096),
+    envoyAdmins: Object.freeze(c.envoyAdmins === undefined ? [`127.0.0.1:${envoyAdminPort}`]
+      : (c.envoyAdmins as unknown[]).map((a, i) => endpoint(a, `controller.envoyAdmins[${i}]`))),
   });
 }
 
@@ -177,7 +186,7 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     primaryName,
     healthCheck: parseHealthCheck(r.healthCheck),
     compareReplies: r.compareReplies === undefined ? true : typeof r.compareReplies === "boolean" ? r.compareReplies : fail("compareReplies", "must be true or false"),
-    ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service) }),
+    ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service, port(envoy.adminPort, "envoy.adminPort", 9901)) }),
     replicas: Object.freeze(replicas),
     relay: Object.freeze({ address: ip(relay.address, "relay.address", "127.0.0.1"), port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
     envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),

@@ -1,24 +1,29 @@
 // The controller's decisions, made from what it observes: health verdicts (its own probes),
-// the relay's figures (lag, detaches, divergences) and the API's calls all change the state;
-// every state change is turned into one xDS snapshot for Envoy and one replica set per
-// service for the relay. See docs/CONTROLLER.md for the state machine this implements.
+// Envoy's own health checks, evidence from the processes that see the bytes (the relay and
+// each Envoy's filter) and the API's calls all change the state; every state change is turned
+// into one xDS snapshot for Envoy and one replica set per service for the relay. See
+// docs/CONTROLLER.md for the state machine this implements.
 //
-//   health: primary down ──► promote the designated successor (EDS priority 1), old primary stale
-//           replica down ──► stale (leaves the mirror set and the standbys)
-//   relay:  LAG_BOUND / RELAY_BOUND / STALLED ──► detached;  divergence ──► diverged
-//           REPLICA_CLOSED / CONNECT_FAILED   ──► probe it now (health decides)
-import { ControllerState } from "./state.ts";
-import { bestReplica, primaryOf, promotable, type Member, type Service } from "./model/service.ts";
+//   health:   primary down ──► promote the designated successor (EDS priority 1), old primary stale
+//             replica down ──► stale (leaves the mirror set and the standbys)
+//   Envoy:    its health check failed the primary ──► the same failover (Envoy already moved, and
+//             never takes a failed host back by itself); failed a standby ──► stale
+//   evidence: a replica missed client bytes ──► detached; a connection reached no replica ──►
+//             every replica of the service detached; replies differed ──► diverged; a relay or an
+//             Envoy restarted while the other one's evidence is not available ──► every replica
+//             detached (losses cannot be ruled out). A replica is promotable only while nothing says
+//             it may lack a byte the primary took.
+//   joining:  a rejoined member becomes a replica once no open connection is missing it
+import { ControllerState, type OutOfSync } from "./state.ts";
+import { bestReplica, primaryOf, promotable, mirrorTargets, type Member, type Service } from "./model/service.ts";
 import { buildSnapshot, contentVersion, type ServiceEndpoints } from "./xds/snapshot.ts";
 import type { XdsRestServer } from "./xds/rest-server.ts";
 import { HealthChecker, type HealthSettings } from "./health/checker.ts";
 import type { Probe } from "./health/probe.ts";
-import type { RelayClient, ReplicaFigures } from "./relay/client.ts";
+import type { RelayClient, RelayView } from "./relay/client.ts";
+import type { EnvoyAdminClient, EnvoyView } from "./evidence/envoy-admin.ts";
+import { assess, continuous, type Evidence, type SourceReading } from "./evidence/ledger.ts";
 
-/** Relay detach reasons that mean the replica fell behind while alive. */
-const BEHIND_REASONS = ["LAG_BOUND", "RELAY_BOUND", "STALLED"];
-/** Reasons that may mean the replica died: checked by a probe before anything is decided. */
-const MAYBE_DEAD_REASONS = ["REPLICA_CLOSED", "CONNECT_FAILED"];
 /** The designated successor is replaced only by a replica clearly better (no churn on noise):
  *  less lag by more than this, or a lower RTT by more than both margins below. */
 const SUCCESSOR_LAG_MARGIN_BYTES = 64 * 1024;
@@ -33,10 +38,12 @@ export interface ControllerOptions {
   readonly state: ControllerState;
   readonly xds: XdsRestServer;
   readonly relay: RelayClient;
+  /** Each Envoy's admin port (its filter's evidence and its health checks' verdicts). */
+  readonly envoys?: readonly EnvoyAdminClient[];
   readonly probe: Probe;
   /** Health settings of a service (its own, or the default). */
   readonly healthOf: (service: string) => HealthSettings;
-  /** How often the relay is read and set right. */
+  /** How often the relay and Envoy are read and the relay set right. */
   readonly relayPollMs: number;
   readonly log: (line: string) => void;
   /** Clock (ms), for tests. */
@@ -47,10 +54,10 @@ export class Controller {
   private readonly checkers = new Map<string, HealthChecker>();
   /** A replica clearly better than the successor, and since when. */
   private readonly challengers = new Map<string, { name: string; since: number }>();
-  private relayTimer?: NodeJS.Timeout;
+  private pollTimer?: NodeJS.Timeout;
   private polling = false;
   private pollAgain = false;
-  private relayReachable?: boolean;
+  private readonly reachable = new Map<string, boolean>();
   private readonly state: ControllerState;
 
   constructor(private readonly o: ControllerOptions) {
@@ -61,14 +68,17 @@ export class Controller {
   start(): void {
     this.publish();
     for (const c of this.checkers.values()) c.start();
-    this.relayTimer = setInterval(() => void this.pollRelay(), this.o.relayPollMs);
-    void this.pollRelay();
+    this.pollTimer = setInterval(() => void this.poll(), this.o.relayPollMs);
+    void this.poll();
   }
 
   stop(): void {
     for (const c of this.checkers.values()) c.stop();
-    if (this.relayTimer) clearInterval(this.relayTimer);
+    if (this.pollTimer) clearInterval(this.pollTimer);
   }
+
+  /** Probe every member now (a probe connection closed: a member crashed or restarted). */
+  probeNow(): void { for (const c of this.checkers.values()) void c.round(); }
 
   /** The member Envoy falls back to first if the primary fails (EDS priority 1). */
   successor(service: string): string | undefined { return this.state.get(service)?.successor; }
@@ -95,6 +105,12 @@ export class Controller {
     return mine !== Infinity && theirs !== Infinity && mine - theirs > Math.max(SUCCESSOR_RTT_MARGIN_MS, theirs * SUCCESSOR_RTT_MARGIN);
   }
 
+  /** Standbys in the order Envoy falls back to them: the successor, then the others by name. */
+  private standbys(s: Service): Member[] {
+    const others = promotable(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
+    return [...promotable(s).filter((m) => m.name === s.successor), ...others];
+  }
+
   /** Turn the state into Envoy's snapshot, the relay's sets and the health targets. */
   private publish(): void {
     const endpoints: ServiceEndpoints[] = [];
@@ -105,14 +121,12 @@ export class Controller {
     }
     for (const s of this.state.list()) {
       const primary = primaryOf(s);
-      // The successor at priority 1; the others (only reached if it fails too) in a stable order.
-      const others = promotable(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
-      const standbys = [...s.members.filter((m) => m.name === s.successor), ...others];
-      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: standbys.map((m) => m.address) });
-      // Every in-sync member: the relay leaves out whichever one is a connection's primary,
-      // so a connection opened while Envoy and the controller disagree still reaches all others.
-      // A changed set is sent at once (not at the next poll).
-      if (this.o.relay.want(s.name, s.members.filter((m) => m.role === "primary" || (m.role === "replica" && m.alive)).map((m) => ({ name: m.name, address: m.address })))) void this.pollRelay();
+      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: this.standbys(s).map((m) => m.address) });
+      // The primary and every live member in sync or joining: the relay leaves out whichever one
+      // is a connection's primary, so a connection opened while Envoy and the controller disagree
+      // still reaches all others. A changed set is sent at once (not at the next poll).
+      const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive)];
+      if (this.o.relay.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })))) void this.poll();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -134,7 +148,7 @@ export class Controller {
         },
       });
       this.checkers.set(service, c);
-      if (this.relayTimer) c.start();
+      if (this.pollTimer) c.start();
     }
     return c;
   }
@@ -147,13 +161,15 @@ export class Controller {
     this.state.observe(service, member, { alive: healthy });
     if (healthy) return;
     if (m.role === "primary") this.failover(service, member, reason);
-    else if (m.role === "replica") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}); it missed what was sent meanwhile`);
+    else if (m.role === "replica" || m.role === "joining") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}); it missed what was sent meanwhile`);
   }
 
-  /** The primary is down: promote the member Envoy already sends new connections to. */
-  private failover(service: string, failed: string, reason: string): void {
+  /** The primary is down: promote the member Envoy sends new connections to (the designated
+   *  successor, unless Envoy's health checks failed it too: then the next standby Envoy uses). */
+  private failover(service: string, failed: string, reason: string, failedInEnvoy: ReadonlySet<string> = new Set()): void {
     const s = this.state.get(service)!;
-    const planned = promotable(s).find((m) => m.name === s.successor) ?? bestReplica(s);
+    if (primaryOf(s)?.name !== failed) return;
+    const planned = this.standbys(s).find((m) => !failedInEnvoy.has(m.address)) ?? bestReplica(s);
     if (!planned) {
       this.o.log(`failover: ${service}: primary ${failed} is down and no live, in-sync replica can take over`);
       this.state.recordNoCandidate(service, failed, `primary ${failed} is down (${reason}); no live, in-sync replica to promote`);
@@ -163,37 +179,94 @@ export class Controller {
     this.o.log(`failover: ${service}: ${planned.name} promoted; ${failed} is stale (${reason})`);
   }
 
-  private async pollRelay(): Promise<void> {
+  /** Read the relay and every Envoy; act on what they say. One poll at a time; a poll asked for
+   *  meanwhile runs right after. */
+  private async poll(): Promise<void> {
     if (this.polling) { this.pollAgain = true; return; }
     this.polling = true;
     try {
       do {
         this.pollAgain = false;
-        const { changed, figures } = await this.o.relay.poll();
-        if (this.o.relay.reachable !== this.relayReachable) {
-          this.relayReachable = this.o.relay.reachable;
-          this.o.log(this.relayReachable ? "relay: reachable" : `relay: unreachable (${this.o.relay.lastError}); retrying every ${this.o.relayPollMs} ms`);
+        const relay = await this.o.relay.poll();
+        this.noteReachable("relay", relay !== undefined, this.o.relay.lastError);
+        const envoys: EnvoyView[] = [];
+        for (const e of this.o.envoys ?? []) {
+          try { envoys.push(await e.read()); this.noteReachable(e.source, true); }
+          catch (err) { this.noteReachable(e.source, false, (err as Error).message); }
         }
-        for (const service of changed) this.o.log(`relay: replica set of "${service}" set`);
-        for (const [service, byName] of figures) for (const [member, f] of byName) this.apply(service, member, f);
+        if (relay) for (const service of relay.changed) this.o.log(`relay: replica set of "${service}" set`);
+        for (const e of envoys) this.followEnvoy(e);
+        this.actOnEvidence(relay, envoys);
+        if (relay) this.observeRelay(relay);
       } while (this.pollAgain);
     } finally { this.polling = false; }
   }
 
-  private apply(service: string, member: string, f: ReplicaFigures): void {
-    const m = this.state.get(service)?.members.find((x) => x.name === member);
-    if (!m) return;
-    this.state.observe(service, member, { lagBytes: f.lagBytes });
-    if (m.role !== "replica") return;
-    if (f.newDivergences > 0) {
-      this.state.markOutOfSync(service, member, "diverged", `${member} answered differently from the primary on ${f.newDivergences} connection(s)`);
-      return;
+  private noteReachable(source: string, ok: boolean, error = ""): void {
+    if (this.reachable.get(source) === ok) return;
+    this.reachable.set(source, ok);
+    this.o.log(ok ? `${source}: reachable` : `${source}: unreachable (${error}); retrying every ${this.o.relayPollMs} ms`);
+  }
+
+  /** Envoy's health checks failed a member: Envoy sends it nothing until it is re-added (the
+   *  bootstrap's healthy_threshold is never reached), so the controller agrees. */
+  private followEnvoy(e: EnvoyView): void {
+    for (const s of this.state.list()) {
+      const failed = e.failedHosts.get(`${s.name}_primary`);
+      if (!failed?.size) continue;
+      for (const m of s.members) {
+        if (!failed.has(m.address)) continue;
+        const why = `Envoy's health check (${e.reading.source}) failed it`;
+        if (m.role === "primary") this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
+        else if (m.role === "replica") this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}; Envoy will not send it connections until it is rejoined`);
+      }
     }
-    const behind = BEHIND_REASONS.filter((r) => f.newDetaches[r]);
-    if (behind.length) {
-      this.state.markOutOfSync(service, member, "detached", `${member} fell out of sync on ${behind.map((r) => `${f.newDetaches[r]} connection(s) (${r})`).join(", ")}`);
-      return;
+  }
+
+  /** Take out of sync every replica the evidence says may lack a byte the primary took. */
+  private actOnEvidence(relay: RelayView | undefined, envoys: readonly EnvoyView[]): void {
+    const readings: SourceReading[] = [...(relay ? [relay.reading] : []), ...envoys.map((e) => e.reading)];
+    if (!readings.length) return;
+    const before = this.state.evidence();
+    const { evidence, restarted, baselines } = assess(before, readings);
+    const changes: OutOfSync[] = [];
+    const everyReplica = (service: string, detail: string) => {
+      const s = this.state.get(service);
+      for (const m of s ? mirrorTargets(s) : []) changes.push({ service, member: m.name, role: "detached", detail: `${m.name}: ${detail}` });
+    };
+    for (const e of evidence) this.evidenceChanges(e, changes, everyReplica);
+    // A restarted relay lost its connections' sessions; a restarted Envoy its connections. The
+    // other process counts what that cost, but only if it was watched across the restart.
+    const envoySources = (this.o.envoys ?? []).map((e) => e.source);
+    for (const source of restarted) {
+      const witnesses = source === this.o.relay.source ? envoySources : [this.o.relay.source];
+      if (witnesses.length && witnesses.every((w) => continuous(before, readings, w))) continue;
+      this.o.log(`evidence: ${source} restarted and no other process saw what that cost; every replica is out of sync`);
+      for (const s of this.state.list()) everyReplica(s.name, `${source} restarted while nothing else watched its connections: losses cannot be ruled out`);
     }
-    if (MAYBE_DEAD_REASONS.some((r) => f.newDetaches[r])) void this.checkers.get(service)?.round();
+    this.state.applyEvidence(baselines, changes);
+  }
+
+  private evidenceChanges(e: Evidence, changes: OutOfSync[], everyReplica: (service: string, detail: string) => void): void {
+    const n = `${e.connections} connection${e.connections === 1 ? "" : "s"}`;
+    if (e.kind === "unmirrored") return everyReplica(e.service, `${n} reached no replica (${e.source}): every replica missed their bytes`);
+    if (e.replica === null) return;
+    changes.push(e.kind === "diverged"
+      ? { service: e.service, member: e.replica, role: "diverged", detail: `${e.replica} answered differently from the primary on ${n} (${e.source})` }
+      : { service: e.service, member: e.replica, role: "detached", detail: `${e.replica} did not take every client byte on ${n} (${e.source})` });
+  }
+
+  /** Lag for the standbys' ranking; joining members the relay has on every open connection
+   *  become replicas; a replica that left connections it could not reach is probed now. */
+  private observeRelay(relay: RelayView): void {
+    for (const s of this.state.list()) {
+      const lag = relay.lagBytes.get(s.name);
+      for (const m of s.members) this.state.observe(s.name, m.name, { lagBytes: lag?.get(m.name) ?? 0 });
+      const without = relay.without.get(s.name);
+      for (const m of s.members) {
+        if (m.role === "joining" && m.alive && without && without[m.name] === 0) this.state.admit(s.name, m.name);
+      }
+      if (relay.maybeDead.get(s.name)?.size) void this.checkers.get(s.name)?.round();
+    }
   }
 }

@@ -46,7 +46,7 @@ function token(storePath: string): string {
 try {
   if (!values.config) throw new ConfigError("usage: controller/main.ts --config service.json (a lockstep config with a \"controller\" section)");
   const c = loadLockstepConfig(values.config);
-  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json` };
+  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`] };
   const storePath = resolve(values.store ?? spec.store);
   const running = await startController({
     services: [serviceOf(c)],
@@ -55,6 +55,7 @@ try {
     token: token(storePath),
     storePath,
     relay: { url: values.relay ?? `http://${c.relay.address}:${c.relay.metricsPort}` },
+    envoyAdmins: spec.envoyAdmins,
     log,
   });
   log(`API on http://${spec.address}:${running.apiPort}/v1 (OpenAPI: /v1/openapi.json), xDS on 127.0.0.1:${running.xdsPort}, store ${storePath}`);

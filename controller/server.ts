@@ -9,9 +9,11 @@ import { FileStore } from "./store/file-store.ts";
 import { createApiRouter } from "./api/routes.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
 import { RelayClient } from "./relay/client.ts";
+import { EnvoyAdminClient } from "./evidence/envoy-admin.ts";
 import { Controller } from "./controller.ts";
 import { HEALTH_DEFAULTS, type HealthSettings } from "./health/checker.ts";
-import { tcpProbe, type Probe } from "./health/probe.ts";
+import type { Probe } from "./health/probe.ts";
+import { PersistentProbe } from "./health/persistent-probe.ts";
 import type { Service } from "./model/service.ts";
 
 export interface ControllerSettings {
@@ -24,6 +26,9 @@ export interface ControllerSettings {
   readonly storePath: string;
   /** Base URL of the relay's HTTP port (metrics and control), and its control token if any. */
   readonly relay: { readonly url: string; readonly token?: string };
+  /** Admin addresses ("ip:port") of the Envoys running the services: their filters' evidence
+   *  and health-check verdicts. Without any, a relay restart puts every replica out of sync. */
+  readonly envoyAdmins?: readonly string[];
   readonly relayPollMs?: number;
   readonly probe?: Probe;
   readonly log?: (line: string) => void;
@@ -50,10 +55,13 @@ export async function startController(settings: ControllerSettings): Promise<Run
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
   for (const { service } of settings.services) state.declare(service);
   const xds = new XdsRestServer();
-  const controller = new Controller({
+  // Probes keep a connection to each member, like Envoy's: one closing means it restarted.
+  const persistent = settings.probe ? undefined : new PersistentProbe(() => controller.probeNow());
+  const controller: Controller = new Controller({
     state, xds,
     relay: new RelayClient(settings.relay.url, settings.relay.token),
-    probe: settings.probe ?? tcpProbe,
+    envoys: (settings.envoyAdmins ?? []).map((a) => new EnvoyAdminClient(a)),
+    probe: settings.probe ?? persistent!.probe,
     healthOf: (service) => health.get(service) ?? HEALTH_DEFAULTS,
     relayPollMs: settings.relayPollMs ?? 200,
     log,
@@ -74,6 +82,7 @@ export async function startController(settings: ControllerSettings): Promise<Run
     state, controller,
     async close() {
       controller.stop();
+      persistent?.close();
       for (const s of [apiServer, xdsServer]) { s.closeAllConnections(); await new Promise<void>((r) => s.close(() => r())); }
     },
   };

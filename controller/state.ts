@@ -2,17 +2,27 @@
 // through here, is saved to the store, and is announced to listeners (xDS snapshot, relay).
 import { FileStore, StoreError } from "./store/file-store.ts";
 import { canonicalEndpoint } from "../config/address.ts";
-import { promote, rejoin, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
+import { promote, rejoin, admit, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
+import type { Baselines } from "./evidence/ledger.ts";
 
 export interface ControllerEvent {
   readonly at: string;
   readonly service: string;
-  readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "member_added" | "member_removed" | "service_added" | "no_candidate";
+  readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "joined" | "member_added" | "member_removed" | "service_added" | "no_candidate";
   readonly member: string;
   readonly detail: string;
 }
 
-export interface StoredState { schema: 1; services: Service[]; events: ControllerEvent[] }
+export interface StoredState {
+  schema: 1;
+  services: Service[];
+  events: ControllerEvent[];
+  /** The evidence counters last acted on, per source process (controller/evidence/ledger.ts). */
+  evidence?: Baselines;
+}
+
+/** A member to take out of sync, and why. */
+export interface OutOfSync { readonly service: string; readonly member: string; readonly role: "stale" | "detached" | "diverged"; readonly detail: string }
 
 export function validateStoredState(raw: unknown): StoredState {
   const r = raw as StoredState;
@@ -35,6 +45,7 @@ export const MAX_EVENTS = 1000;
 export class ControllerState {
   private services = new Map<string, Service>();
   private events: ControllerEvent[] = [];
+  private baselines: Baselines = {};
   private readonly listeners: ((services: readonly Service[]) => void)[] = [];
 
   constructor(private readonly store?: FileStore<StoredState>, private readonly now: () => Date = () => new Date()) {
@@ -42,6 +53,7 @@ export class ControllerState {
     if (saved) {
       for (const s of saved.services) this.services.set(s.name, s);
       this.events = saved.events;
+      this.baselines = saved.evidence ?? {};
     }
   }
 
@@ -105,8 +117,34 @@ export class ControllerState {
 
   rejoin(name: string, member: string): Service {
     const service = rejoin(this.require(name), member);
-    this.commit(service, [this.event(name, "rejoin", member, `${member} is a replica again (operator reseeded it)`)]);
+    this.commit(service, [this.event(name, "rejoin", member, `${member} joins (operator reseeded it): it gets every new connection's bytes, and is a replica once every connection open before has ended`)]);
     return service;
+  }
+
+  /** A joining member is part of every open connection now: a replica. */
+  admit(name: string, member: string): Service {
+    const service = admit(this.require(name), member);
+    this.commit(service, [this.event(name, "joined", member, `${member} is a replica: every open connection reaches it`)]);
+    return service;
+  }
+
+  /** The evidence counters last acted on. */
+  evidence(): Baselines { return this.baselines; }
+
+  /** Act on evidence: take members out of sync and store the counters acted on, in one save
+   *  (so a restarted controller never acts twice on one loss, nor forgets one). */
+  applyEvidence(baselines: Baselines, changes: readonly OutOfSync[]): void {
+    let services = new Map(this.services);
+    const events: ControllerEvent[] = [];
+    for (const c of changes) {
+      const s = services.get(c.service);
+      const m = s?.members.find((x) => x.name === c.member);
+      if (!s || !m || m.role === "primary" || m.role === c.role || (m.role !== "replica" && m.role !== "joining")) continue;
+      services = services.set(c.service, markOutOfSync(s, c.member, c.role));
+      events.push(this.event(c.service, c.role === "detached" ? "detach" : c.role, c.member, c.detail));
+    }
+    if (!events.length && JSON.stringify(baselines) === JSON.stringify(this.baselines)) return;
+    this.save(services, [...this.events, ...events].slice(-MAX_EVENTS), baselines);
   }
 
   addReplica(name: string, member: { name: string; address: string }): Service {
@@ -142,11 +180,14 @@ export class ControllerState {
 
   /** Save first, then make the change visible: a change that could not be stored did not happen. */
   private commit(service: Service, events: ControllerEvent[]): void {
-    const services = new Map(this.services).set(service.name, service);
-    const history = [...this.events, ...events].slice(-MAX_EVENTS);
-    this.store?.save({ schema: 1, services: [...services.values()], events: history });
+    this.save(new Map(this.services).set(service.name, service), [...this.events, ...events].slice(-MAX_EVENTS), this.baselines);
+  }
+
+  private save(services: Map<string, Service>, history: ControllerEvent[], baselines: Baselines): void {
+    this.store?.save({ schema: 1, services: [...services.values()], events: history, evidence: baselines });
     this.services = services;
     this.events = history;
+    this.baselines = baselines;
     for (const l of this.listeners) l(this.list());
   }
 }

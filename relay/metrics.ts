@@ -5,7 +5,7 @@
 //   lockstep_relay_streams_total                       counter  streams accepted
 //   lockstep_relay_streams_lost_total                  counter  streams reset by Envoy before they finished
 //   lockstep_relay_bytes_received_total                counter  client bytes received from the filter
-//   lockstep_relay_connections_unmirrored_total{reason} counter streams mirrored nowhere: no_primary (Envoy named
+//   lockstep_relay_connections_unmirrored_total{service,reason} counter  streams mirrored nowhere: no_primary (Envoy named
 //                                                      none), no_replica_set (none set within setWaitMs), relay_bound
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
 //   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections

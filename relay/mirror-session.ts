@@ -87,7 +87,7 @@ export class MirrorSession implements OpenConnection {
       if (!this.early) return this.apply(f);
       if (f.type === "DATA") {
         if (!this.ctx.budget.take(f.bytes.length)) {
-          this.ctx.metrics.unmirrored.add(1, { reason: "relay_bound" });
+          this.ctx.metrics.unmirrored.add(1, { service: this.service, reason: "relay_bound" });
           return this.fail(GrpcStatus.RESOURCE_EXHAUSTED, "the relay's memory bound is reached while this connection waits for its replica set");
         }
         this.earlyBytes += f.bytes.length;
@@ -104,7 +104,7 @@ export class MirrorSession implements OpenConnection {
     this.openFrame = f;
     this.ctx.sets.track(this);
     if (f.primary === "") {
-      this.ctx.metrics.unmirrored.add(1, { reason: "no_primary" });
+      this.ctx.metrics.unmirrored.add(1, { service: f.service, reason: "no_primary" });
       this.ctx.log(`connection ${f.connectionId}: Envoy reported no primary address; not mirrored (no backend may get its bytes twice)`);
       this.startLinks([]);
       return;
@@ -125,7 +125,7 @@ export class MirrorSession implements OpenConnection {
     });
     this.waitTimer = setTimeout(() => {
       this.stopWaiting?.();
-      this.ctx.metrics.unmirrored.add(1, { reason: "no_replica_set" });
+      this.ctx.metrics.unmirrored.add(1, { service: f.service, reason: "no_replica_set" });
       this.fail(GrpcStatus.UNAVAILABLE, `service "${f.service}" has no replica set on this relay after ${this.ctx.config.limits.setWaitMs} ms ` +
         `(the controller sets it; without one nothing is mirrored); the filter counts this connection unmirrored`);
     }, this.ctx.config.limits.setWaitMs);

@@ -73,7 +73,7 @@ export class HealthChecker {
         if (t.healthy !== true && t.successes >= this.settings.healthyThreshold) { t.healthy = true; this.events.onVerdict(key, true, "probe succeeded"); }
       } else {
         t.successes = 0;
-        t.failures++;
+        t.failures = result.fatal ? Math.max(t.failures + 1, this.settings.unhealthyThreshold) : t.failures + 1;
         t.lastError = result.error;
         if (t.healthy !== false && t.failures >= this.settings.unhealthyThreshold) {
           t.healthy = false;

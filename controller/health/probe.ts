@@ -12,7 +12,14 @@ export interface ProbeSpec {
   readonly timeoutMs: number;
 }
 
-export interface ProbeResult { readonly ok: boolean; readonly rttMs?: number; readonly error?: string }
+export interface ProbeResult {
+  readonly ok: boolean;
+  readonly rttMs?: number;
+  readonly error?: string;
+  /** The member certainly failed (its probe connection closed: a crash or restart): down at
+   *  once, whatever the unhealthy threshold. */
+  readonly fatal?: boolean;
+}
 
 export type Probe = (address: string, spec: ProbeSpec) => Promise<ProbeResult>;
 

@@ -3,10 +3,12 @@
 //
 //   replica ──promote──► primary ──fails / switchover──► stale (failed) | replica (planned)
 //      │                                                   │
-//      ├──detached/diverged (relay, digest check)──► not promotable until rejoined
-//      └──fails──► stale                         stale ──rejoin (API, after reseeding)──► replica
+//      ├──missed bytes / diverged (evidence)──► detached / diverged: not promotable until rejoined
+//      └──fails──► stale
+//   stale | detached | diverged ──rejoin (API, after reseeding)──► joining ──every connection
+//      open before it joined has ended──► replica (a joining member is mirrored to, never promoted)
 
-export type Role = "primary" | "replica" | "stale" | "detached" | "diverged";
+export type Role = "primary" | "replica" | "joining" | "stale" | "detached" | "diverged";
 
 export interface Member {
   readonly name: string;
@@ -71,7 +73,7 @@ export function promote(s: Service, reason: "failure" | "switchover", name?: str
   return { service, promoted: service.members.find((m) => m.name === target.name)!, demoted: old && service.members.find((m) => m.name === old.name) };
 }
 
-/** A replica fell out of sync (relay detach, digest mismatch) or died: it stops being promotable. */
+/** A replica fell out of sync (missed bytes, replies differed) or died: it stops being promotable. */
 export function markOutOfSync(s: Service, name: string, role: "stale" | "detached" | "diverged"): Service {
   const m = s.members.find((x) => x.name === name);
   if (!m) throw new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
@@ -79,13 +81,22 @@ export function markOutOfSync(s: Service, name: string, role: "stale" | "detache
   return withRoles(s, { [name]: role });
 }
 
-/** An operator reseeded a stale/detached/diverged member from the primary's state: it is a replica again. */
+/** An operator reseeded a stale/detached/diverged member from the primary's state: it joins,
+ *  getting every new connection's bytes, and becomes a replica once no connection it is not
+ *  part of is open (admit). */
 export function rejoin(s: Service, name: string): Service {
   const m = s.members.find((x) => x.name === name);
   if (!m) throw new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
-  if (m.role === "primary" || m.role === "replica") throw new ModelError("DUPLICATE", `"${name}" is already ${m.role}`);
+  if (m.role === "primary" || m.role === "replica" || m.role === "joining") throw new ModelError("DUPLICATE", `"${name}" is already ${m.role}`);
+  return withRoles(s, { [name]: "joining" });
+}
+
+/** A joining member takes part in every open connection: it is a replica (promotable). */
+export function admit(s: Service, name: string): Service {
+  const m = s.members.find((x) => x.name === name);
+  if (!m || m.role !== "joining") throw new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no joining member "${name}"`);
   return withRoles(s, { [name]: "replica" });
 }
 
-/** Which replicas get new connections' bytes: every live replica that is not stale, detached or diverged. */
-export function mirrorTargets(s: Service): Member[] { return s.members.filter((m) => m.role === "replica"); }
+/** Which members get new connections' bytes (besides the primary): replicas and joining members. */
+export function mirrorTargets(s: Service): Member[] { return s.members.filter((m) => m.role === "replica" || m.role === "joining"); }

@@ -1,24 +1,39 @@
 // The controller's link to the mirror relay: keeps each service's replica set on the relay
 // equal to the controller's decision (re-sent whenever the relay reports something else, so
-// a restarted relay is set right within one poll), and reads the relay's per-replica figures:
-// lag, and connections detached or found diverged since the last poll.
+// a restarted relay is set right within one poll), and reads what the relay knows: its
+// instance and evidence counters (replicas that missed bytes, connections mirrored nowhere,
+// divergences: controller/evidence/ledger.ts), each replica's lag, the connections each
+// member is not part of (a member that joined the set is in sync once none is left), and
+// connections it left early (a hint to probe that member now).
+import { counterKey, type SourceReading } from "../evidence/ledger.ts";
+
 export interface RelayTarget { readonly name: string; readonly address: string }
 
-export interface ReplicaFigures {
-  /** Bytes accepted for the replica and not yet written, over its open connections. */
-  lagBytes: number;
-  /** Connection-level detaches since the previous poll, by reason. */
-  newDetaches: Record<string, number>;
-  /** Connections on which its replies differed from the primary's, since the previous poll. */
-  newDivergences: number;
+export interface RelayView {
+  /** Evidence counters of this relay process. */
+  readonly reading: SourceReading;
+  /** Per service, per replica: bytes accepted and not yet written, over its open connections. */
+  readonly lagBytes: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  /** Per service (of those the controller sets), per member of the relay's set: open
+   *  connections it is not part of. */
+  readonly without: ReadonlyMap<string, Readonly<Record<string, number>>>;
+  /** Per service, replicas that left a connection because they closed it or could not be
+   *  reached, since the previous poll (probe them now). */
+  readonly maybeDead: ReadonlyMap<string, ReadonlySet<string>>;
+  /** Services whose set had to be sent in this poll. */
+  readonly changed: readonly string[];
 }
 
 interface Series { labels: Record<string, string>; value: number }
+interface ServiceJson { replicas?: RelayTarget[] | null; connections?: { without?: Record<string, number> } }
+
+const MAYBE_DEAD = new Set(["REPLICA_CLOSED", "CONNECT_FAILED"]);
 
 export class RelayClient {
+  readonly source = "relay";
   private readonly desired = new Map<string, readonly RelayTarget[]>();
-  /** Last counter values seen, by "service/replica/reason"; undefined until the first poll. */
-  private seen?: Map<string, number>;
+  /** Detach counters last seen (hints only, so not stored): "<service>|<replica>|<reason>". */
+  private detachesSeen?: Map<string, number>;
   reachable = false;
   lastError = "";
 
@@ -39,66 +54,82 @@ export class RelayClient {
     return fetch(`${this.baseUrl}${path}`, { ...init, headers: this.headers(), signal: AbortSignal.timeout(this.timeoutMs) });
   }
 
-  /** Make the relay's sets match the desired ones. Returns the services it had to set. */
-  async reconcile(): Promise<string[]> {
-    const changed: string[] = [];
+  /** Make the relay's sets match the desired ones; returns what the relay says of each. */
+  private async reconcile(changed: string[]): Promise<Map<string, Readonly<Record<string, number>>>> {
+    const without = new Map<string, Readonly<Record<string, number>>>();
     for (const [service, targets] of this.desired) {
       const path = `/v1/services/${service}/replicas`;
-      const current = await (await this.call(path)).json() as { replicas?: RelayTarget[] };
-      const same = JSON.stringify((current.replicas ?? []).map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
-      if (same) continue;
-      const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
-      if (!res.ok) throw new Error(`relay refused the replica set of "${service}": ${res.status} ${await res.text()}`);
-      changed.push(service);
+      let view = await (await this.call(path)).json() as ServiceJson;
+      const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
+      if (!same) {
+        const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
+        if (!res.ok) throw new Error(`relay refused the replica set of "${service}": ${res.status} ${await res.text()}`);
+        view = await res.json() as ServiceJson;
+        changed.push(service);
+      }
+      without.set(service, view.connections?.without ?? {});
     }
-    return changed;
+    return without;
   }
 
-  /** Reconcile, then read the figures of every replica the relay knows, by service and name. */
-  async poll(): Promise<{ changed: string[]; figures: Map<string, Map<string, ReplicaFigures>> }> {
+  /** Reconcile, then read the relay. Undefined (and `reachable` false) if it cannot be reached. */
+  async poll(): Promise<RelayView | undefined> {
     try {
-      const changed = await this.reconcile();
-      const stats = await (await this.call("/stats")).json() as Record<string, Series[]>;
+      const changed: string[] = [];
+      const without = await this.reconcile(changed);
+      const stats = await (await this.call("/stats")).json() as { instance?: string } & Record<string, Series[]>;
+      if (typeof stats.instance !== "string" || !stats.instance) throw new Error("the relay's /stats has no instance id (an older relay?)");
       this.reachable = true;
       this.lastError = "";
-      return { changed, figures: this.figures(stats) };
+      return { reading: this.reading(stats.instance, stats), lagBytes: this.lag(stats), without, maybeDead: this.maybeDead(stats), changed };
     } catch (err) {
       this.reachable = false;
       this.lastError = (err as Error).message;
-      return { changed: [], figures: new Map() };
+      return undefined;
     }
   }
 
-  private figures(stats: Record<string, Series[]>): Map<string, Map<string, ReplicaFigures>> {
-    const out = new Map<string, Map<string, ReplicaFigures>>();
-    const entry = (labels: Record<string, string>) => {
-      if (!labels.service || !labels.replica) return undefined;
-      let byName = out.get(labels.service);
-      if (!byName) out.set(labels.service, (byName = new Map()));
-      let f = byName.get(labels.replica);
-      if (!f) byName.set(labels.replica, (f = { lagBytes: 0, newDetaches: {}, newDivergences: 0 }));
-      return f;
-    };
-    for (const s of stats.lockstep_relay_replica_lag_bytes ?? []) { const f = entry(s.labels); if (f) f.lagBytes += s.value; }
-    const counters = new Map<string, number>();
-    const first = this.seen === undefined;
-    // A counter that went down means the relay restarted: count from zero again.
-    const delta = (key: string, value: number) => {
-      counters.set(key, value);
-      const before = this.seen?.get(key) ?? 0;
-      return first ? 0 : value >= before ? value - before : value;
-    };
-    for (const s of stats.lockstep_relay_replica_detaches_total ?? []) {
-      const f = entry(s.labels);
-      const d = delta(`d/${s.labels.service}/${s.labels.replica}/${s.labels.reason}`, s.value);
-      if (f && d > 0) f.newDetaches[s.labels.reason] = (f.newDetaches[s.labels.reason] ?? 0) + d;
+  private reading(instance: string, stats: Record<string, Series[]>): SourceReading {
+    const counters: Record<string, number> = {};
+    const add = (key: string, n: number) => { counters[key] = (counters[key] ?? 0) + n; };
+    for (const s of stats.lockstep_relay_replica_missed_connections_total ?? []) {
+      if (s.labels.service && s.labels.replica) add(counterKey(s.labels.service, s.labels.replica, "missed"), s.value);
     }
     for (const s of stats.lockstep_relay_replica_divergences_total ?? []) {
-      const f = entry(s.labels);
-      const d = delta(`v/${s.labels.service}/${s.labels.replica}`, s.value);
-      if (f) f.newDivergences += d;
+      if (s.labels.service && s.labels.replica) add(counterKey(s.labels.service, s.labels.replica, "diverged"), s.value);
     }
-    this.seen = counters;
+    for (const s of stats.lockstep_relay_connections_unmirrored_total ?? []) {
+      if (s.labels.service) add(counterKey(s.labels.service, null, "unmirrored"), s.value);
+    }
+    return { source: this.source, instance, counters };
+  }
+
+  private lag(stats: Record<string, Series[]>): Map<string, Map<string, number>> {
+    const out = new Map<string, Map<string, number>>();
+    for (const s of stats.lockstep_relay_replica_lag_bytes ?? []) {
+      const { service, replica } = s.labels;
+      if (!service || !replica) continue;
+      if (!out.has(service)) out.set(service, new Map());
+      out.get(service)!.set(replica, (out.get(service)!.get(replica) ?? 0) + s.value);
+    }
+    return out;
+  }
+
+  private maybeDead(stats: Record<string, Series[]>): Map<string, Set<string>> {
+    const out = new Map<string, Set<string>>();
+    const seen = new Map<string, number>();
+    for (const s of stats.lockstep_relay_replica_detaches_total ?? []) {
+      const { service, replica, reason } = s.labels;
+      if (!service || !replica || !MAYBE_DEAD.has(reason)) continue;
+      const key = `${service}|${replica}|${reason}`;
+      seen.set(key, s.value);
+      const before = this.detachesSeen?.get(key) ?? 0;
+      if (this.detachesSeen && s.value !== before) {
+        if (!out.has(service)) out.set(service, new Set());
+        out.get(service)!.add(replica);
+      }
+    }
+    this.detachesSeen = seen;
     return out;
   }
 }

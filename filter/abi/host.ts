@@ -7,6 +7,7 @@ import { freeHostBuffer } from "./memory";
 // Two return slots for host-allocated results (pointer, size); single-threaded VM.
 const RETURN_PTR = memory.data(8);
 const RETURN_SIZE = memory.data(8);
+const RETURN_CAS = memory.data(8);
 
 /** Take ownership of a host-allocated result: copy it into a managed buffer, free the original. */
 function takeHostResult(): ArrayBuffer {
@@ -124,6 +125,20 @@ export function grpcServiceForCluster(cluster: string): ArrayBuffer {
   out[2] = 0x0a; out[3] = <u8>name.length;
   out.set(name, 4);
   return out.buffer;
+}
+
+/** A shared-data value (process-wide for this VM id), or null if unset. */
+export function getSharedData(key: string): ArrayBuffer | null {
+  const k = String.UTF8.encode(key);
+  const status = env.proxy_get_shared_data(changetype<usize>(k), k.byteLength, RETURN_PTR, RETURN_SIZE, RETURN_CAS);
+  if (status != Status.OK) return null;
+  return takeHostResult();
+}
+
+/** Set a shared-data value unconditionally. */
+export function setSharedData(key: string, value: ArrayBuffer): bool {
+  const k = String.UTF8.encode(key);
+  return env.proxy_set_shared_data(changetype<usize>(k), k.byteLength, changetype<usize>(value), value.byteLength, 0) == Status.OK;
 }
 
 /** Define a metric; returns its id, or 0 if Envoy refused the name. */

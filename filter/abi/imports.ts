@@ -61,6 +61,15 @@ export declare function proxy_grpc_close(token: u32): u32;
 @external("env", "proxy_grpc_cancel")
 export declare function proxy_grpc_cancel(token: u32): u32;
 
+/** Shared data: the value of `key` (host-allocated copy) and its CAS token; NotFound if unset.
+ *  Process-wide for the VM id: every worker's VM sees the same data. Any callback. */
+@external("env", "proxy_get_shared_data")
+export declare function proxy_get_shared_data(keyData: usize, keySize: usize, returnValueData: usize, returnValueSize: usize, returnCas: usize): u32;
+
+/** Shared data: set `key` if `cas` is 0 or still the value's CAS token (CasMismatch otherwise). */
+@external("env", "proxy_set_shared_data")
+export declare function proxy_set_shared_data(keyData: usize, keySize: usize, valueData: usize, valueSize: usize, cas: u32): u32;
+
 /** Metrics: define (or look up) a counter (0), gauge (1) or histogram (2). Any callback. */
 @external("env", "proxy_define_metric")
 export declare function proxy_define_metric(metricType: u32, nameData: usize, nameSize: usize, returnId: usize): u32;

@@ -294,10 +294,7 @@ export class MirrorConnection {
    */
   private countMissed(complete: bool): void {
     if (this.taken == 0 || this.withoutReplicas) return;
-    if (this.replicas.length == 0) {
-      if (!this.unmirroredCounted) { this.unmirroredCounted = true; this.stats.add(this.stats.unmirroredConnections, 1); }
-      return;
-    }
+    if (this.replicas.length == 0) { this.countUnmirrored(); return; }
     for (let i = 0; i < this.replicas.length; i++) {
       const v = this.replicas[i];
       if (v.missed || v.state == REPLICA_CLOSED) continue;
@@ -314,9 +311,17 @@ export class MirrorConnection {
     this.end(false);
   }
 
-  /** Bytes went on to the primary without a mirror (stream lost, cut, or never opened). */
+  /** Bytes went on to the primary without a mirror (stream lost, cut, or never opened): no
+   *  replica got them, not even one that joined the service's set after this connection opened. */
   private skip(size: usize): void {
     this.stats.add(this.stats.bytesUnmirrored, <i64>size);
     this.countMissed(false);
+    this.countUnmirrored();
+  }
+
+  private countUnmirrored(): void {
+    if (this.unmirroredCounted || this.withoutReplicas) return;
+    this.unmirroredCounted = true;
+    this.stats.add(this.stats.unmirroredConnections, 1);
   }
 }

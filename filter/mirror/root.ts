@@ -10,6 +10,7 @@ import { decodeAck, lastDecodeError, Ack } from "./frames";
 import { MirrorStats } from "./stats";
 import { MirrorConnection, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
 import { MirrorFilter } from "./filter";
+import { EnvoyInstance } from "./instance";
 
 /** Checks paused connections (resume, stall timeout) and streams the relay never finished. */
 const TICK_PERIOD_MS: u32 = 100;
@@ -22,6 +23,7 @@ export class MirrorRoot extends RootContext {
   byToken: Map<u32, MirrorConnection> = new Map();
   /** Bytes sent and not yet acknowledged, over all this worker's connections. */
   inflightTotal: u64 = 0;
+  instance: EnvoyInstance | null = null;
 
   onConfigure(size: usize): bool {
     const raw = host.getBufferBytes(BufferType.PLUGIN_CONFIGURATION, 0, size);
@@ -34,6 +36,9 @@ export class MirrorRoot extends RootContext {
     this.stats = new MirrorStats(this.config.service);
     this.grpcService = host.grpcServiceForCluster(this.config.relayCluster);
     host.setTickPeriodMilliseconds(TICK_PERIOD_MS);
+    const instance = new EnvoyInstance();
+    instance.publish();
+    this.instance = instance;
     host.logInfo("lockstep: mirroring service \"" + this.config.service + "\" through cluster \"" + this.config.relayCluster + "\"");
     return true;
   }
@@ -153,6 +158,7 @@ export class MirrorRoot extends RootContext {
   }
 
   onTick(): void {
+    if (this.instance !== null) changetype<EnvoyInstance>(this.instance).publish();
     if (this.byToken.size == 0) return;
     const now = host.nowNanoseconds();
     const closeLimit = this.config.closeTimeoutMs * 1_000_000;

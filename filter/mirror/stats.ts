@@ -39,8 +39,8 @@ export class MirrorStats {
   overflows: u32;
   /** Times a connection's client bytes waited in Envoy for the relay to catch up. */
   pauses: u32;
-  /** Connections whose bytes reached no replica the relay named (stream never opened, or lost
-   *  before the relay's first answer, or the relay had no set): every replica missed them. */
+  /** Connections some of whose bytes reached no replica (stream never opened, lost or cut, or
+   *  the relay had no set for the service): every replica of the service missed them. */
   unmirroredConnections: u32;
   /** Connections the relay had no replica for: after its first answer, nothing is sent. */
   connectionsWithoutReplicas: u32;

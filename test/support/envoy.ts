@@ -40,10 +40,13 @@ export interface StartEnvoyOptions {
   compareReplies?: boolean;
   /** More lockstep config fields (healthCheck, ...). */
   extra?: Record<string, unknown>;
+  /** The admin port (a free one if not given): a controller told of it beforehand reads it. */
+  adminPort?: number;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
-  const [listenerPort, adminPort] = await freePorts(2);
+  const [listenerPort, freeAdminPort] = await freePorts(2);
+  const adminPort = options.adminPort ?? freeAdminPort;
   const config = parseLockstepConfig({
     service: options.service ?? "itest",
     listener: { port: listenerPort },

@@ -68,8 +68,8 @@ export interface Stack {
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const service = options.service ?? "kv";
   const names = ["m0", ...Array.from({ length: options.replicas ?? 2 }, (_, i) => `m${i + 1}`)];
-  const ports = await freePorts(names.length + 2);
-  const [apiPort, xdsPort] = ports.slice(names.length);
+  const ports = await freePorts(names.length + 3);
+  const [apiPort, xdsPort, envoyAdminPort] = ports.slice(names.length);
   const started = await Promise.all(names.map(async (name, i) => {
     const port = ports[i];
     const m: KvMember = {
@@ -93,6 +93,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     relay: { address: "127.0.0.1", port: relay.port, metricsPort: relay.metricsPort },
     healthCheck,
     controller: { apiPort, xdsPort, store: storePath },
+    envoy: { adminPort: envoyAdminPort },
     ...options.extra,
   };
   const configPath = join(dir, "service.json");
@@ -108,7 +109,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   };
   let controller = await startController();
   const envoy = await startEnvoy({
-    primary: all[0].address, relayPort: relay.port, service, controller: `127.0.0.1:${xdsPort}`,
+    primary: all[0].address, relayPort: relay.port, service, controller: `127.0.0.1:${xdsPort}`, adminPort: envoyAdminPort,
     extra: { healthCheck, primaryName: all[0].name, compareReplies: true, ...options.extra },
   });
   const api = async (method: string, path: string, body?: unknown) => {

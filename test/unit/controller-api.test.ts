@@ -68,7 +68,7 @@ describe("controller HTTP API", () => {
 
   it("adds a replica, takes a stale member back only through rejoin, and removes members", async () => {
     expect((await call("POST", "/v1/services/kv/members", { name: "c", address: "127.0.0.1:7005" })).status).toBe(201);
-    expect((await (await call("POST", "/v1/services/kv/members/s/rejoin")).json()).members.find((m: any) => m.name === "s").role).toBe("replica");
+    expect((await (await call("POST", "/v1/services/kv/members/s/rejoin")).json()).members.find((m: any) => m.name === "s").role).toBe("joining");
     expect((await (await call("DELETE", "/v1/services/kv/members/c")).json()).members.map((m: any) => m.name)).toEqual(["p", "a", "b", "s"]);
   });
 

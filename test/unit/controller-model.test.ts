@@ -3,7 +3,7 @@ import { describe, it, expect } from "vitest";
 import { mkdtempSync, writeFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bestReplica, promote, markOutOfSync, rejoin, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
+import { bestReplica, promote, markOutOfSync, rejoin, admit, promotable, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
 import { FileStore, StoreError } from "../../controller/store/file-store.ts";
 
 const m = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + name.charCodeAt(0)}`, role, alive: true, lagBytes: 0, ...extra });
@@ -51,10 +51,15 @@ describe("promotion", () => {
     expect(JSON.stringify(s)).toBe(before);
   });
 
-  it("takes a stale member back only through an explicit rejoin", () => {
+  it("takes a stale member back only through an explicit rejoin, as joining (mirrored to, not promotable) until admitted", () => {
     const failed = promote(s, "failure").service;
     expect(failed.members.find((x) => x.name === "p")?.role).toBe("stale");
-    const back = rejoin(failed, "p");
+    const joining = rejoin(failed, "p");
+    expect(joining.members.find((x) => x.name === "p")?.role).toBe("joining");
+    expect(mirrorTargets(joining).map((m) => m.name)).toContain("p");
+    expect(promotable(joining).map((m) => m.name)).not.toContain("p");
+    expect(() => rejoin(joining, "p")).toThrow('"p" is already joining');
+    const back = admit(joining, "p");
     expect(back.members.find((x) => x.name === "p")?.role).toBe("replica");
     expect(() => rejoin(back, "p")).toThrow('"p" is already replica');
     expect(() => markOutOfSync(back, "a", "diverged")).toThrow("is the primary");

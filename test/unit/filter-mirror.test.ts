@@ -320,6 +320,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
       conn.closeDownstream(); conn.done();
       expect(stat(host, "replica.a.missed_connections")).toBe(1);
       expect(stat(host, "replica.b.missed_connections")).toBe(1);
+      expect(stat(host, "unmirrored_connections")).toBe(1); // the last bytes reached no replica at all
     });
 
     it("counts nothing for a stream lost before any byte went on, until one does", () => {
@@ -330,11 +331,13 @@ describe.each(BUILDS)("filter (%s)", (build) => {
       host.grpcReceive(stream.token, encodeAck(0, [r("a", 0, "LIVE")]));
       host.grpcClose(stream.token, 14);
       expect(stat(host, "replica.a.missed_connections")).toBe(0);
+      expect(stat(host, "unmirrored_connections")).toBe(0);
       conn.downstreamData("late");
       expect(stat(host, "replica.a.missed_connections")).toBe(1);
+      expect(stat(host, "unmirrored_connections")).toBe(1);
     });
 
-    it("counts the connection unmirrored when its bytes reached no replica the relay named, and not when the relay has none", () => {
+    it("counts the connection unmirrored when some of its bytes reached no replica, and not when the relay has none for it", () => {
       const { host } = load(build);
       host.grpcFailNextStreamOpen(1);
       const lost = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });

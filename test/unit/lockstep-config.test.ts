@@ -54,13 +54,15 @@ describe("lockstep config", () => {
 
   it("with a controller section, renders the primary cluster as EDS from it with fast failure detection", () => {
     const c = parseLockstepConfig({ ...minimal, service: "orders", healthCheck: { send: "PING\n", expect: "PONG", timeoutMs: 150 }, controller: { xdsPort: 9555 } });
-    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json" });
+    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json", envoyAdmins: ["127.0.0.1:9901"] });
     const yaml = renderBootstrap(c);
     expect(yaml).toContain("type: EDS");
     expect(yaml).toContain("port_value: 9555");
     expect(yaml).toContain('tcp_health_check: { send: { text: "50494e470a" }, receive: [{ text: "504f4e47" }] }');
     expect(yaml).toContain("timeout: 0.15s");
     expect(yaml).toContain("healthy_panic_threshold: { value: 0 }");
+    expect(yaml).toContain("unhealthy_threshold: 1");
+    expect(yaml).toContain("healthy_threshold: 1000000000"); // Envoy never takes a failed host back by itself
     expect(yaml).toContain("max_connect_attempts: 5");
   });
 

@@ -170,7 +170,7 @@ describe("mirror relay", () => {
     expect(got.details).toContain('service "other" has no replica set');
     expect(s.acks).toHaveLength(0); // nothing acknowledged: the filter counts every byte unmirrored
     expect(relay.view("other").replicas).toBeNull();
-    expect(relay.metrics.unmirrored.get({ reason: "no_replica_set" })).toBe(1);
+    expect(relay.metrics.unmirrored.get({ service: "other", reason: "no_replica_set" })).toBe(1);
     expect(replicas.every((r) => r.connections.length === 0)).toBe(true);
   });
 
