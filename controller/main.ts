@@ -54,7 +54,7 @@ try {
     xds: { host: "127.0.0.1", port: values["xds-port"] ? Number(values["xds-port"]) : spec.xdsPort },
     token: token(storePath),
     storePath,
-    relay: { url: values.relay ?? `http://${c.relay.address}:${c.relay.metricsPort}` },
+    relay: { url: values.relay ?? `http://${c.relay.address}:${c.relay.metricsPort}`, token: process.env.LOCKSTEP_RELAY_TOKEN },
     envoyAdmins: spec.envoyAdmins,
     log,
   });

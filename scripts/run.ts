@@ -1,25 +1,33 @@
-// Runs a lockstep set-up on this machine: the mirror relay and Envoy (with the lockstep
-// filter) for the service described by a config file, optionally with sample key-value
-// servers as primary and replicas, and optionally a scripted session that shows the
-// replicas ending in the primary's state.
+// Runs a lockstep set-up on this machine: the mirror relay, the controller (with a
+// "controller" section in the config) and Envoy (with the lockstep filter) for the service
+// described by a config file, optionally with sample key-value servers as primary and
+// replicas, and optionally a scripted session that shows the replicas ending in the
+// primary's state.
 //
 //   npm run demo                      = --config config/demo.json --samples --scripted
 //   npx tsx scripts/run.ts --config my-service.json      (your own backends)
 //   flags: --once (exit after the scripted session), --samples, --scripted
 //
-// With a "controller" section in the config (the demo has one), the controller runs too:
-// Envoy takes the primary from its EDS, and the scripted session ends with a failover.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+// It supervises what it starts (each logged with its pid): a relay or controller that dies
+// is restarted with backoff while Envoy keeps serving (unmirrored while the relay is down,
+// on its last endpoints while the controller is); the controller resumes from its store.
+// Envoy's death, Ctrl-C or SIGTERM stop everything. Nothing it started outlives it
+// (scripts/child-processes.ts).
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { createInterface } from "node:readline";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadLockstepConfig, type LockstepConfig } from "../config/lockstep-config.ts";
 import { renderBootstrap } from "../config/envoy-bootstrap.ts";
 import { findEnvoy, PROJECT_ROOT } from "./envoy-binary.ts";
+import { spawnTied } from "./child-processes.ts";
 import { createKvServer } from "../samples/kv-server.ts";
 import { kvExchange } from "../samples/kv-client.ts";
 import { splitHostPort } from "../config/address.ts";
+import { FileStore } from "../controller/store/file-store.ts";
+import { validateStoredState } from "../controller/state.ts";
 
 const { values } = parseArgs({
   options: {
@@ -30,37 +38,129 @@ const { values } = parseArgs({
   },
 });
 
+/** A relay or controller that dies is restarted after this, doubling up to the maximum... */
+const RESTART_FIRST_DELAY_MS = 100;
+const RESTART_MAX_DELAY_MS = 5_000;
+/** ...and back to the first delay once it had been up this long. */
+const RESTART_RESET_AFTER_MS = 10_000;
+/** On shutdown, how long a process gets to exit after SIGTERM before SIGKILL. */
+const STOP_GRACE_MS = 5_000;
+
 const log = (line: string) => console.log(`[lockstep] ${line}`);
-const children: ChildProcess[] = [];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const running = new Set<ChildProcess>();
+const restartTimers = new Set<NodeJS.Timeout>();
 const closers: (() => void)[] = [];
 const samples = new Map<string, { kill: () => void }>();
 const token = process.env.LOCKSTEP_TOKEN ?? randomBytes(12).toString("hex");
+let stopping = false;
 
-function shutdown(code: number): never {
-  for (const c of children) c.kill("SIGTERM");
+/** Stop everything this runner started (SIGTERM, then SIGKILL after a grace period), then exit. */
+async function shutdown(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  for (const timer of restartTimers) clearTimeout(timer);
+  const exits = [...running].map((child) => new Promise((r) => child.once("exit", r)));
+  for (const child of running) child.kill("SIGTERM");
+  await Promise.race([Promise.all(exits), sleep(STOP_GRACE_MS)]);
   for (const close of closers) close();
-  process.exit(code);
+  process.exit(code); // the exit hook of child-processes.ts kills whatever did not stop in time
 }
-process.on("SIGINT", () => shutdown(0));
-process.on("SIGTERM", () => shutdown(0));
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => void shutdown(0));
 
 async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try { if (await check()) return; } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
   throw new Error(`timed out waiting for ${what}`);
 }
 
-function spawnLogged(name: string, command: string, args: string[]): ChildProcess {
-  const child = spawn(command, args, { cwd: PROJECT_ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LOCKSTEP_TOKEN: token } });
-  const prefix = (chunk: Buffer) => chunk.toString().split("\n").filter(Boolean).forEach((l) => console.log(`[${name}] ${l}`));
-  child.stdout!.on("data", prefix);
-  child.stderr!.on("data", prefix);
-  child.on("exit", (code, signal) => { if (code !== 0 && signal !== "SIGTERM") { log(`${name} exited (${code ?? signal})`); shutdown(1); } });
-  children.push(child);
-  return child;
+const httpOk = (url: string) => async () => (await fetch(url, { signal: AbortSignal.timeout(1000) })).ok;
+
+interface ProcessSpec {
+  readonly name: string;
+  readonly command: string;
+  readonly args: string[];
+  readonly env?: NodeJS.ProcessEnv;
+  /** Answers true once the process serves. */
+  readonly ready: () => Promise<boolean>;
+  /** What goes on while it is down, said when it is restarted; absent: its death stops everything. */
+  readonly whileDown?: string;
+  /** Said before each start. */
+  readonly beforeStart?: () => void;
+}
+
+function formatExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `signal ${signal}` : `code ${code}`;
+}
+
+/**
+ * Start a process and keep it running: resolves once it is first ready. A death before that,
+ * or of a process without `whileDown`, stops everything; later deaths restart it after
+ * RESTART_FIRST_DELAY_MS, doubling to RESTART_MAX_DELAY_MS while it keeps dying.
+ */
+async function supervise(spec: ProcessSpec): Promise<void> {
+  let delay = RESTART_FIRST_DELAY_MS;
+  let everReady = false;
+  const start = (): ChildProcess => {
+    spec.beforeStart?.();
+    // Its own process group: Ctrl-C reaches only the runner, which stops everything in order.
+    const child = spawnTied(spec.command, spec.args, { cwd: PROJECT_ROOT, env: spec.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    running.add(child);
+    log(`${spec.name} started (pid ${child.pid})`);
+    for (const stream of [child.stdout!, child.stderr!]) createInterface({ input: stream }).on("line", (line) => console.log(`[${spec.name}] ${line}`));
+    const startedAt = Date.now();
+    child.on("error", (err) => log(`${spec.name}: ${err.message}`));
+    child.on("exit", (code, signal) => {
+      running.delete(child);
+      if (stopping) return;
+      const how = formatExit(code, signal);
+      if (!everReady || !spec.whileDown) {
+        log(`${spec.name} exited (${how})${everReady ? "" : " before it was ready"}: stopping everything`);
+        void shutdown(1);
+        return;
+      }
+      const exitedAt = Date.now();
+      if (exitedAt - startedAt >= RESTART_RESET_AFTER_MS) delay = RESTART_FIRST_DELAY_MS;
+      log(`${spec.name} exited (${how}); restarting it in ${delay} ms. Meanwhile ${spec.whileDown}`);
+      const timer = setTimeout(() => {
+        restartTimers.delete(timer);
+        const next = start();
+        untilReady(next).then(
+          (ok) => { if (ok) log(`${spec.name} is back (pid ${next.pid}), serving ${Date.now() - exitedAt} ms after it exited`); },
+          (err) => log((err as Error).message));
+      }, delay);
+      restartTimers.add(timer);
+      delay = Math.min(delay * 2, RESTART_MAX_DELAY_MS);
+    });
+    return child;
+  };
+  /** Poll until it serves: true, or false if it died first (its exit handler deals with that). */
+  const untilReady = async (child: ChildProcess, timeoutMs = 20_000): Promise<boolean> => {
+    const deadline = Date.now() + timeoutMs;
+    while (child.exitCode === null && child.signalCode === null) {
+      try { if (await spec.ready()) return true; } catch { /* not yet */ }
+      if (Date.now() > deadline) throw new Error(`${spec.name} (pid ${child.pid}) is not ready after ${timeoutMs} ms`);
+      await sleep(50);
+    }
+    return false;
+  };
+  if (!(await untilReady(start()))) return new Promise(() => {}); // it died: shutdown() is under way
+  everReady = true;
+}
+
+/** The controller's stored state for the service, as one line: its primary and the members out of the running. */
+function describeStore(path: string, service: string): string {
+  let stored;
+  try { stored = new FileStore(path, validateStoredState).load(); } catch (err) { return `cannot read it (${(err as Error).message})`; }
+  const s = stored?.services.find((x) => x.name === service);
+  if (!s) return `no state for "${service}" in it`;
+  const primary = s.members.find((m) => m.role === "primary")?.name ?? "(none)";
+  const byRole = (role: string) => s.members.filter((m) => m.role === role).map((m) => m.name).join(", ") || "none";
+  const outOfSync = ["detached", "diverged"].filter((role) => s.members.some((m) => m.role === role)).map((role) => `, ${role}: ${byRole(role)}`).join("");
+  return `primary is "${primary}", stale: ${byRole("stale")}${outOfSync}`;
 }
 
 async function startSamples(c: LockstepConfig): Promise<void> {
@@ -123,6 +223,28 @@ async function failoverSession(c: LockstepConfig): Promise<boolean> {
   return ok;
 }
 
+/** The relay's control token: the config's relay.controlToken (config/lockstep-config.ts reads
+ *  it once the relay requires one), else a new one for this run. */
+function relayControlToken(c: LockstepConfig): string {
+  return (c.relay as { readonly controlToken?: string }).controlToken ?? randomBytes(24).toString("base64url");
+}
+
+/** Where the controller's store is, and what it starts from (said in the log). */
+function prepareStore(c: LockstepConfig): string {
+  const store = resolve(PROJECT_ROOT, c.controller!.store);
+  if (values.samples) {
+    // The sample servers start empty: the controller's state must too.
+    const had = existsSync(store);
+    rmSync(store, { force: true });
+    log(`the sample servers start empty, so the controller starts from a fresh store: ${store}${had ? " (the previous run's state removed)" : ""}`);
+  } else if (existsSync(store)) {
+    log(`resuming from ${store}: ${describeStore(store, c.service)}`);
+  } else {
+    log(`no store at ${store} yet: the controller starts from the config (primary "${c.primaryName}")`);
+  }
+  return store;
+}
+
 async function main(): Promise<void> {
   const configPath = resolve(PROJECT_ROOT, values.config!);
   const c = loadLockstepConfig(configPath);
@@ -135,7 +257,9 @@ async function main(): Promise<void> {
 
   const dir = join(PROJECT_ROOT, ".cache", "run", c.service);
   mkdirSync(dir, { recursive: true });
+  const relayToken = relayControlToken(c);
   const relayConfig = join(dir, "relay.json");
+  rmSync(relayConfig, { force: true }); // written anew, readable by its owner only: it holds the token
   writeFileSync(relayConfig, JSON.stringify({
     listen: { host: c.relay.address, port: c.relay.port },
     metrics: { host: c.relay.address, port: c.relay.metricsPort },
@@ -143,30 +267,43 @@ async function main(): Promise<void> {
     // waits for it rather than start from a set that may be out of date.
     services: c.controller ? {} : { [c.service]: c.replicas },
     limits: { maxLagBytesPerConnection: c.limits.maxLagBytesPerConnection, maxQueuedBytesTotal: c.limits.maxQueuedBytesTotal },
-  }, null, 2));
-  spawnLogged("relay", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig]);
-  await waitUntil("the relay", async () => (await fetch(`http://127.0.0.1:${c.relay.metricsPort}/healthz`)).ok);
+    controlToken: relayToken,
+  }, null, 2), { mode: 0o600 });
+  await supervise({
+    name: "relay", command: process.execPath, args: ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig],
+    ready: httpOk(`http://127.0.0.1:${c.relay.metricsPort}/healthz`),
+    whileDown: "Envoy keeps serving: connections go to the primary unmirrored (counted in bytes_unmirrored) and the replicas miss those bytes",
+  });
   log(`relay on ${c.relay.address}:${c.relay.port}, metrics http://127.0.0.1:${c.relay.metricsPort}/metrics`);
 
   if (c.controller) {
-    const store = join(dir, "controller.json");
-    if (values.samples) rmSync(store, { force: true }); // the samples start empty: so does the controller's state
-    const child = spawnLogged("controller", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "controller", "main.ts"), "--config", configPath, "--store", store]);
-    await waitUntil("the controller", async () => (await fetch(`http://127.0.0.1:${c.controller!.apiPort}/v1/services`)).ok);
+    const store = prepareStore(c);
+    let restarts = 0;
+    await supervise({
+      name: "controller", command: process.execPath,
+      args: ["--import", "tsx", join(PROJECT_ROOT, "controller", "main.ts"), "--config", configPath, "--store", store],
+      env: { ...process.env, LOCKSTEP_TOKEN: token, LOCKSTEP_RELAY_TOKEN: relayToken },
+      ready: httpOk(`http://127.0.0.1:${c.controller.apiPort}/v1/services`),
+      whileDown: "Envoy keeps serving on the endpoints it has; nobody is promoted until it is back",
+      beforeStart: () => { if (restarts++ > 0) log(`controller resumes from ${store}: ${describeStore(store, c.service)}`); },
+    });
     log(`controller API http://127.0.0.1:${c.controller.apiPort}/v1/services (mutating calls: Authorization: Bearer ${token}), xDS on 127.0.0.1:${c.controller.xdsPort}`);
   }
 
   const bootstrap = join(dir, "envoy.yaml");
   writeFileSync(bootstrap, renderBootstrap(c));
-  spawnLogged("envoy", envoyBin, ["-c", bootstrap, "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", String(100 + (c.listener.port % 1000))]);
-  await waitUntil("Envoy", async () => (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/ready`)).status === 200);
+  await supervise({
+    name: "envoy", command: envoyBin,
+    args: ["-c", bootstrap, "--log-level", "warn", "--component-log-level", "wasm:info", "--base-id", String(100 + (c.listener.port % 1000))],
+    ready: async () => (await fetch(`http://127.0.0.1:${c.envoy.adminPort}/ready`, { signal: AbortSignal.timeout(1000) })).status === 200,
+  });
   log(`Envoy ${execFileSync(envoyBin, ["--version"]).toString().trim().split(" ").pop()} listening on ${c.listener.address}:${c.listener.port} -> primary ${c.controller ? "named by the controller (first " + c.primary + ")" : c.primary}; admin http://127.0.0.1:${c.envoy.adminPort}`);
   log(`replicas: ${c.replicas.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
 
   let ok = true;
   if (values.scripted) ok = await scriptedSession(c);
-  if (values.once) shutdown(ok ? 0 : 1);
-  log(`running; try: printf 'SET a 1\\nGET a\\n' | nc -q1 127.0.0.1 ${c.listener.port}   (Ctrl-C to stop)`);
+  if (values.once) return shutdown(ok ? 0 : 1);
+  log(`running; try: printf 'SET a 1\\nGET a\\n' | nc -q1 127.0.0.1 ${c.listener.port}   (Ctrl-C to stop; a relay or controller that dies is restarted, Envoy's death stops everything)`);
 }
 
-main().catch((err) => { console.error(`[lockstep] ${err instanceof Error ? err.message : err}`); shutdown(1); });
+main().catch((err) => { console.error(`[lockstep] ${err instanceof Error ? err.message : err}`); void shutdown(1); });

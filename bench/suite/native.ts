@@ -1,10 +1,12 @@
 // The compiled load generator and backends (bench/loadgen.c), built at bench time with the
-// machine's `cc -O2`, and every process pinned to a core with `taskset`.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+// machine's `cc -O2`, and every process pinned to a core with `taskset` and dying with the bench
+// (scripts/child-processes.ts).
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { spawnTied } from "../../scripts/child-processes.ts";
 
 let binary = "";
 
@@ -33,7 +35,7 @@ export function raiseFileLimit(n = 1_048_576): number {
 }
 
 function spawnPinned(cpus: string, args: string[]): ChildProcess {
-  return spawn("taskset", ["-c", cpus, buildLoadgen(), ...args], { stdio: ["pipe", "pipe", "pipe"] });
+  return spawnTied("taskset", ["-c", cpus, buildLoadgen(), ...args], { stdio: ["pipe", "pipe", "pipe"] });
 }
 
 function firstLine(child: ChildProcess, what: string): Promise<any> {

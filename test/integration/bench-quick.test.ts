@@ -2,12 +2,12 @@
 // writes a Markdown table and an SVG plot, every set-up gets real numbers, and every ratio is
 // taken against the plain tcp_proxy row of the same run. The figures themselves are not
 // asserted (the targets are reported in docs/BENCHMARKS.md, never tested).
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { spawnTied } from "../../scripts/child-processes.ts";
 import type { Results } from "../../bench/suite/report.ts";
 
 const SETUPS = ["direct", "tcp_proxy", "lockstep-0", "lockstep-1", "lockstep-2", "lockstep-3", "lockstep-2-nocheck"];
@@ -19,9 +19,9 @@ describe("npm run bench -- --quick", () => {
     // A child process, as a user runs it: the suite pins its own process to a core with taskset.
     // Without vitest's variables, or test/support would try to hook into a test run.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("VITEST") && k !== "TEST" && k !== "NODE_ENV"));
-    const child = spawn(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "bench", "run.ts"), "--quick", "--out", out], { cwd: PROJECT_ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawnTied(process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "bench", "run.ts"), "--quick", "--out", out], { cwd: PROJECT_ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
-    child.stderr.on("data", (d) => { stderr += d; });
+    child.stderr!.on("data", (d) => { stderr += d; });
     const started = Date.now();
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     expect(code, stderr.slice(-4000)).toBe(0);

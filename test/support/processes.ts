@@ -1,10 +1,8 @@
-// Child processes of a test (Envoy, the relay): output kept for the failure message,
-// killed when the test file ends.
-import { spawn, type ChildProcess } from "node:child_process";
-
-// Under vitest, output is shown for failed tests and processes are killed after each file;
-// elsewhere (bench/) the caller kills what it starts.
-const vitest = process.env.VITEST ? await import("vitest") : null;
+// Child processes of a test (Envoy, the relay, redis-server): output kept for the failure
+// message, killed when the test file ends, and never outliving the test process however it
+// ends (scripts/child-processes.ts).
+import type { ChildProcess } from "node:child_process";
+import { spawnTied } from "../../scripts/child-processes.ts";
 
 export interface Managed {
   readonly name: string;
@@ -15,11 +13,13 @@ export interface Managed {
 }
 
 const live = new Set<Managed>();
-let hooksInstalled = false;
 
-function installHooks(): void {
-  if (hooksInstalled || !vitest) return;
-  hooksInstalled = true;
+// Under vitest: output shown for failed tests, processes killed after each file; elsewhere
+// (bench/) the caller kills what it starts. The hooks are registered while the test file is
+// collected: registered later (from a beforeAll, where most processes start), vitest would
+// never run them.
+const vitest = process.env.VITEST ? await import("vitest") : null;
+if (vitest) {
   vitest.afterEach((ctx) => {
     if (ctx.task.result?.state !== "fail") return;
     for (const p of live) console.error(`\n----- last output of ${p.name} -----\n${p.output().slice(-6000)}\n----- end of ${p.name} -----`);
@@ -28,8 +28,7 @@ function installHooks(): void {
 }
 
 export function startProcess(name: string, command: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Managed {
-  installHooks();
-  const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnTied(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
   let text = "";
   const keep = (chunk: Buffer) => { text += chunk.toString(); if (text.length > 200_000) text = text.slice(-100_000); };
   child.stdout!.on("data", keep);
