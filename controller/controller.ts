@@ -55,7 +55,7 @@ export class Controller {
   /** A replica clearly better than the successor, and since when. */
   private readonly challengers = new Map<string, { name: string; since: number }>();
   private pollTimer?: NodeJS.Timeout;
-  private polling = false;
+  private polling?: Promise<void>;
   private pollAgain = false;
   private readonly reachable = new Map<string, boolean>();
   private readonly state: ControllerState;
@@ -179,27 +179,36 @@ export class Controller {
     this.o.log(`failover: ${service}: ${planned.name} promoted; ${failed} is stale (${reason})`);
   }
 
+  /** Act on everything the relay and Envoy have counted so far (before a rejoin: evidence of
+   *  losses from before it must not fall on the member that rejoins). */
+  async settle(): Promise<void> {
+    if (this.polling) { this.pollAgain = true; await this.polling; }
+    await this.poll();
+  }
+
   /** Read the relay and every Envoy; act on what they say. One poll at a time; a poll asked for
    *  meanwhile runs right after. */
-  private async poll(): Promise<void> {
-    if (this.polling) { this.pollAgain = true; return; }
-    this.polling = true;
-    try {
-      do {
-        this.pollAgain = false;
-        const relay = await this.o.relay.poll();
-        this.noteReachable("relay", relay !== undefined, this.o.relay.lastError);
-        const envoys: EnvoyView[] = [];
-        for (const e of this.o.envoys ?? []) {
-          try { envoys.push(await e.read()); this.noteReachable(e.source, true); }
-          catch (err) { this.noteReachable(e.source, false, (err as Error).message); }
-        }
-        if (relay) for (const service of relay.changed) this.o.log(`relay: replica set of "${service}" set`);
-        for (const e of envoys) this.followEnvoy(e);
-        this.actOnEvidence(relay, envoys);
-        if (relay) this.observeRelay(relay);
-      } while (this.pollAgain);
-    } finally { this.polling = false; }
+  private poll(): Promise<void> {
+    if (this.polling) { this.pollAgain = true; return this.polling; }
+    this.polling = this.pollLoop().finally(() => { this.polling = undefined; });
+    return this.polling;
+  }
+
+  private async pollLoop(): Promise<void> {
+    do {
+      this.pollAgain = false;
+      const relay = await this.o.relay.poll();
+      this.noteReachable("relay", relay !== undefined, this.o.relay.lastError);
+      const envoys: EnvoyView[] = [];
+      for (const e of this.o.envoys ?? []) {
+        try { envoys.push(await e.read()); this.noteReachable(e.source, true); }
+        catch (err) { this.noteReachable(e.source, false, (err as Error).message); }
+      }
+      if (relay) for (const service of relay.changed) this.o.log(`relay: replica set of "${service}" set`);
+      for (const e of envoys) this.followEnvoy(e);
+      this.actOnEvidence(relay, envoys);
+      if (relay) this.observeRelay(relay);
+    } while (this.pollAgain);
   }
 
   private noteReachable(source: string, ok: boolean, error = ""): void {

@@ -69,7 +69,7 @@ export async function startController(settings: ControllerSettings): Promise<Run
 
   const api = express();
   api.disable("x-powered-by");
-  api.use(createApiRouter(state, { token: settings.token, health: (name, h) => health.set(name, h), successor: (name) => controller.successor(name) }));
+  api.use(createApiRouter(state, { token: settings.token, health: (name, h) => health.set(name, h), successor: (name) => controller.successor(name), settle: () => controller.settle() }));
   const xdsApp = express();
   xdsApp.disable("x-powered-by");
   xdsApp.use(xds.router());

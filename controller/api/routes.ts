@@ -69,6 +69,8 @@ export interface ApiOptions {
   health?: (service: string, settings: HealthSettings) => void;
   /** The member that takes over if the primary fails (EDS priority 1). */
   successor?: (service: string) => string | undefined;
+  /** Act on every loss counted so far, before a member rejoins. */
+  settle?: () => Promise<void>;
 }
 
 export function createApiRouter(state: ControllerState, options: ApiOptions): Router {
@@ -124,8 +126,10 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   r.delete("/v1/services/:service/members/:member", requireToken, (req, res) => {
     res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state, options));
   });
-  r.post("/v1/services/:service/members/:member/rejoin", requireToken, (req, res) => {
-    res.json(view(state.rejoin(param(req, "service"), param(req, "member")), state, options));
+  r.post("/v1/services/:service/members/:member/rejoin", requireToken, async (req, res) => {
+    const [service, member] = [param(req, "service"), param(req, "member")];
+    await options.settle?.();
+    res.json(view(state.rejoin(service, member), state, options));
   });
   r.use((_req, _res, next) => next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json")));
   r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {

@@ -89,6 +89,8 @@ describe("controller failover on real Envoy, real processes", () => {
   });
 
   it("keeps the primary and Envoy's configuration when the controller is killed and restarted mid-traffic", async () => {
+    // A member rejoined by the test before is a replica once no connection it missed is open.
+    await waitFor("every rejoined member to be a replica", async () => !(await stack.view()).members.some((m) => m.role === "joining"));
     const before = await stack.view();
     // Envoy's hash of the last endpoints it took from the controller.
     const version = () => stack.envoy.stat(`cluster.${stack.service}_primary.version`);
