@@ -1,10 +1,11 @@
 // Failover under a steady stream of new connections, with the real controller, relay, Envoy
 // and sample key-value servers as separate processes: `kill` sends SIGKILL to the primary,
 // `stop` sends SIGSTOP (a primary that goes silent). Each trial is test/support/failover.ts's:
-// a client opens a new connection every 3 ms (so a sample may include up to 3 ms of waiting
-// for the next connection); the time is from the signal to the first answer from the promoted
-// replica; failed connects are connections opened after the
-// primary was gone (its exit observed; for `stop`, the signal) that got no answer.
+// an open-loop client opens a new connection every 2 ms whether or not the previous one was
+// answered (so a sample may include up to 2 ms of waiting for the next connection); the time is
+// from the signal to the first answer from the promoted replica; failed connects are
+// connections opened after the primary was gone (its exit observed; for `stop`, the signal)
+// that got no answer.
 //
 // Health checks as shipped (PING/PONG, controller every 100 ms), with a probe timeout of
 // 150 ms: a silent primary is detected by Envoy after at most its check interval (50 ms) plus
@@ -26,7 +27,7 @@ export async function measureFailover(opts: { kind: "kill" | "stop"; trials: num
   try {
     await kvExchange(stack.envoy.listenerPort, ["SET before-failover 1"]);
     for (let t = 0; t < opts.trials; t++) {
-      const r = await failoverTrial(stack, opts.kind, async (port) => { await kvExchange(port, ["SET before-failover 1"]); });
+      const r = await failoverTrial(stack, opts.kind, async (port) => { await kvExchange(port, ["SET before-failover 1"]); }, { openLoop: true, intervalMs: 2, afterMs: 200 });
       samplesMs.push(r.ms);
       failedConnects += r.failedConnects;
       servedByOthers += r.servedByOthers;

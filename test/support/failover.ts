@@ -20,6 +20,8 @@ export interface TrialResult {
   readonly recordedMs: number;
   /** Connections opened after the primary was gone that got no answer. */
   readonly failedConnects: number;
+  /** Connections opened between the signal and the primary being gone that got no answer. */
+  readonly failedWhileDying: number;
   /** ... that were served by a member other than the successor. */
   readonly servedByOthers: number;
   readonly connections: number;
@@ -28,7 +30,18 @@ export interface TrialResult {
 const now = () => process.hrtime.bigint();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed: (port: number) => Promise<void>, intervalMs = 3): Promise<TrialResult> {
+export interface TrialOptions {
+  /** Between two new connections. */
+  readonly intervalMs?: number;
+  /** Open a new connection every intervalMs whether or not the previous one was answered (an
+   *  open-loop client, as real traffic is); otherwise one after the other. */
+  readonly openLoop?: boolean;
+  /** Keep connecting this long after the promoted member first served (more connections judged). */
+  readonly afterMs?: number;
+}
+
+export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed: (port: number) => Promise<void>, options: TrialOptions = {}): Promise<TrialResult> {
+  const intervalMs = options.intervalMs ?? 3;
   const before = await stack.view();
   const failed = before.primary;
   if (!before.successor) throw new Error(`no successor for ${failed}: ${JSON.stringify(before)}`);
@@ -36,13 +49,18 @@ export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed:
   const log: { start: bigint; end: bigint; who: string }[] = [];
   let stop = false;
   const deadline = Date.now() + 15_000;
+  const connect = async () => {
+    const start = now();
+    const who = await stack.whoServes(1500);
+    log.push({ start, end: now(), who });
+  };
   const loop = (async () => {
+    const pending: Promise<void>[] = [];
     while (!stop && Date.now() < deadline) {
-      const start = now();
-      const who = await stack.whoServes(1500);
-      log.push({ start, end: now(), who });
+      if (options.openLoop) pending.push(connect()); else await connect();
       await sleep(intervalMs);
     }
+    await Promise.all(pending);
   })();
   await sleep(50);
   const exited = new Promise<void>((r) => victim.process.child.once("exit", () => r()));
@@ -62,7 +80,8 @@ export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed:
     const events = (await stack.api("GET", "/v1/events")).json.events.slice(-6);
     throw new Error(`${err.message}\nview: ${JSON.stringify(await stack.view())}\nlast events: ${JSON.stringify(events)}`);
   });
-  await waitFor(`${promoted} to serve`, () => log.some((l) => l.start > t0 && l.who === promoted), 5_000, 5).finally(() => { stop = true; });
+  await waitFor(`${promoted} to serve`, () => log.some((l) => l.start > t0 && l.who === promoted), 5_000, 5)
+    .then(() => sleep(options.afterMs ?? 0)).finally(() => { stop = true; });
   await loop;
   const first = log.find((l) => l.start > t0 && l.who === promoted)!;
   const after = log.filter((l) => l.start > gone);
@@ -79,6 +98,7 @@ export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed:
     ms: Number(first.end - t0) / 1e6,
     recordedMs: Number(recorded - t0) / 1e6,
     failedConnects: after.filter((l) => l.who === "FAILED").length,
+    failedWhileDying: log.filter((l) => l.start > t0 && l.start <= gone && l.who === "FAILED").length,
     servedByOthers: after.filter((l) => l.who !== "FAILED" && l.who !== promoted).length,
     connections: log.length,
   };
