@@ -84,6 +84,9 @@ function edsCluster(c: LockstepConfig, name: string, controller: string): string
     connect_timeout: 1s
 ${UNLIMITED_CONNECTIONS}    # Reset the clients of a host that fails its health check, so they reconnect at once.
     close_connections_on_host_health_failure: true
+    # A member the controller takes out (out of sync, stale) leaves at once; by default Envoy
+    # keeps a removed host that still passes its health check, and would fail over to it.
+    ignore_health_on_host_removal: true
     # Apply endpoint changes at once (default merge window: 1 s); never spread load over a
     # dead priority (default panic threshold: 50%).
     common_lb_config: { update_merge_window: 0s, healthy_panic_threshold: { value: 0 } }

@@ -63,6 +63,7 @@ describe("lockstep config", () => {
     expect(yaml).toContain("healthy_panic_threshold: { value: 0 }");
     expect(yaml).toContain("unhealthy_threshold: 1");
     expect(yaml).toContain("healthy_threshold: 1000000000"); // Envoy never takes a failed host back by itself
+    expect(yaml).toContain("ignore_health_on_host_removal: true"); // nor keeps one the controller took out
     expect(yaml).toContain("max_connect_attempts: 5");
   });
 
