@@ -16,8 +16,9 @@ export interface RelayLimits {
   readonly maxQueuedBytesTotal: number;
   /** How long a replica connection may take to connect. */
   readonly connectTimeoutMs: number;
-  /** How long a finished connection waits for its replicas to take the last bytes. A replica
-   *  that has not taken them by then missed them (STALLED). */
+  /** How long a finished connection waits at most for its replicas to take the last bytes (one
+   *  that takes none for stallTimeoutMs meanwhile is cut loose sooner). A replica that has not
+   *  taken them by then missed them (STALLED). */
   readonly finishTimeoutMs: number;
   /** Once a replica took every byte of a finished connection, how long its connection stays open
    *  for the rest of its replies (the reply check); then it is closed whatever they are. */
@@ -49,7 +50,7 @@ export interface RelayConfig {
 export const RELAY_DEFAULTS = Object.freeze({
   listen: Object.freeze({ host: "127.0.0.1", port: 10100 }),
   metrics: Object.freeze({ host: "127.0.0.1", port: 10101 }),
-  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 5000, replyWaitMs: 1000, setWaitMs: 2000, stallTimeoutMs: 500 }),
+  limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 30_000, replyWaitMs: 1000, setWaitMs: 2000, stallTimeoutMs: 500 }),
   ackIntervalMs: 10,
   ackEveryBytes: 64 << 10,
 });

@@ -22,6 +22,7 @@ import { status as GrpcStatus } from "@grpc/grpc-js";
 import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
 import { ReplyCheck } from "./reply-check.ts";
+import { unacknowledgedBytes } from "./kernel-queue.ts";
 import type { RelayConfig, ReplicaTarget } from "./config.ts";
 import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
@@ -253,9 +254,12 @@ export class MirrorSession implements OpenConnection {
       if (link.terminal) continue;
       if (!link.delivered) {
         if (this.state !== "finishing") continue;
-        const deadline = this.finishAt + limits.finishTimeoutMs;
-        if (now >= deadline) link.detach("STALLED");
-        else next = Math.min(next, deadline);
+        // Still taking the last bytes: fine while it takes some (a slow replica is not stalled),
+        // up to finishTimeoutMs in all.
+        if (link.state === "LIVE") this.sampleProgress([link], now);
+        const stalled = link.state === "LIVE" && now - link.lastProgressAt >= limits.stallTimeoutMs;
+        if (stalled || now >= this.finishAt + limits.finishTimeoutMs) link.detach("STALLED");
+        else next = Math.min(next, now + this.stallCheckMs, this.finishAt + limits.finishTimeoutMs);
         continue;
       }
       if (!this.deliveredAt.has(link)) this.deliveredAt.set(link, now);
@@ -280,6 +284,8 @@ export class MirrorSession implements OpenConnection {
   }
 
   private get highWater(): number { return this.ctx.config.limits.maxLagBytesPerConnection / 4; }
+  /** How often a replica's progress is sampled while it holds the connection back. */
+  private get stallCheckMs(): number { return Math.max(10, Math.min(100, this.ctx.config.limits.stallTimeoutMs / 5)); }
 
   /** Backpressure: while a live replica is behind by more than the high-water mark, stop
    *  reading the stream (HTTP/2 flow control then holds Envoy, whose filter pauses the client).
@@ -288,15 +294,24 @@ export class MirrorSession implements OpenConnection {
     if (this.holding || !this.links.some((link) => !link.terminal && link.lag > this.highWater)) return;
     this.holding = true;
     this.call.pause();
-    const period = Math.max(10, Math.min(100, this.ctx.config.limits.stallTimeoutMs / 5));
     this.stallTimer = setInterval(() => {
       const now = Date.now();
+      this.sampleProgress(this.links.filter((link) => !link.terminal && link.state === "LIVE" && link.lag > 0), now);
       for (const link of this.links) {
-        if (link.terminal || link.state !== "LIVE" || link.lag === 0 || link.tookBytes(now)) continue;
+        if (link.terminal || link.state !== "LIVE" || link.lag === 0) continue;
         if (now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs) link.detach("STALLED");
       }
       this.releaseIfCaughtUp();
-    }, period);
+    }, this.stallCheckMs);
+  }
+
+  /** Note which replicas took bytes; the kernel's queues are read only for those that showed
+   *  no progress for half the stall timeout (a slow reader's progress hides in its buffers). */
+  private sampleProgress(links: readonly ReplicaLink[], now: number): void {
+    const quiet = links.filter((link) => !link.tookBytes(now) && now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs / 2);
+    if (quiet.length === 0) return;
+    const unacknowledged = unacknowledgedBytes(quiet.map((link) => link.tcp));
+    for (const link of quiet) link.tookBytes(now, unacknowledged.get(link.tcp));
   }
 
   private releaseIfCaughtUp(): void {

@@ -50,6 +50,7 @@ export class ReplicaLink {
   private endSent = false;
   private sampledAcked = 0;
   private sampledUnwritten = 0;
+  private sampledUnacknowledged = Infinity;
   private readonly socket: Socket;
   private readonly labels: { service: string; replica: string };
 
@@ -140,16 +141,23 @@ export class ReplicaLink {
     return true;
   }
 
-  /** Whether the replica took bytes since the last call: a write completed, or the kernel took
-   *  part of the one in progress (a large write completes only once the whole of it is taken). */
-  tookBytes(now: number): boolean {
+  /** Whether the replica took bytes since the last call: a write completed, the kernel took
+   *  part of the one in progress (a large write completes only once the whole of it is taken),
+   *  or the replica acknowledged bytes sitting in the kernel's buffers (`unacknowledged`, from
+   *  kernel-queue.ts, when it could be read). */
+  tookBytes(now: number, unacknowledged?: number): boolean {
     const unwritten = (this.socket as WithHandle)._handle?.writeQueueSize ?? 0;
-    const took = this.acked !== this.sampledAcked || unwritten < this.sampledUnwritten;
+    const took = this.acked !== this.sampledAcked || unwritten < this.sampledUnwritten ||
+      (unacknowledged !== undefined && this.sampledUnacknowledged !== Infinity && unacknowledged < this.sampledUnacknowledged);
     this.sampledAcked = this.acked;
     this.sampledUnwritten = unwritten;
+    if (unacknowledged !== undefined) this.sampledUnacknowledged = unacknowledged;
     if (took) this.lastProgressAt = now;
     return took;
   }
+
+  /** The socket, for reading its kernel send queue (kernel-queue.ts). */
+  get tcp(): Socket { return this.socket; }
 
   /** Out of sync for this connection: free everything now. */
   detach(reason: DetachReason): void {

@@ -10,6 +10,9 @@ export const DEFAULT_CLOSE_TIMEOUT_MS: u64 = 30_000;
 /** Longer than the relay's own replica stall timeout (500 ms), so a stuck replica is
  *  detached by the relay before the filter gives up on the relay. */
 export const DEFAULT_RELAY_STALL_TIMEOUT_MS: u64 = 2_000;
+/** Connections per worker whose client is gone while the relay still finishes their mirror
+ *  (replica connections that outlive their client): past it, new connections wait. */
+export const DEFAULT_MAX_FINISHING_STREAMS: u64 = 128;
 
 export class MirrorConfig {
   /** Envoy cluster (HTTP/2) that reaches the mirror relay. Required. */
@@ -25,6 +28,10 @@ export class MirrorConfig {
   relayStallTimeoutMs: u64 = DEFAULT_RELAY_STALL_TIMEOUT_MS;
   /** How long a finished connection's stream may wait for the relay's final answer. */
   closeTimeoutMs: u64 = DEFAULT_CLOSE_TIMEOUT_MS;
+  /** Connections of this worker whose client is gone and whose mirror the relay is still
+   *  finishing; while there are this many, a new connection's first bytes wait (for at most the
+   *  stall timeout), so replica connections never pile up behind a relay slower than the clients. */
+  maxFinishingStreams: u64 = DEFAULT_MAX_FINISHING_STREAMS;
   /** Digest the primary's replies so the relay can compare each replica's with them
    *  (docs/CONSISTENCY.md). Off: the primary's replies are never read. */
   compareReplies: bool = true;
@@ -34,7 +41,7 @@ export class ConfigResult {
   constructor(public config: MirrorConfig | null, public error: string) {}
 }
 
-const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "compare_replies"];
+const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams", "compare_replies"];
 
 function bad(message: string): ConfigResult { return new ConfigResult(null, message); }
 
@@ -57,7 +64,7 @@ export function parseMirrorConfig(json: string): ConfigResult {
     return bad("\"service\" must be 1 to 64 characters of [A-Za-z0-9_-]");
   config.service = service.text;
 
-  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms"];
+  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams"];
   for (let i = 0; i < names.length; i++) {
     const v = obj.get(names[i]);
     if (v === null) continue;
@@ -67,7 +74,8 @@ export function parseMirrorConfig(json: string): ConfigResult {
     if (i == 0) config.maxInflightBytesPerConnection = n;
     else if (i == 1) config.maxInflightBytesTotal = n;
     else if (i == 2) config.closeTimeoutMs = n;
-    else config.relayStallTimeoutMs = n;
+    else if (i == 3) config.relayStallTimeoutMs = n;
+    else config.maxFinishingStreams = n;
   }
   const compare = obj.get("compare_replies");
   if (compare !== null) {

@@ -73,6 +73,11 @@ export class MirrorConnection {
   heldBytes: usize = 0;
   /** The client half-closed while its bytes were held: END follows them. */
   endHeld: bool = false;
+  /** Waiting (paused) for the worker's finishing streams to drop below the bound before its
+   *  stream opens. */
+  awaitingStream: bool = false;
+  /** Counted in the worker's finishing streams: the client is gone, the stream is not. */
+  finishing: bool = false;
   /** Client bytes passed on to the primary, mirrored or not. */
   taken: u64 = 0;
   /** Counted in unmirrored_connections. */
@@ -204,6 +209,9 @@ export class MirrorConnection {
     host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false);
     this.endSent = true;
   }
+
+  /** This connection will not be mirrored (its stream never opened). */
+  forgo(): void { if (this.state == STATE_IDLE) this.state = STATE_DONE; }
 
   /** The client connection is over: half-close the stream; the relay flushes and answers.
    *  Bytes Envoy still held never reached the primary: they are not sent. */

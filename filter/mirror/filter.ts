@@ -4,7 +4,6 @@
 // stall timeout, and then mirrors nothing until the bytes go on; never pauses the primary's replies.
 import { NetworkContext } from "../abi/context";
 import { Action } from "../abi/constants";
-import * as host from "../abi/host";
 import { MirrorConnection } from "./connection";
 import { MirrorRoot } from "./root";
 
@@ -15,6 +14,12 @@ export class MirrorFilter extends NetworkContext {
   }
 
   onDownstreamData(size: usize, endOfStream: bool): u32 {
+    if (this.mirrorRoot.mustAwaitStream(this.mirror)) {
+      // Too many mirrors of closed connections are still finishing in the relay: this connection
+      // waits (its bytes held in Envoy) until one ends, so replica connections never pile up.
+      this.mirrorRoot.awaitStream(this.mirror, size, endOfStream);
+      return Action.PAUSE;
+    }
     this.mirrorRoot.open(this.mirror);
     if (this.mirrorRoot.mustWait(this.mirror, size)) {
       // The relay is behind: hold these bytes in Envoy (its read buffer's watermarks then
@@ -30,7 +35,7 @@ export class MirrorFilter extends NetworkContext {
   onUpstreamData(size: usize, endOfStream: bool): u32 {
     // Server-first protocols: the primary speaks before the client; open now so the
     // replicas are connected at the same point of the conversation.
-    this.mirrorRoot.open(this.mirror);
+    if (!this.mirrorRoot.mustAwaitStream(this.mirror)) this.mirrorRoot.open(this.mirror);
     // Read (never change) the primary's bytes for the consistency check; never Pause here.
     this.mirror.digestUpstream(size, endOfStream);
     return Action.CONTINUE;
@@ -43,7 +48,9 @@ export class MirrorFilter extends NetworkContext {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
-    this.mirrorRoot.open(this.mirror);
-    this.mirror.finish(host.nowNanoseconds());
+    // A connection that ends before any byte still opens its mirror (replicas see it open and
+    // close as the primary did), unless streams must wait: then nothing was sent, nothing missed.
+    if (!this.mirrorRoot.mustAwaitStream(this.mirror)) this.mirrorRoot.open(this.mirror);
+    this.mirrorRoot.finish(this.mirror);
   }
 }

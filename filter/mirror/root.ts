@@ -8,7 +8,7 @@ import * as host from "../abi/host";
 import { parseMirrorConfig, MirrorConfig } from "./config";
 import { decodeAck, lastDecodeError, Ack } from "./frames";
 import { MirrorStats } from "./stats";
-import { MirrorConnection, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
+import { MirrorConnection, STATE_IDLE, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
 import { MirrorFilter } from "./filter";
 import { EnvoyInstance } from "./instance";
 
@@ -23,6 +23,10 @@ export class MirrorRoot extends RootContext {
   byToken: Map<u32, MirrorConnection> = new Map();
   /** Bytes sent and not yet acknowledged, over all this worker's connections. */
   inflightTotal: u64 = 0;
+  /** Streams whose client connection is over while the relay still finishes them. */
+  finishingStreams: u64 = 0;
+  /** Connections waiting, in arrival order, for a finishing stream to end before theirs opens. */
+  awaitingStream: MirrorConnection[] = [];
   instance: EnvoyInstance | null = null;
 
   onConfigure(size: usize): bool {
@@ -54,6 +58,65 @@ export class MirrorRoot extends RootContext {
     const before = mirror.token;
     const token = mirror.open();
     if (token != 0 && before == 0) this.byToken.set(token, mirror);
+  }
+
+  /** Whether a connection's stream must wait before it opens: as many streams as the bound
+   *  are still finishing for clients already gone (or others wait before it). */
+  mustAwaitStream(mirror: MirrorConnection): bool {
+    if (mirror.awaitingStream) return true;
+    if (mirror.state != STATE_IDLE) return false;
+    return this.finishingStreams >= this.config.maxFinishingStreams || this.awaitingStream.length > 0;
+  }
+
+  /** Hold a connection's bytes until its stream may open. */
+  awaitStream(mirror: MirrorConnection, size: usize, endOfStream: bool): void {
+    if (!mirror.awaitingStream) { mirror.awaitingStream = true; this.awaitingStream.push(mirror); }
+    this.hold(mirror, size, endOfStream);
+  }
+
+  /** The client connection is over: half-close its stream; it is finishing until the relay ends it. */
+  finish(mirror: MirrorConnection): void {
+    if (mirror.awaitingStream) this.stopAwaiting(mirror); // its held bytes never reached the primary
+    mirror.finish(host.nowNanoseconds());
+    if ((mirror.state == STATE_CLOSING || mirror.state == STATE_NO_REPLICAS) && !mirror.finishing) {
+      mirror.finishing = true;
+      this.finishingStreams++;
+    }
+  }
+
+  private stopAwaiting(mirror: MirrorConnection): void {
+    mirror.awaitingStream = false;
+    const i = this.awaitingStream.indexOf(mirror);
+    if (i >= 0) this.awaitingStream.splice(i, 1);
+  }
+
+  /** Connections that waited the stall timeout for a stream go on unmirrored (counted): the
+   *  relay is not finishing streams. */
+  private giveUpAwaiting(now: u64, stallLimit: u64): void {
+    while (this.awaitingStream.length > 0 && now - this.awaitingStream[0].pausedSinceNs > stallLimit) {
+      const mirror = this.awaitingStream.shift();
+      mirror.awaitingStream = false;
+      host.logWarn("lockstep: connection " + mirror.contextId.toString() + " waited " + this.config.relayStallTimeoutMs.toString() +
+        " ms for the relay to finish " + this.finishingStreams.toString() + " streams of closed connections; it goes on unmirrored");
+      const stats = changetype<MirrorStats>(this.stats);
+      stats.add(stats.overflows, 1);
+      mirror.forgo();
+      if (!host.setEffectiveContext(mirror.contextId)) continue;
+      this.pass(mirror, mirror.heldBytes, false);
+      host.continueDownstream();
+    }
+  }
+
+  /** Open the streams of waiting connections while the bound allows, oldest first. */
+  private admitAwaiting(): void {
+    while (this.awaitingStream.length > 0 && this.finishingStreams < this.config.maxFinishingStreams) {
+      const mirror = this.awaitingStream.shift();
+      mirror.awaitingStream = false;
+      if (!host.setEffectiveContext(mirror.contextId)) continue; // the connection is gone
+      this.open(mirror);
+      this.pass(mirror, mirror.heldBytes, false);
+      host.continueDownstream();
+    }
   }
 
   /** Whether `size` more bytes would pass a bound while the relay still holds some: then the
@@ -106,6 +169,11 @@ export class MirrorRoot extends RootContext {
     this.byToken.delete(mirror.token);
     if (cancel) mirror.cancel();
     this.maybeResume(mirror, true);
+    if (mirror.finishing) {
+      mirror.finishing = false;
+      this.finishingStreams--;
+      this.admitAwaiting();
+    }
   }
 
   private largestInFlight(fallback: MirrorConnection): MirrorConnection {
@@ -159,10 +227,11 @@ export class MirrorRoot extends RootContext {
 
   onTick(): void {
     if (this.instance !== null) changetype<EnvoyInstance>(this.instance).publish();
-    if (this.byToken.size == 0) return;
     const now = host.nowNanoseconds();
-    const closeLimit = this.config.closeTimeoutMs * 1_000_000;
     const stallLimit = this.config.relayStallTimeoutMs * 1_000_000;
+    this.giveUpAwaiting(now, stallLimit);
+    if (this.byToken.size == 0) return;
+    const closeLimit = this.config.closeTimeoutMs * 1_000_000;
     const mirrors = this.byToken.values();
     for (let i = 0; i < mirrors.length; i++) {
       const m = mirrors[i];

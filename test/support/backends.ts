@@ -20,6 +20,10 @@ export interface BackendOptions {
   reply?: (chunk: Buffer, conn: ConnectionRecord) => Buffer | null;
   /** Never read from accepted sockets (a replica that stops reading). */
   stopReading?: boolean;
+  /** Read each connection at this steady pace (a healthy replica slower than the client). */
+  readBytesPerSecond?: number;
+  /** Refuse connections past this many at once (Node closes them unread), like a server's limit. */
+  maxConnections?: number;
   /** Bytes of head to keep for identification. */
   headBytes?: number;
   /** What to answer when the client half-closes (default: a tag naming this backend; null: nothing). */
@@ -49,6 +53,7 @@ export class RecordingBackend {
         conn.sent += bytes.length; conn.sentHash.update(bytes); socket.write(bytes);
       };
       if (this.options.stopReading) socket.pause();
+      if (this.options.readBytesPerSecond) pace(socket, this.options.readBytesPerSecond);
       socket.on("data", (chunk: Buffer) => {
         if (conn.head.length < headBytes) conn.head = Buffer.concat([conn.head, chunk.subarray(0, headBytes - conn.head.length)]);
         conn.received += chunk.length;
@@ -65,6 +70,7 @@ export class RecordingBackend {
       socket.on("error", () => {});
       socket.on("close", () => { conn.closed = true; this.sockets.delete(socket); });
     });
+    if (this.options.maxConnections) this.server.maxConnections = this.options.maxConnections;
     await new Promise<void>((resolve, reject) => {
       this.server.once("error", reject);
       this.server.listen(port, "127.0.0.1", () => resolve());
@@ -83,6 +89,15 @@ export class RecordingBackend {
   byHead(): Map<string, ConnectionRecord> {
     return new Map(this.connections.map((c) => [c.head.toString("hex"), c]));
   }
+}
+
+/** Read `socket` at a steady pace: every 10 ms it may take its share of bytes, then pauses. */
+function pace(socket: Socket, bytesPerSecond: number): void {
+  const share = Math.max(1, Math.round(bytesPerSecond / 100));
+  let budget = share;
+  socket.on("data", (chunk: Buffer) => { budget -= chunk.length; if (budget <= 0) socket.pause(); });
+  const timer = setInterval(() => { budget = Math.min(budget, 0) + share; if (budget > 0) socket.resume(); }, 10);
+  socket.on("close", () => clearInterval(timer));
 }
 
 /** Start several backends; close them all with `killAll`. */

@@ -290,6 +290,41 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stat(host, "overflows")).toBe(1);
   });
 
+  it("holds a new connection while max_finishing_streams mirrors of closed connections are still finishing, and opens it when one ends (issue 8, defect 4)", () => {
+    const { host } = load(build, { ...CONFIG, max_finishing_streams: 2 });
+    const closed = [1, 2].map((i) => {
+      const c = host.newConnection({ source: `127.0.0.1:${i}`, upstream: "127.0.0.1:2" });
+      c.downstreamData("bye\n", true);
+      c.closeDownstream(); c.done();
+      return [...host.grpcStreams.values()].at(-1)!;
+    });
+    const next = host.newConnection({ source: "127.0.0.1:9", upstream: "127.0.0.1:2" });
+    expect(next.downstreamData("hello").action).toBe(Action.PAUSE);
+    expect(host.grpcStreams.size).toBe(2); // its stream waits
+    host.grpcReceive(closed[0].token, encodeAck(4, [{ name: "r1", queued: 4, acked: 4, state: "CLOSED", reason: "NONE" }]));
+    host.grpcClose(closed[0].token, 0); // the relay finished one
+    expect(next.continued).toBe(1);
+    expect(host.grpcStreams.size).toBe(3);
+    const stream = [...host.grpcStreams.values()].at(-1)!;
+    expect(stream.sent.slice(1).map((b) => decodeFilterFrame(b))).toMatchObject([{ type: "DATA", offset: 0, bytes: Buffer.from("hello") }]);
+    expect(Buffer.concat(next.toUpstream)).toEqual(Buffer.from("hello"));
+  });
+
+  it("lets a connection that waited the stall timeout for a finishing stream go on unmirrored, counted", () => {
+    const { host } = load(build, { ...CONFIG, max_finishing_streams: 1, relay_stall_timeout_ms: 300 });
+    const c = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
+    c.downstreamData("bye\n", true);
+    c.closeDownstream(); c.done(); // its stream never finishes: the relay hangs
+    const next = host.newConnection({ source: "127.0.0.1:9", upstream: "127.0.0.1:2" });
+    expect(next.downstreamData("hello").action).toBe(Action.PAUSE);
+    host.advance(400); host.tick();
+    expect(next.continued).toBe(1);
+    expect(Buffer.concat(next.toUpstream)).toEqual(Buffer.from("hello"));
+    expect(stat(host, "overflows")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(5);
+    expect(stat(host, "unmirrored_connections")).toBe(1);
+  });
+
   describe("evidence the controller reads: which replicas missed bytes", () => {
     const r = (name: string, acked: number, state: "LIVE" | "CLOSED" | "DETACHED", reason: "NONE" | "LAG_BOUND" | "REPLICA_CLOSED" = "NONE") =>
       ({ name, queued: acked, acked, state, reason });

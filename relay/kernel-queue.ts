@@ -1,0 +1,40 @@
+// How many bytes of each socket's data its peer has not acknowledged yet (the kernel's send
+// queue), from /proc/net/tcp and /proc/net/tcp6 on Linux. Node sees a write complete only once
+// the kernel took all of it, and a slow reader leaves a large write sitting in multi-megabyte
+// kernel buffers for seconds: this is how the relay still sees a slow replica take bytes.
+// Read only for replicas suspected of stalling (the files list every socket on the host).
+import { readFileSync } from "node:fs";
+import type { Socket } from "node:net";
+
+/** "localPort:remotePort" (hex, as /proc prints them) -> bytes not yet acknowledged. */
+function readQueues(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text: string;
+    try { text = readFileSync(file, "latin1"); } catch { continue; }
+    for (const line of text.split("\n").slice(1)) {
+      // sl local_address rem_address st tx_queue:rx_queue ...
+      const f = line.trim().split(/\s+/);
+      if (f.length < 5) continue;
+      const local = f[1].split(":")[1];
+      const remote = f[2].split(":")[1];
+      const tx = f[4].split(":")[0];
+      if (local && remote && tx) out.set(`${local}:${remote}`, parseInt(tx, 16));
+    }
+  }
+  return out;
+}
+
+const hexPort = (port: number | undefined) => (port ?? 0).toString(16).toUpperCase().padStart(4, "0");
+
+/** Bytes each socket's peer has not acknowledged; absent where the kernel cannot tell (not Linux). */
+export function unacknowledgedBytes(sockets: readonly Socket[]): Map<Socket, number> {
+  const out = new Map<Socket, number>();
+  if (sockets.length === 0 || process.platform !== "linux") return out;
+  const queues = readQueues();
+  for (const s of sockets) {
+    const n = queues.get(`${hexPort(s.localPort)}:${hexPort(s.remotePort)}`);
+    if (n !== undefined) out.set(s, n);
+  }
+  return out;
+}
