@@ -8,7 +8,7 @@
 //   relay:  LAG_BOUND / RELAY_BOUND / STALLED ──► detached;  divergence ──► diverged
 //           REPLICA_CLOSED / CONNECT_FAILED   ──► probe it now (health decides)
 import { ControllerState } from "./state.ts";
-import { bestReplica, primaryOf, promotable, type Member, type Service } from "./model/service.ts";
+import { bestReplica, primaryOf, promotable, standbyCandidates, type Member, type Service } from "./model/service.ts";
 import { buildSnapshot, contentVersion, type ServiceEndpoints } from "./xds/snapshot.ts";
 import type { XdsRestServer } from "./xds/rest-server.ts";
 import { HealthChecker, type HealthSettings } from "./health/checker.ts";
@@ -76,7 +76,7 @@ export class Controller {
   /** The designated successor: the best replica, but the current one keeps its place unless
    *  clearly beaten for SUCCESSOR_SWITCH_AFTER_MS. */
   private chooseSuccessor(s: Service): Member | undefined {
-    const ranked = promotable(s).sort((a, b) => a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name));
+    const ranked = standbyCandidates(s).sort((a, b) => a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name));
     const current = ranked.find((m) => m.name === s.successor);
     const best = ranked[0];
     if (!current || current === best || !this.clearlyBetter(best, current)) { this.challengers.delete(s.name); return current ?? best; }
@@ -106,13 +106,13 @@ export class Controller {
     for (const s of this.state.list()) {
       const primary = primaryOf(s);
       // The successor at priority 1; the others (only reached if it fails too) in a stable order.
-      const others = promotable(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
+      const others = standbyCandidates(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
       const standbys = [...s.members.filter((m) => m.name === s.successor), ...others];
       if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: standbys.map((m) => m.address) });
       // Every in-sync member: the relay leaves out whichever one is a connection's primary,
       // so a connection opened while Envoy and the controller disagree still reaches all others.
       // A changed set is sent at once (not at the next poll).
-      if (this.o.relay.want(s.name, s.members.filter((m) => m.role === "primary" || (m.role === "replica" && m.alive)).map((m) => ({ name: m.name, address: m.address })))) void this.pollRelay();
+      if (this.o.relay.want(s.name, s.members.filter((m) => m.role === "primary" || (m.role === "replica" && m.alive !== false)).map((m) => ({ name: m.name, address: m.address })))) void this.pollRelay();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -145,6 +145,9 @@ export class Controller {
     if (!s || !m) return;
     this.o.log(`health: ${service}/${member} (${m.role}) is ${healthy ? "up" : "down"}: ${reason}`);
     this.state.observe(service, member, { alive: healthy });
+    // A replica seen up for the first time may be the candidate a failed primary was waiting for.
+    const primary = primaryOf(s);
+    if (healthy && m.role === "replica" && primary?.alive === false) this.failover(service, primary.name, "it was already down");
     if (healthy) return;
     if (m.role === "primary") this.failover(service, member, reason);
     else if (m.role === "replica") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}); it missed what was sent meanwhile`);

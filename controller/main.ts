@@ -25,8 +25,8 @@ export function serviceOf(c: LockstepConfig): { service: Service; health: Health
   const h = c.healthCheck;
   return {
     service: Object.freeze({ name: c.service, members: Object.freeze([
-      Object.freeze({ name: c.primaryName, address: c.primary, role: "primary" as const, alive: true, lagBytes: 0 }),
-      ...c.replicas.map((r) => Object.freeze({ name: r.name, address: r.address, role: "replica" as const, alive: true, lagBytes: 0 })),
+      Object.freeze({ name: c.primaryName, address: c.primary, role: "primary" as const, lagBytes: 0 }),
+      ...c.replicas.map((r) => Object.freeze({ name: r.name, address: r.address, role: "replica" as const, lagBytes: 0 })),
     ]) }),
     health: Object.freeze({ intervalMs: h.intervalMs, timeoutMs: h.timeoutMs, unhealthyThreshold: h.unhealthyThreshold, healthyThreshold: h.healthyThreshold, send: h.send || undefined, expect: h.expect || undefined }),
   };

@@ -1,7 +1,7 @@
 // The controller's state: services, their members, and the event history. Every change goes
 // through here, is saved to the store, and is announced to listeners (xDS snapshot, relay).
 import { FileStore, StoreError } from "./store/file-store.ts";
-import { canonicalEndpoint } from "../config/address.ts";
+import { canonicalEndpoint, parseEndpoint } from "../config/address.ts";
 import { promote, rejoin, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
 
 export interface ControllerEvent {
@@ -32,6 +32,12 @@ export function validateStoredState(raw: unknown): StoredState {
 /** Events kept in memory and in the store (older ones are dropped). */
 export const MAX_EVENTS = 1000;
 
+/** A member as the controller starts it: address in canonical spelling, health unknown until
+ *  this process's probes decide (so it cannot be promoted before one succeeded). */
+function fresh(m: Pick<Member, "name" | "address" | "role">): Member {
+  return Object.freeze({ name: m.name, address: parseEndpoint(m.address, `member "${m.name}" address`).text, role: m.role, lagBytes: 0 });
+}
+
 export class ControllerState {
   private services = new Map<string, Service>();
   private events: ControllerEvent[] = [];
@@ -40,7 +46,8 @@ export class ControllerState {
   constructor(private readonly store?: FileStore<StoredState>, private readonly now: () => Date = () => new Date()) {
     const saved = store?.load();
     if (saved) {
-      for (const s of saved.services) this.services.set(s.name, s);
+      // Health is never taken from the store: this process's probes decide it again.
+      for (const s of saved.services) this.services.set(s.name, Object.freeze({ ...s, members: Object.freeze(s.members.map(fresh)) }));
       this.events = saved.events;
     }
   }
@@ -53,7 +60,7 @@ export class ControllerState {
   /** Declare a service (from the config file at boot) unless the store already knows it. */
   declare(service: Service): void {
     if (this.services.has(service.name)) return;
-    this.commit(service, []);
+    this.commit(Object.freeze({ ...service, members: Object.freeze(service.members.map(fresh)) }), []);
   }
 
   promote(name: string, reason: "failure" | "switchover", member?: string): Service {
@@ -99,8 +106,9 @@ export class ControllerState {
   /** Declare a new service through the API; refuses a name already in use. */
   addService(service: Service): Service {
     if (this.services.has(service.name)) throw new ModelError("DUPLICATE", `a service named "${service.name}" exists`);
-    this.commit(service, [this.event(service.name, "service_added", primaryOf(service)?.name ?? "", `service "${service.name}" declared with ${service.members.length} members`)]);
-    return service;
+    const added = Object.freeze({ ...service, members: Object.freeze(service.members.map(fresh)) });
+    this.commit(added, [this.event(service.name, "service_added", primaryOf(added)?.name ?? "", `service "${service.name}" declared with ${added.members.length} members`)]);
+    return added;
   }
 
   rejoin(name: string, member: string): Service {
@@ -111,12 +119,11 @@ export class ControllerState {
 
   addReplica(name: string, member: { name: string; address: string }): Service {
     const s = this.require(name);
-    if (s.members.some((m) => m.name === member.name || m.address === member.address)) {
-      throw new ModelError("DUPLICATE", `service "${name}" already has a member named "${member.name}" or at ${member.address}`);
-    }
-    const added: Member = { name: member.name, address: member.address, role: "replica", alive: true, lagBytes: 0 };
-    const service = Object.freeze({ ...s, members: Object.freeze([...s.members, Object.freeze(added)]) });
-    this.commit(service, [this.event(name, "member_added", member.name, `${member.name} at ${member.address} joins as a replica`)]);
+    const added = fresh({ ...member, role: "replica" });
+    const same = s.members.find((m) => m.name === added.name || m.address === added.address);
+    if (same) throw new ModelError("DUPLICATE", `service "${name}" already has ${same.name === added.name ? `a member named "${added.name}"` : `the member "${same.name}" at ${added.address}`}`);
+    const service = Object.freeze({ ...s, members: Object.freeze([...s.members, added]) });
+    this.commit(service, [this.event(name, "member_added", added.name, `${added.name} at ${added.address} joins as a replica`)]);
     return service;
   }
 

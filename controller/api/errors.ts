@@ -8,7 +8,7 @@ export const API_ERRORS = {
   PAYLOAD_TOO_LARGE: { status: 413, summary: "the body is larger than 16 KiB" },
   UNKNOWN_SERVICE: { status: 404, summary: "no service by that name" },
   NO_SUCH_MEMBER: { status: 404, summary: "the service has no member by that name" },
-  NOT_PROMOTABLE: { status: 409, summary: "only a live, in-sync replica can be promoted" },
+  NOT_PROMOTABLE: { status: 409, summary: "only a live, in-sync replica that a health check of this controller found up can be promoted" },
   IS_PRIMARY: { status: 409, summary: "the operation does not apply to the primary" },
   NO_CANDIDATE: { status: 409, summary: "no live, in-sync replica to promote" },
   DUPLICATE: { status: 409, summary: "a service or member by that name (or a member at that address) exists, or the member is already in that role" },

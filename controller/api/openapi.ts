@@ -44,7 +44,7 @@ export const OPENAPI = {
     "/v1/services/{service}/members": { post: {
       summary: "Add a replica (started from the primary's state)", security: secured, parameters: [serviceParam],
       requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string" }, address: { type: "string", description: "host:port" } } } } } },
-      responses: { ...ok("the service with the new replica", service, "201"), ...errors(...mutating, "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+      responses: { ...ok("the service with the new replica (not promotable before a health check of this controller found it up)", service, "201"), ...errors(...mutating, "DUPLICATE", "PAYLOAD_TOO_LARGE") },
     } },
     "/v1/services/{service}/members/{member}": { delete: {
       summary: "Remove a member (not the primary)", security: secured, parameters: [serviceParam, memberParam],
@@ -61,7 +61,7 @@ export const OPENAPI = {
     schemas: {
       Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
       NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address: { type: "string", description: "host:port" } } },
-      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: "boolean" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
+      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
       Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
       Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
     },

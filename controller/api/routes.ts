@@ -18,7 +18,7 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
     name: s.name,
     primary: s.members.find((m) => m.role === "primary")?.name ?? null,
     successor: options.successor?.(s.name) ?? null,
-    members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
+    members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive ?? null, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
   };
 }
@@ -45,7 +45,7 @@ function member(raw: unknown, field: string, role: Member["role"]): Member {
   const m = raw as Record<string, unknown>;
   onlyKeys(m, ["name", "address"]);
   if (typeof m.name !== "string" || !NAME.test(m.name)) throw new ApiError("BAD_REQUEST", `"${field}.name" must be ${NAME_RULE}`);
-  return { name: m.name, address: address(m.address, `${field}.address`), role, alive: true, lagBytes: 0 };
+  return { name: m.name, address: address(m.address, `${field}.address`), role, lagBytes: 0 };
 }
 
 /** An endpoint in its canonical spelling, or 400 saying what is wrong with it. */

@@ -26,6 +26,7 @@ describe("controller HTTP API", () => {
   async function start(): Promise<void> {
     state = new ControllerState(new FileStore(storePath, validateStoredState), () => new Date("2026-11-24T12:00:00Z"));
     state.declare({ name: "kv", members: [member("p", "primary", 7001), member("a", "replica", 7002), member("b", "replica", 7003), member("s", "stale", 7004)] });
+    for (const m of state.get("kv")!.members) state.observe("kv", m.name, { alive: true }); // as this process's health checks would
     const app = express();
     app.use(createApiRouter(state, { token: TOKEN }));
     server = await new Promise<Server>((resolve) => { const s = app.listen(0, "127.0.0.1", () => resolve(s)); });

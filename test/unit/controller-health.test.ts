@@ -60,6 +60,8 @@ describe("controller decisions", () => {
   function setUp(members: Member[]) {
     const state = new ControllerState(undefined);
     state.declare({ name: "kv", members });
+    // Live measurements are never declared: they come from this process's probes and the relay.
+    for (const { name, alive, lagBytes, rttMs } of members) state.observe("kv", name, { alive, lagBytes, rttMs });
     const results = new Map<string, ProbeResult>(members.map((m) => [m.address, { ok: true, rttMs: 1 }]));
     const xds = new XdsRestServer();
     const controller = new Controller({
