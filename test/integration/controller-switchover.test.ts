@@ -58,7 +58,7 @@ describe("planned switchover through the API", () => {
       services: [{ service: { name: "kv", members: [member(backends[0], "primary"), member(backends[1], "replica"), member(backends[2], "replica")] }, health: { ...HEALTH_DEFAULTS, ...HEALTH } }],
       api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
       storePath: join(mkdtempSync(join(tmpdir(), "lockstep-switchover-")), "state.json"),
-      relay: { url: `http://127.0.0.1:${relay.metricsPort}` },
+      relay: { url: `http://127.0.0.1:${relay.metricsPort}`, token: relay.controlToken },
     });
     envoy = await startEnvoy({ primary: backends[0].address, relayPort: relay.port, service: "kv", controller: `127.0.0.1:${controller.xdsPort}`, compareReplies: true, extra: { healthCheck: HEALTH } });
     const api = (method: string, path: string, body?: unknown) => fetch(`http://127.0.0.1:${controller!.apiPort}${path}`, {
