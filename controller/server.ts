@@ -4,8 +4,9 @@
 import express from "express";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { ControllerState, validateStoredState, type StoredState } from "./state.ts";
+import { ControllerState } from "./state.ts";
 import { FileStore } from "./store/file-store.ts";
+import { validateStoredState, type StoredState } from "./store/stored-state.ts";
 import { createApiRouter } from "./api/routes.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
 import { RelayClient } from "./relay/client.ts";
@@ -46,7 +47,7 @@ async function listen(app: express.Express, host: string, port: number): Promise
 
 export async function startController(settings: ControllerSettings): Promise<RunningController> {
   const log = settings.log ?? (() => {});
-  const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState));
+  const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
   for (const { service } of settings.services) state.declare(service);
   const xds = new XdsRestServer();
@@ -75,6 +76,7 @@ export async function startController(settings: ControllerSettings): Promise<Run
     async close() {
       controller.stop();
       for (const s of [apiServer, xdsServer]) { s.closeAllConnections(); await new Promise<void>((r) => s.close(() => r())); }
+      state.close();
     },
   };
 }

@@ -1,6 +1,7 @@
 // Every error the HTTP API returns: a stable code, its HTTP status, and a message. Responses
 // are `{ "error": { "code", "message" } }`. docs and tests read this table.
 import { ModelError } from "../model/service.ts";
+import { StoreUnavailableError } from "../store/store-writer.ts";
 
 export const API_ERRORS = {
   UNAUTHORIZED: { status: 401, summary: "missing or wrong bearer token on a mutating call" },
@@ -13,6 +14,7 @@ export const API_ERRORS = {
   NO_CANDIDATE: { status: 409, summary: "no live, in-sync replica to promote" },
   DUPLICATE: { status: 409, summary: "a service or member by that name (or a member at that address) exists, or the member is already in that role" },
   NOT_FOUND: { status: 404, summary: "no such route" },
+  STORE_UNAVAILABLE: { status: 503, summary: "the store cannot be written; the call changed nothing (GET /v1/services shows the store's state)" },
 } as const;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;
@@ -23,9 +25,10 @@ export class ApiError extends Error {
   body() { return { error: { code: this.code, message: this.message } }; }
 }
 
-/** Model errors carry the same codes. */
+/** Model and store errors carry their codes. */
 export function toApiError(err: unknown): ApiError | undefined {
   if (err instanceof ApiError) return err;
   if (err instanceof ModelError) return new ApiError(err.code, err.message);
+  if (err instanceof StoreUnavailableError) return new ApiError("STORE_UNAVAILABLE", err.message);
   return undefined;
 }

@@ -12,7 +12,7 @@ const ok = (description: string, schema: object, status = "200") => ({ [status]:
 const serviceParam = { name: "service", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
 const memberParam = { name: "member", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
 const secured = [{ bearer: [] }];
-const mutating = ["UNAUTHORIZED", "BAD_REQUEST", "UNKNOWN_SERVICE"] as const;
+const mutating = ["UNAUTHORIZED", "BAD_REQUEST", "UNKNOWN_SERVICE", "STORE_UNAVAILABLE"] as const;
 
 export const OPENAPI = {
   openapi: "3.1.0",
@@ -20,7 +20,10 @@ export const OPENAPI = {
   paths: {
     "/v1/openapi.json": { get: { summary: "This document", responses: ok("the OpenAPI document", { type: "object" }) } },
     "/v1/services": {
-      get: { summary: "All services with their members", responses: ok("services", { type: "object", properties: { services: { type: "array", items: service } } }) },
+      get: { summary: "All services with their members, and whether the store can be written", responses: ok("services", { type: "object", properties: {
+        store: { type: "object", description: "false while saves fail: the controller serves on from memory, retries, and refuses API changes (503 STORE_UNAVAILABLE)", properties: { ok: { type: "boolean" }, error: { type: ["string", "null"] }, since: { type: ["string", "null"], format: "date-time" } } },
+        services: { type: "array", items: service },
+      } }) },
       post: {
         summary: "Declare a service: its primary and replicas (Envoy needs a listener and the EDS cluster <name>_primary for it: scripts/render-envoy.ts)",
         security: secured,
@@ -30,7 +33,7 @@ export const OPENAPI = {
           replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
           healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
         } } } } },
-        responses: { ...ok("the new service", service, "201"), ...errors("UNAUTHORIZED", "BAD_REQUEST", "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+        responses: { ...ok("the new service", service, "201"), ...errors("UNAUTHORIZED", "BAD_REQUEST", "DUPLICATE", "PAYLOAD_TOO_LARGE", "STORE_UNAVAILABLE") },
       },
     },
     "/v1/services/{service}": { get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors("UNKNOWN_SERVICE", "BAD_REQUEST") } } },

@@ -82,7 +82,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
 
   const r = express.Router();
   r.get("/v1/openapi.json", (_req, res) => { res.json(OPENAPI); });
-  r.get("/v1/services", (_req, res) => { res.json({ services: state.list().map((s) => view(s, state, options)) }); });
+  r.get("/v1/services", (_req, res) => { res.json({ store: state.storeStatus(), services: state.list().map((s) => view(s, state, options)) }); });
   r.get("/v1/services/:service", (req, res) => {
     const s = state.get(param(req, "service"));
     if (!s) throw new ApiError("UNKNOWN_SERVICE", `no service "${req.params.service}"`);

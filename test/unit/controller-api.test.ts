@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { createApiRouter } from "../../controller/api/routes.ts";
 import { OPENAPI } from "../../controller/api/openapi.ts";
 import { API_ERRORS } from "../../controller/api/errors.ts";
-import { ControllerState, validateStoredState } from "../../controller/state.ts";
+import { ControllerState } from "../../controller/state.ts";
+import { validateStoredState } from "../../controller/store/stored-state.ts";
 import { FileStore } from "../../controller/store/file-store.ts";
 import type { Member } from "../../controller/model/service.ts";
 
@@ -24,7 +25,7 @@ describe("controller HTTP API", () => {
   let storePath: string;
 
   async function start(): Promise<void> {
-    state = new ControllerState(new FileStore(storePath, validateStoredState), () => new Date("2026-11-24T12:00:00Z"));
+    state = new ControllerState(new FileStore(storePath, validateStoredState), { now: () => new Date("2026-11-24T12:00:00Z") });
     state.declare({ name: "kv", members: [member("p", "primary", 7001), member("a", "replica", 7002), member("b", "replica", 7003), member("s", "stale", 7004)] });
     for (const m of state.get("kv")!.members) state.observe("kv", m.name, { alive: true }); // as this process's health checks would
     const app = express();
