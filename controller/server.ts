@@ -1,11 +1,13 @@
-// The controller process's parts put together: the store and state, the HTTP API (127.0.0.1
-// unless configured otherwise), the xDS endpoint Envoy polls, health checks, and the link to
-// the relay. `startController` is what controller/main.ts, the demo and the tests run.
+// The controller process's parts put together: the store (locked: one controller per store) and
+// state, the HTTP API (127.0.0.1 unless configured otherwise), the xDS endpoint Envoy polls,
+// health checks, and the link to the relay. `startController` is what controller/main.ts, the
+// demo and the tests run.
 import express from "express";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ControllerState } from "./state.ts";
 import { FileStore } from "./store/file-store.ts";
+import { StoreLock } from "./store/store-lock.ts";
 import { validateStoredState, type StoredState } from "./store/stored-state.ts";
 import { createApiRouter } from "./api/routes.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
@@ -47,6 +49,16 @@ async function listen(app: express.Express, host: string, port: number): Promise
 
 export async function startController(settings: ControllerSettings): Promise<RunningController> {
   const log = settings.log ?? (() => {});
+  const lock = StoreLock.acquire(settings.storePath);
+  try {
+    return await startLocked(settings, log, lock);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(settings: ControllerSettings, log: (line: string) => void, lock: StoreLock): Promise<RunningController> {
   const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
   for (const { service } of settings.services) state.declare(service);
@@ -67,7 +79,7 @@ export async function startController(settings: ControllerSettings): Promise<Run
   xdsApp.disable("x-powered-by");
   xdsApp.use(xds.router());
   const apiServer = await listen(api, settings.api.host, settings.api.port);
-  const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port);
+  const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port).catch(async (err) => { await close(apiServer); throw err; });
   controller.start();
   return {
     apiPort: (apiServer.address() as AddressInfo).port,
@@ -75,8 +87,14 @@ export async function startController(settings: ControllerSettings): Promise<Run
     state, controller,
     async close() {
       controller.stop();
-      for (const s of [apiServer, xdsServer]) { s.closeAllConnections(); await new Promise<void>((r) => s.close(() => r())); }
+      for (const s of [apiServer, xdsServer]) await close(s);
       state.close();
+      lock.release();
     },
   };
+}
+
+async function close(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((r) => server.close(() => r()));
 }
