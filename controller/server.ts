@@ -10,6 +10,7 @@ import { FileStore } from "./store/file-store.ts";
 import { StoreLock } from "./store/store-lock.ts";
 import { validateStoredState, type StoredState } from "./store/stored-state.ts";
 import { createApiRouter } from "./api/routes.ts";
+import { answerClientErrors } from "./api/client-errors.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
 import { RelayClient } from "./relay/client.ts";
 import { Controller } from "./controller.ts";
@@ -74,11 +75,16 @@ async function startLocked(settings: ControllerSettings, log: (line: string) => 
 
   const api = express();
   api.disable("x-powered-by");
-  api.use(createApiRouter(state, { token: settings.token, health: (name, h) => health.set(name, h), successor: (name) => controller.successor(name) }));
+  api.use(createApiRouter(state, {
+    token: settings.token, log,
+    health: (name, h) => health.set(name, h),
+    successor: (name) => controller.successor(name),
+  }));
   const xdsApp = express();
   xdsApp.disable("x-powered-by");
   xdsApp.use(xds.router());
   const apiServer = await listen(api, settings.api.host, settings.api.port);
+  answerClientErrors(apiServer);
   const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port).catch(async (err) => { await close(apiServer); throw err; });
   controller.start();
   return {

@@ -1,5 +1,6 @@
 // The controller's HTTP API under /v1 (express). Reads are open; mutating calls need
-// `Authorization: Bearer <token>`. Bad input gets a 4xx with a coded error and changes nothing.
+// `Authorization: Bearer <token>`. Bad input gets a 4xx with a coded error and changes nothing;
+// anything else is a fault of the controller: logged with its stack, answered 500 INTERNAL.
 // The OpenAPI document (openapi.ts) describes exactly these routes; a test keeps them in step.
 import express, { type Request, type Response, type NextFunction, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
@@ -69,7 +70,15 @@ export interface ApiOptions {
   health?: (service: string, settings: HealthSettings) => void;
   /** The member that takes over if the primary fails (EDS priority 1). */
   successor?: (service: string) => string | undefined;
+  /** Where faults of the controller are logged. */
+  log?: (line: string) => void;
 }
+
+/** Each documented path as a pattern, with the methods it takes (for 405 and its Allow header). */
+const ROUTES = Object.entries(OPENAPI.paths).map(([path, ops]) => ({
+  pattern: new RegExp(`^${path.replace(/\./g, "\\.").replace(/\{\w+\}/g, "[^/]+")}/?$`, "i"),
+  allow: Object.keys(ops).flatMap((m) => (m === "get" ? ["GET", "HEAD"] : [m.toUpperCase()])).join(", "),
+}));
 
 export function createApiRouter(state: ControllerState, options: ApiOptions): Router {
   const expected = Buffer.from(`Bearer ${options.token}`);
@@ -89,7 +98,8 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     res.json(view(s, state, options));
   });
   r.get("/v1/events", (req, res) => {
-    const service = typeof req.query.service === "string" ? req.query.service : undefined;
+    const service = req.query.service;
+    if (service !== undefined && (typeof service !== "string" || !NAME.test(service))) throw new ApiError("BAD_REQUEST", `"service" must be ${NAME_RULE}`);
     res.json({ events: state.history(service) });
   });
   r.post("/v1/services", requireToken, json, (req, res) => {
@@ -127,14 +137,18 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   r.post("/v1/services/:service/members/:member/rejoin", requireToken, (req, res) => {
     res.json(view(state.rejoin(param(req, "service"), param(req, "member")), state, options));
   });
-  r.use((_req, _res, next) => next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json")));
-  r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    const e = err as { type?: string; status?: number; message?: string };
-    const apiError = toApiError(err)
-      ?? (e.type === "entity.too.large" ? new ApiError("PAYLOAD_TOO_LARGE", `the body is larger than ${MAX_BODY_BYTES} bytes`)
-        : e.type === "entity.parse.failed" ? new ApiError("BAD_REQUEST", `the body is not valid JSON: ${e.message}`) : undefined);
-    if (!apiError) { res.status(500).json({ error: { code: "INTERNAL", message: "internal error; see the controller's log" } }); return; }
-    res.status(apiError.status).json(apiError.body());
+  r.use((req, res, next) => {
+    const route = ROUTES.find((x) => x.pattern.test(req.path));
+    if (!route) return next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json"));
+    res.set("allow", route.allow);
+    next(new ApiError("METHOD_NOT_ALLOWED", `${req.method} is not allowed here (allowed: ${route.allow}); see GET /v1/openapi.json`));
+  });
+  r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const apiError = toApiError(err, MAX_BODY_BYTES);
+    if (apiError) { res.status(apiError.status).json(apiError.body()); return; }
+    options.log?.(`api: ${req.method} ${req.originalUrl} failed: ${(err as Error)?.stack ?? String(err)}`);
+    if (res.headersSent) { req.socket.destroy(); return; }
+    res.status(500).json({ error: { code: "INTERNAL", message: "internal error; it is logged in the controller's log" } });
   });
   return r;
 }
