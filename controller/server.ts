@@ -12,6 +12,7 @@ import { validateStoredState, type StoredState } from "./store/stored-state.ts";
 import { createApiRouter } from "./api/routes.ts";
 import { answerClientErrors } from "./api/client-errors.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
+import { primaryCluster } from "./xds/resources.ts";
 import { RelayClient } from "./relay/client.ts";
 import { Controller } from "./controller.ts";
 import { HEALTH_DEFAULTS, type HealthSettings } from "./health/checker.ts";
@@ -38,6 +39,7 @@ export interface RunningController {
   readonly xdsPort: number;
   readonly state: ControllerState;
   readonly controller: Controller;
+  readonly xds: XdsRestServer;
   close(): Promise<void>;
 }
 
@@ -63,7 +65,14 @@ async function startLocked(settings: ControllerSettings, log: (line: string) => 
   const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
   for (const { service } of settings.services) state.declare(service);
-  const xds = new XdsRestServer();
+  const serviceOfCluster = (cluster: string) => state.list().find((s) => primaryCluster(s.name) === cluster)?.name;
+  const xds = new XdsRestServer({
+    onRejected: ({ cluster, version, message }) => {
+      log(`xds: ${cluster}: ${message}`);
+      const service = serviceOfCluster(cluster);
+      if (service) state.recordXdsRejection(service, `snapshot ${version} of ${cluster}: ${message}`);
+    },
+  });
   const controller = new Controller({
     state, xds,
     relay: new RelayClient(settings.relay.url, settings.relay.token),
@@ -79,6 +88,7 @@ async function startLocked(settings: ControllerSettings, log: (line: string) => 
     token: settings.token, log,
     health: (name, h) => health.set(name, h),
     successor: (name) => controller.successor(name),
+    xds: (name) => xds.status(primaryCluster(name)),
   }));
   const xdsApp = express();
   xdsApp.disable("x-powered-by");
@@ -90,7 +100,7 @@ async function startLocked(settings: ControllerSettings, log: (line: string) => 
   return {
     apiPort: (apiServer.address() as AddressInfo).port,
     xdsPort: (xdsServer.address() as AddressInfo).port,
-    state, controller,
+    state, controller, xds,
     async close() {
       controller.stop();
       for (const s of [apiServer, xdsServer]) await close(s);

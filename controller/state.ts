@@ -12,7 +12,8 @@ import { promote, rejoin, markOutOfSync, primaryOf, mirrorTargets, ModelError, t
 export interface ControllerEvent {
   readonly at: string;
   readonly service: string;
-  readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "member_added" | "member_removed" | "service_added" | "no_candidate";
+  readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "member_added" | "member_removed"
+    | "service_added" | "no_candidate" | "xds_rejected";
   readonly member: string;
   readonly detail: string;
 }
@@ -95,6 +96,10 @@ export class ControllerState {
     this.commit([], [this.event(this.require(name).name, "no_candidate", member, detail)], "decision");
   }
 
+  /** Record that Envoy rejected a snapshot for a service (kept in the history; nothing else changes). */
+  recordXdsRejection(name: string, detail: string): void {
+    if (this.services.has(name)) this.commit([], [this.event(name, "xds_rejected", "", detail)], "decision");
+  }
 
   /** Live measurements (health, lag, RTT): kept in memory and shown by the API; saved with the
    *  next real change, never on their own (they are re-measured after a restart). */
@@ -171,7 +176,8 @@ export class ControllerState {
     if (origin === "operator") this.writer?.saveNow(doc); else this.writer?.saveEventually(doc);
     this.services = services;
     this.events = history;
-    this.notify();
+    // Listeners publish services (snapshot, relay sets); an event alone changes neither.
+    if (changed.length > 0) this.notify();
   }
 
   /** Tell the listeners; one that fails is logged, never thrown at whoever changed the state. */

@@ -46,7 +46,7 @@ export const OPENAPI = {
     "/v1/services/{service}": {
       get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors(...withParams) } },
     },
-    "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } }], responses: { ...ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }), ...errors(...anyRequest) } } },
+    "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes, Envoy's rejections)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } }], responses: { ...ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }), ...errors(...anyRequest) } } },
     "/v1/services/{service}/promote": { post: {
       summary: "Planned switchover: promote a replica (the best one if none is named); the old primary becomes a replica",
       security: secured, parameters: [serviceParam],
@@ -78,6 +78,10 @@ export const OPENAPI = {
         name: { type: "string" }, primary: { type: ["string", "null"] },
         successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },
         members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] },
+        xds: { type: ["object", "null"], description: "what Envoy did with the service's endpoints: the version served, the version last applied, and the latest rejection (until a later version is applied)", properties: {
+          version: { type: ["string", "null"] }, acceptedVersion: { type: ["string", "null"] },
+          rejected: { type: ["object", "null"], properties: { version: { type: "string" }, message: { type: "string" }, at: { type: "string", format: "date-time" } } },
+        } },
       } },
       Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
     },

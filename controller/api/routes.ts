@@ -5,6 +5,7 @@
 import express, { type Request, type Response, type NextFunction, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
 import { ApiError, toApiError } from "./errors.ts";
+import type { XdsStatus } from "../xds/rest-server.ts";
 import { OPENAPI } from "./openapi.ts";
 import type { ControllerState } from "../state.ts";
 import type { Service, Member } from "../model/service.ts";
@@ -21,6 +22,7 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
     successor: options.successor?.(s.name) ?? null,
     members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive ?? null, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
+    xds: options.xds?.(s.name) ?? null,
   };
 }
 
@@ -70,6 +72,8 @@ export interface ApiOptions {
   health?: (service: string, settings: HealthSettings) => void;
   /** The member that takes over if the primary fails (EDS priority 1). */
   successor?: (service: string) => string | undefined;
+  /** What Envoy did with the service's latest snapshot. */
+  xds?: (service: string) => XdsStatus | undefined;
   /** Where faults of the controller are logged. */
   log?: (line: string) => void;
 }
