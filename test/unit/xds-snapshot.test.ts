@@ -19,6 +19,13 @@ describe("xDS snapshots", () => {
     expect(Object.isFrozen(snap) && Object.isFrozen(cla)).toBe(true);
   });
 
+  it("leaves standbys after the 128th out, as Envoy rejects priorities above 128", () => {
+    const standbys = Array.from({ length: 130 }, (_, i) => `127.0.0.1:${8000 + i}`);
+    const priorities = buildSnapshot("1", [{ ...svc, standbys }]).endpoints.get("kv_primary")!.endpoints.map((e) => e.priority);
+    expect(priorities).toHaveLength(129);
+    expect(Math.max(...priorities)).toBe(128);
+  });
+
   it.each([
     [[svc, svc], 'cluster "kv_primary" appears twice'],
     [[{ ...svc, standbys: ["127.0.0.1:7001"] }], "the primary 127.0.0.1:7001 is also listed as a standby"],
