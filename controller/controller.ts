@@ -116,6 +116,13 @@ export class Controller {
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
+    // A service removed through the API: no more probes, and the relay feeds nobody for it.
+    for (const [name, checker] of this.checkers) {
+      if (this.state.get(name)) continue;
+      checker.stop();
+      this.checkers.delete(name);
+      if (this.o.relay.want(name, [])) void this.pollRelay();
+    }
     const version = contentVersion(endpoints);
     if (version !== this.o.xds.version) {
       this.o.xds.publish(buildSnapshot(version, endpoints));

@@ -64,6 +64,7 @@ export async function startController(settings: ControllerSettings): Promise<Run
 async function startLocked(settings: ControllerSettings, log: (line: string) => void, lock: StoreLock): Promise<RunningController> {
   const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
+  const configured = new Set(settings.services.map((s) => s.service.name));
   for (const { service } of settings.services) state.declare(service);
   const serviceOfCluster = (cluster: string) => state.list().find((s) => primaryCluster(s.name) === cluster)?.name;
   const xds = new XdsRestServer({
@@ -89,6 +90,7 @@ async function startLocked(settings: ControllerSettings, log: (line: string) => 
     health: (name, h) => health.set(name, h),
     successor: (name) => controller.successor(name),
     xds: (name) => xds.status(primaryCluster(name)),
+    configured: (name) => configured.has(name),
   }));
   const xdsApp = express();
   xdsApp.disable("x-powered-by");

@@ -13,7 +13,7 @@ export interface ControllerEvent {
   readonly at: string;
   readonly service: string;
   readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "member_added" | "member_removed"
-    | "service_added" | "no_candidate" | "xds_rejected";
+    | "service_added" | "service_removed" | "no_candidate" | "xds_rejected";
   readonly member: string;
   readonly detail: string;
 }
@@ -129,6 +129,12 @@ export class ControllerState {
     return added;
   }
 
+  /** Forget a service: Envoy gets no endpoints for it any more, the relay no replicas. */
+  removeService(name: string): void {
+    this.require(name);
+    this.commit([], [this.event(name, "service_removed", "", `service "${name}" removed`)], "operator", name);
+  }
+
   rejoin(name: string, member: string): Service {
     const service = rejoin(this.require(name), member);
     this.commit([service], [this.event(name, "rejoin", member, `${member} is a replica again (operator reseeded it)`)], "operator");
@@ -165,19 +171,20 @@ export class ControllerState {
     return Object.freeze({ at: this.now().toISOString(), service, kind, member, detail });
   }
 
-  /** Make `changed` services current with `events`. An operator's
+  /** Make `changed` services (and the removal of `removed`) current with `events`. An operator's
    *  change is saved first and does not happen if it cannot be; a decision happens and is saved
    *  now or later. Throws StoreUnavailableError (operator changes only). */
-  private commit(changed: Service[], events: ControllerEvent[], origin: Origin): void {
+  private commit(changed: Service[], events: ControllerEvent[], origin: Origin, removed?: string): void {
     const services = new Map(this.services);
     for (const s of changed) services.set(s.name, s);
+    if (removed !== undefined) services.delete(removed);
     const history = [...this.events, ...events].slice(-MAX_EVENTS);
     const doc = toStoredState(services.values(), history);
     if (origin === "operator") this.writer?.saveNow(doc); else this.writer?.saveEventually(doc);
     this.services = services;
     this.events = history;
     // Listeners publish services (snapshot, relay sets); an event alone changes neither.
-    if (changed.length > 0) this.notify();
+    if (changed.length > 0 || removed !== undefined) this.notify();
   }
 
   /** Tell the listeners; one that fails is logged, never thrown at whoever changed the state. */

@@ -20,6 +20,7 @@ export const API_ERRORS = {
   IS_PRIMARY: { status: 409, summary: "the operation does not apply to the primary" },
   NO_CANDIDATE: { status: 409, summary: "no live, in-sync replica to promote" },
   DUPLICATE: { status: 409, summary: "a service or member by that name (or a member at that address, in any spelling) exists, or the member is already in that role" },
+  DECLARED_IN_CONFIG: { status: 409, summary: "the service comes from the controller's config file: remove it there (it would be declared again at the next start)" },
   STORE_UNAVAILABLE: { status: 503, summary: "the store cannot be written; the call changed nothing (GET /v1/services shows the store's state)" },
   INTERNAL: { status: 500, summary: "a fault of the controller; it is logged with its stack" },
 } as const;

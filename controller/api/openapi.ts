@@ -45,6 +45,11 @@ export const OPENAPI = {
     },
     "/v1/services/{service}": {
       get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors(...withParams) } },
+      delete: {
+        summary: "Remove a service declared through POST /v1/services: Envoy gets no endpoints for it any more, the relay mirrors nothing for it",
+        security: secured, parameters: [serviceParam],
+        responses: { ...ok("the name of the removed service", { type: "object", properties: { removed: { type: "string" } } }), ...errors(...mutating, "DECLARED_IN_CONFIG") },
+      },
     },
     "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes, Envoy's rejections)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } }], responses: { ...ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }), ...errors(...anyRequest) } } },
     "/v1/services/{service}/promote": { post: {

@@ -74,6 +74,8 @@ export interface ApiOptions {
   successor?: (service: string) => string | undefined;
   /** What Envoy did with the service's latest snapshot. */
   xds?: (service: string) => XdsStatus | undefined;
+  /** Whether the service comes from the controller's config file (it cannot be deleted here). */
+  configured?: (service: string) => boolean;
   /** Where faults of the controller are logged. */
   log?: (line: string) => void;
 }
@@ -122,6 +124,13 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     options.health?.(b.name, health);
     const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
     res.status(201).json(view(service, state, options));
+  });
+  r.delete("/v1/services/:service", requireToken, (req, res) => {
+    const name = param(req, "service");
+    if (!state.get(name)) throw new ApiError("UNKNOWN_SERVICE", `no service "${name}"`);
+    if (options.configured?.(name)) throw new ApiError("DECLARED_IN_CONFIG", `"${name}" comes from the controller's config file; remove it there and restart the controller`);
+    state.removeService(name);
+    res.json({ removed: name });
   });
   r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
     const b = body(req);

@@ -138,7 +138,7 @@ describe("controller API input", () => {
 
   it("answers a method a route does not take with 405 and the methods it does take", async () => {
     const res = await refused("PUT", "/v1/services/kv", 405, "METHOD_NOT_ALLOWED", AUTH, "{}");
-    expect(res.headers.allow).toBe("GET, HEAD");
+    expect(res.headers.allow).toBe("GET, HEAD, DELETE");
     await refused("PATCH", "/v1/services", 405, "METHOD_NOT_ALLOWED");
   });
 
