@@ -168,12 +168,15 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
     let proc: Managed;
     let backends: Server[] = [];
     let port: number;
+    let spare: string[] = [];
     beforeAll(async () => {
-      backends = await Promise.all([0, 1, 2].map(() => new Promise<Server>((resolve) => {
+      // Three members, and six more listeners for the members the fuzz adds.
+      backends = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7, 8].map(() => new Promise<Server>((resolve) => {
         const s = createServer((c) => { c.on("error", () => {}); c.end(); });
         s.listen(0, "127.0.0.1", () => resolve(s));
       })));
       const addr = (s: Server) => `127.0.0.1:${(s.address() as { port: number }).port}`;
+      spare = backends.slice(3).map(addr);
       const dir = mkdtempSync(join(tmpdir(), "lockstep-fuzz-process-"));
       const [apiPort, xdsPort, relayPort, metricsPort] = await freePorts(4);
       port = apiPort;
@@ -197,7 +200,7 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
 
     it(`answers ${AGAINST_PROCESS} hostile requests like the in-process one, stays up, and still switches over`, async () => {
       const a = api(port);
-      const { failures, statuses } = await fuzz(port, snapshotOf(a), new ApiFuzzer(SEED + 2, TOKEN, { services: ["kv"], members: ["p", "a", "b"] }), AGAINST_PROCESS);
+      const { failures, statuses } = await fuzz(port, snapshotOf(a), new ApiFuzzer(SEED + 2, TOKEN, { services: ["kv"], members: ["p", "a", "b"], addresses: spare }), AGAINST_PROCESS);
       console.log(`controller process, ${AGAINST_PROCESS} requests: ${summary(statuses)}`);
       expect(failures).toEqual([]);
       expect(proc.exited()).toBe(false);

@@ -59,7 +59,10 @@ export class ApiFuzzer {
   private readonly rand: () => number;
   private readonly bomb = gzipSync(Buffer.alloc(16 << 20, 0x20));
 
-  constructor(seed: number, private readonly token: string, private readonly names: { services: string[]; members: string[] }) { this.rand = prng(seed); }
+  /** `names`: services and members that exist (and some that do not); `addresses`: valid ones to
+   *  use (default 127.0.0.1:8100-8149; give live ones where probes are real, so that a member the
+   *  fuzz adds does not go stale on its own in the middle of the run). */
+  constructor(seed: number, private readonly token: string, private readonly names: { services: string[]; members: string[]; addresses?: string[] }) { this.rand = prng(seed); }
 
   private pick<T>(xs: readonly T[]): T { return xs[Math.floor(this.rand() * xs.length)]; }
   private chance(p: number): boolean { return this.rand() < p; }
@@ -79,7 +82,8 @@ export class ApiFuzzer {
 
   /** A body close to what the operation takes, then mutated. */
   private document(op: Op | undefined): unknown {
-    const address = () => (this.chance(0.5) ? `127.0.0.1:${8100 + Math.floor(this.rand() * 50)}` : this.pick(HOSTILE_ADDRESSES));
+    const valid = () => (this.names.addresses ? this.pick(this.names.addresses) : `127.0.0.1:${8100 + Math.floor(this.rand() * 50)}`);
+    const address = () => (this.chance(0.5) ? valid() : this.pick(HOSTILE_ADDRESSES));
     const name = () => (this.chance(0.6) ? `f${Math.floor(this.rand() * 10)}` : this.pick(HOSTILE_NAMES));
     const member = () => ({ name: name(), address: address() });
     let doc: Record<string, unknown>;
