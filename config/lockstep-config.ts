@@ -4,6 +4,7 @@
 // all derive their Envoy bootstrap and relay configuration from it.
 import { readFileSync } from "node:fs";
 import { NAME, NAME_RULE, parseEndpoint, parseHost, AddressError } from "./address.ts";
+import { MIN_CONTROL_TOKEN_LENGTH } from "../relay/config.ts";
 
 export interface ReplicaSpec { readonly name: string; readonly address: string }
 
@@ -47,7 +48,14 @@ export interface LockstepConfig {
   /** With a controller: Envoy takes the primary from its EDS, and it promotes replicas. */
   readonly controller?: ControllerSpec;
   readonly replicas: readonly ReplicaSpec[];
-  readonly relay: { readonly address: string; readonly port: number; readonly metricsPort: number };
+  readonly relay: {
+    readonly address: string;
+    readonly port: number;
+    readonly metricsPort: number;
+    /** The relay's controlToken (relay/control-auth.ts): the relay takes replica-set changes only
+     *  from a caller holding it, and the controller sends it. Without one the relay refuses them. */
+    readonly controlToken?: string;
+  };
   readonly envoy: { readonly adminPort: number; readonly wasmPath: string };
   readonly limits: {
     /** Filter: bytes sent to the relay and not yet acknowledged, per connection. */
@@ -148,6 +156,20 @@ function parseController(raw: unknown, service: string, envoyAdminPort: number):
   });
 }
 
+function parseRelay(raw: unknown): LockstepConfig["relay"] {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("relay", "must be an object");
+  const r = raw as Record<string, unknown>;
+  const known = ["address", "port", "metricsPort", "controlToken"];
+  for (const k of Object.keys(r)) if (!known.includes(k)) fail(`relay.${k}`, `is not a known field (known: ${known.join(", ")})`);
+  if (r.controlToken !== undefined && (typeof r.controlToken !== "string" || r.controlToken.length < MIN_CONTROL_TOKEN_LENGTH)) {
+    fail("relay.controlToken", `must be a string of at least ${MIN_CONTROL_TOKEN_LENGTH} characters`);
+  }
+  return Object.freeze({
+    address: ip(r.address, "relay.address", "127.0.0.1"), port: port(r.port, "relay.port", 10100), metricsPort: port(r.metricsPort, "relay.metricsPort", 10101),
+    ...(r.controlToken === undefined ? {} : { controlToken: r.controlToken as string }),
+  });
+}
+
 /** Validate a parsed JSON object; throws ConfigError naming the first bad field. */
 export function parseLockstepConfig(raw: unknown): LockstepConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
@@ -188,7 +210,7 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     compareReplies: r.compareReplies === undefined ? true : typeof r.compareReplies === "boolean" ? r.compareReplies : fail("compareReplies", "must be true or false"),
     ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service, port(envoy.adminPort, "envoy.adminPort", 9901)) }),
     replicas: Object.freeze(replicas),
-    relay: Object.freeze({ address: ip(relay.address, "relay.address", "127.0.0.1"), port: port(relay.port, "relay.port", 10100), metricsPort: port(relay.metricsPort, "relay.metricsPort", 10101) }),
+    relay: parseRelay(relay),
     envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),
     limits: Object.freeze({
       maxInflightBytesPerConnection: bound(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),

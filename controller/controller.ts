@@ -15,7 +15,7 @@
 //             it may lack a byte the primary took.
 //   joining:  a rejoined member becomes a replica once no open connection is missing it
 import { ControllerState, type OutOfSync } from "./state.ts";
-import { bestReplica, primaryOf, promotable, mirrorTargets, type Member, type Service } from "./model/service.ts";
+import { bestReplica, primaryOf, standbyCandidates, mirrorTargets, type Member, type Service } from "./model/service.ts";
 import { buildSnapshot, contentVersion, type ServiceEndpoints } from "./xds/snapshot.ts";
 import type { XdsRestServer } from "./xds/rest-server.ts";
 import { HealthChecker, type HealthSettings } from "./health/checker.ts";
@@ -86,7 +86,7 @@ export class Controller {
   /** The designated successor: the best replica, but the current one keeps its place unless
    *  clearly beaten for SUCCESSOR_SWITCH_AFTER_MS. */
   private chooseSuccessor(s: Service): Member | undefined {
-    const ranked = promotable(s).sort((a, b) => a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name));
+    const ranked = standbyCandidates(s).sort((a, b) => a.lagBytes - b.lagBytes || (a.rttMs ?? Infinity) - (b.rttMs ?? Infinity) || a.name.localeCompare(b.name));
     const current = ranked.find((m) => m.name === s.successor);
     const best = ranked[0];
     if (!current || current === best || !this.clearlyBetter(best, current)) { this.challengers.delete(s.name); return current ?? best; }
@@ -107,8 +107,9 @@ export class Controller {
 
   /** Standbys in the order Envoy falls back to them: the successor, then the others by name. */
   private standbys(s: Service): Member[] {
-    const others = promotable(s).filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
-    return [...promotable(s).filter((m) => m.name === s.successor), ...others];
+    const candidates = standbyCandidates(s);
+    const others = candidates.filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
+    return [...candidates.filter((m) => m.name === s.successor), ...others];
   }
 
   /** Turn the state into Envoy's snapshot, the relay's sets and the health targets. */
@@ -125,10 +126,17 @@ export class Controller {
       // The primary and every live member in sync or joining: the relay leaves out whichever one
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
-      const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive)];
+      const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive !== false)];
       if (this.o.relay.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })))) void this.poll();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
+    }
+    // A service removed through the API: no more probes, and the relay feeds nobody for it.
+    for (const [name, checker] of this.checkers) {
+      if (this.state.get(name)) continue;
+      checker.stop();
+      this.checkers.delete(name);
+      if (this.o.relay.want(name, [])) void this.poll();
     }
     const version = contentVersion(endpoints);
     if (version !== this.o.xds.version) {
@@ -159,6 +167,9 @@ export class Controller {
     if (!s || !m) return;
     this.o.log(`health: ${service}/${member} (${m.role}) is ${healthy ? "up" : "down"}: ${reason}`);
     this.state.observe(service, member, { alive: healthy });
+    // A replica seen up for the first time may be the candidate a failed primary was waiting for.
+    const primary = primaryOf(s);
+    if (healthy && m.role === "replica" && primary?.alive === false) this.failover(service, primary.name, "it was already down");
     if (healthy) return;
     if (m.role === "primary") this.failover(service, member, reason);
     else if (m.role === "replica" || m.role === "joining") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}); it missed what was sent meanwhile`);
@@ -169,7 +180,7 @@ export class Controller {
   private failover(service: string, failed: string, reason: string, failedInEnvoy: ReadonlySet<string> = new Set()): void {
     const s = this.state.get(service)!;
     if (primaryOf(s)?.name !== failed) return;
-    const planned = this.standbys(s).find((m) => !failedInEnvoy.has(m.address)) ?? bestReplica(s);
+    const planned = this.standbys(s).find((m) => m.alive === true && !failedInEnvoy.has(m.address)) ?? bestReplica(s);
     if (!planned) {
       this.o.log(`failover: ${service}: primary ${failed} is down and no live, in-sync replica can take over`);
       this.state.recordNoCandidate(service, failed, `primary ${failed} is down (${reason}); no live, in-sync replica to promote`);
@@ -273,7 +284,7 @@ export class Controller {
       for (const m of s.members) this.state.observe(s.name, m.name, { lagBytes: lag?.get(m.name) ?? 0 });
       const without = relay.without.get(s.name);
       for (const m of s.members) {
-        if (m.role === "joining" && m.alive && without && without[m.name] === 0) this.state.admit(s.name, m.name);
+        if (m.role === "joining" && m.alive === true && without && without[m.name] === 0) this.state.admit(s.name, m.name);
       }
       if (relay.maybeDead.get(s.name)?.size) void this.checkers.get(s.name)?.round();
     }

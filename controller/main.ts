@@ -1,13 +1,17 @@
 // The controller's command line:
 //   tsx controller/main.ts --config service.json [--relay http://127.0.0.1:10101] [--api-port N] [--xds-port N] [--store path]
+//                          [--token-file path] [--relay-token-file path]
 // The service file is the lockstep config (config/lockstep-config.ts) with a "controller"
 // section. The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
-// --token-file, else a new random token is written next to the store (mode 0600).
+// --token-file, else a new random token is written next to the store (mode 0600). The relay's
+// control token comes from --relay-token-file, else $LOCKSTEP_RELAY_TOKEN, else the config's
+// relay.controlToken; without one the relay refuses the controller's replica sets.
 import { parseArgs } from "node:util";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { loadLockstepConfig, ConfigError, type LockstepConfig } from "../config/lockstep-config.ts";
+import { MIN_CONTROL_TOKEN_LENGTH } from "../relay/config.ts";
 import { startController } from "./server.ts";
 import { StoreError } from "./store/file-store.ts";
 import type { HealthSettings } from "./health/checker.ts";
@@ -15,7 +19,7 @@ import type { Service } from "./model/service.ts";
 
 const { values } = parseArgs({ options: {
   config: { type: "string" }, relay: { type: "string" }, "api-port": { type: "string" }, "xds-port": { type: "string" },
-  store: { type: "string" }, "token-file": { type: "string" },
+  store: { type: "string" }, "token-file": { type: "string" }, "relay-token-file": { type: "string" },
 } });
 
 const log = (line: string) => console.log(`${new Date().toISOString()} controller: ${line}`);
@@ -25,8 +29,8 @@ export function serviceOf(c: LockstepConfig): { service: Service; health: Health
   const h = c.healthCheck;
   return {
     service: Object.freeze({ name: c.service, members: Object.freeze([
-      Object.freeze({ name: c.primaryName, address: c.primary, role: "primary" as const, alive: true, lagBytes: 0 }),
-      ...c.replicas.map((r) => Object.freeze({ name: r.name, address: r.address, role: "replica" as const, alive: true, lagBytes: 0 })),
+      Object.freeze({ name: c.primaryName, address: c.primary, role: "primary" as const, lagBytes: 0 }),
+      ...c.replicas.map((r) => Object.freeze({ name: r.name, address: r.address, role: "replica" as const, lagBytes: 0 })),
     ]) }),
     health: Object.freeze({ intervalMs: h.intervalMs, timeoutMs: h.timeoutMs, unhealthyThreshold: h.unhealthyThreshold, healthyThreshold: h.healthyThreshold, send: h.send || undefined, expect: h.expect || undefined }),
   };
@@ -43,18 +47,40 @@ function token(storePath: string): string {
   return t;
 }
 
+/** The relay's control token: --relay-token-file, else $LOCKSTEP_RELAY_TOKEN, else the config's. */
+function relayToken(c: LockstepConfig): string | undefined {
+  const [token, from] = values["relay-token-file"] !== undefined ? [readToken(values["relay-token-file"]), `--relay-token-file ${values["relay-token-file"]}`]
+    : process.env.LOCKSTEP_RELAY_TOKEN !== undefined ? [process.env.LOCKSTEP_RELAY_TOKEN, "LOCKSTEP_RELAY_TOKEN"]
+    : [c.relay.controlToken, "relay.controlToken"];
+  if (token !== undefined && token.length < MIN_CONTROL_TOKEN_LENGTH) throw new ConfigError(`the relay's control token (${from}) must be at least ${MIN_CONTROL_TOKEN_LENGTH} characters`);
+  return token;
+}
+
+function readToken(path: string): string {
+  try { return readFileSync(path, "utf8").trim(); } catch (err) { throw new ConfigError(`cannot read the relay's control token: ${(err as Error).message}`); }
+}
+
+function portFlag(name: "api-port" | "xds-port", fallback: number): number {
+  const raw = values[name];
+  if (raw === undefined) return fallback;
+  if (!/^\d{1,5}$/.test(raw) || Number(raw) > 65535) throw new ConfigError(`--${name} must be a port number (0-65535), not ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
 try {
   if (!values.config) throw new ConfigError("usage: controller/main.ts --config service.json (a lockstep config with a \"controller\" section)");
   const c = loadLockstepConfig(values.config);
   const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`] };
   const storePath = resolve(values.store ?? spec.store);
+  const relayControlToken = relayToken(c);
+  if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
   const running = await startController({
     services: [serviceOf(c)],
-    api: { host: spec.address, port: values["api-port"] ? Number(values["api-port"]) : spec.apiPort },
-    xds: { host: "127.0.0.1", port: values["xds-port"] ? Number(values["xds-port"]) : spec.xdsPort },
+    api: { host: spec.address, port: portFlag("api-port", spec.apiPort) },
+    xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },
     token: token(storePath),
     storePath,
-    relay: { url: values.relay ?? `http://${c.relay.address}:${c.relay.metricsPort}`, token: process.env.LOCKSTEP_RELAY_TOKEN },
+    relay: { url: values.relay ?? `http://${c.relay.address.includes(":") ? `[${c.relay.address}]` : c.relay.address}:${c.relay.metricsPort}`, token: relayControlToken },
     envoyAdmins: spec.envoyAdmins,
     log,
   });

@@ -1,13 +1,18 @@
-// The controller process's parts put together: the store and state, the HTTP API (127.0.0.1
-// unless configured otherwise), the xDS endpoint Envoy polls, health checks, and the link to
-// the relay. `startController` is what controller/main.ts, the demo and the tests run.
+// The controller process's parts put together: the store (locked: one controller per store) and
+// state, the HTTP API (127.0.0.1 unless configured otherwise), the xDS endpoint Envoy polls,
+// health checks, and the link to the relay. `startController` is what controller/main.ts, the
+// demo and the tests run.
 import express from "express";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { ControllerState, validateStoredState, type StoredState } from "./state.ts";
+import { ControllerState } from "./state.ts";
 import { FileStore } from "./store/file-store.ts";
+import { StoreLock } from "./store/store-lock.ts";
+import { validateStoredState, type StoredState } from "./store/stored-state.ts";
 import { createApiRouter } from "./api/routes.ts";
+import { answerClientErrors } from "./api/client-errors.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
+import { primaryCluster } from "./xds/resources.ts";
 import { RelayClient } from "./relay/client.ts";
 import { EnvoyAdminClient } from "./evidence/envoy-admin.ts";
 import { Controller } from "./controller.ts";
@@ -39,6 +44,7 @@ export interface RunningController {
   readonly xdsPort: number;
   readonly state: ControllerState;
   readonly controller: Controller;
+  readonly xds: XdsRestServer;
   close(): Promise<void>;
 }
 
@@ -51,10 +57,28 @@ async function listen(app: express.Express, host: string, port: number): Promise
 
 export async function startController(settings: ControllerSettings): Promise<RunningController> {
   const log = settings.log ?? (() => {});
-  const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState));
+  const lock = StoreLock.acquire(settings.storePath);
+  try {
+    return await startLocked(settings, log, lock);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(settings: ControllerSettings, log: (line: string) => void, lock: StoreLock): Promise<RunningController> {
+  const state = new ControllerState(new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
+  const configured = new Set(settings.services.map((s) => s.service.name));
   for (const { service } of settings.services) state.declare(service);
-  const xds = new XdsRestServer();
+  const serviceOfCluster = (cluster: string) => state.list().find((s) => primaryCluster(s.name) === cluster)?.name;
+  const xds = new XdsRestServer({
+    onRejected: ({ cluster, version, message }) => {
+      log(`xds: ${cluster}: ${message}`);
+      const service = serviceOfCluster(cluster);
+      if (service) state.recordXdsRejection(service, `snapshot ${version} of ${cluster}: ${message}`);
+    },
+  });
   // Probes keep a connection to each member, like Envoy's: one closing means it restarted.
   const persistent = settings.probe ? undefined : new PersistentProbe(() => controller.probeNow());
   const controller: Controller = new Controller({
@@ -69,21 +93,36 @@ export async function startController(settings: ControllerSettings): Promise<Run
 
   const api = express();
   api.disable("x-powered-by");
-  api.use(createApiRouter(state, { token: settings.token, health: (name, h) => health.set(name, h), successor: (name) => controller.successor(name), settle: () => controller.settle() }));
+  api.use(createApiRouter(state, {
+    token: settings.token, log,
+    health: (name, h) => health.set(name, h),
+    successor: (name) => controller.successor(name),
+    xds: (name) => xds.status(primaryCluster(name)),
+    configured: (name) => configured.has(name),
+    settle: () => controller.settle(),
+  }));
   const xdsApp = express();
   xdsApp.disable("x-powered-by");
   xdsApp.use(xds.router());
   const apiServer = await listen(api, settings.api.host, settings.api.port);
-  const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port);
+  answerClientErrors(apiServer);
+  const xdsServer = await listen(xdsApp, settings.xds.host, settings.xds.port).catch(async (err) => { await close(apiServer); throw err; });
   controller.start();
   return {
     apiPort: (apiServer.address() as AddressInfo).port,
     xdsPort: (xdsServer.address() as AddressInfo).port,
-    state, controller,
+    state, controller, xds,
     async close() {
       controller.stop();
       persistent?.close();
-      for (const s of [apiServer, xdsServer]) { s.closeAllConnections(); await new Promise<void>((r) => s.close(() => r())); }
+      for (const s of [apiServer, xdsServer]) await close(s);
+      state.close();
+      lock.release();
     },
   };
+}
+
+async function close(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((r) => server.close(() => r()));
 }

@@ -42,8 +42,10 @@ export interface RelayConfig {
   readonly ackIntervalMs: number;
   /** An ACK goes out at once when `received` grew by this much since the last one. */
   readonly ackEveryBytes: number;
-  /** If set, the control call (PUT /v1/services/<service>/replicas on the metrics port) needs
-   *  `Authorization: Bearer <controlToken>`. The metrics port binds 127.0.0.1 by default. */
+  /** The control call (PUT /v1/services/<service>/replicas on the metrics port) needs
+   *  `Authorization: Bearer <controlToken>`; without a controlToken the relay refuses every
+   *  control call (relay/control-auth.ts). At least 16 characters. The metrics port binds
+   *  127.0.0.1 by default. */
   readonly controlToken?: string;
 }
 
@@ -56,6 +58,9 @@ export const RELAY_DEFAULTS = Object.freeze({
 });
 
 export class RelayConfigError extends Error {}
+
+/** The shortest controlToken accepted (the lockstep config's relay.controlToken has the same rule). */
+export const MIN_CONTROL_TOKEN_LENGTH = 16;
 
 
 function fail(field: string, message: string): never { throw new RelayConfigError(`relay config: "${field}" ${message}`); }
@@ -126,7 +131,7 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
     ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),
-    ...(r.controlToken === undefined ? {} : { controlToken: typeof r.controlToken === "string" && r.controlToken.length >= 8 ? r.controlToken : fail("controlToken", "must be a string of at least 8 characters") }),
+    ...(r.controlToken === undefined ? {} : { controlToken: typeof r.controlToken === "string" && r.controlToken.length >= MIN_CONTROL_TOKEN_LENGTH ? r.controlToken : fail("controlToken", `must be a string of at least ${MIN_CONTROL_TOKEN_LENGTH} characters`) }),
   });
 }
 

@@ -11,6 +11,7 @@ import { ReplicaSets, type ServiceView } from "./replica-sets.ts";
 import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
 import { MirrorSession, type MirrorCall } from "./mirror-session.ts";
+import { checkControlAuth } from "./control-auth.ts";
 
 const identity = (b: Buffer) => b;
 /** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf. */
@@ -85,9 +86,8 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   };
   // The control call the controller makes: PUT /v1/services/<service>/replicas {"replicas":[{name,address}]}.
   const control = async (req: IncomingMessage, res: ServerResponse, service: string) => {
-    if (config.controlToken !== undefined && req.headers.authorization !== `Bearer ${config.controlToken}`) {
-      return json(res, 401, { error: "this call needs the header Authorization: Bearer <controlToken>" });
-    }
+    const auth = checkControlAuth(config.controlToken, req.headers.authorization);
+    if (!auth.ok) return json(res, auth.status, { error: auth.message });
     try {
       let raw: unknown;
       try { raw = JSON.parse(await readBody(req)); }

@@ -27,7 +27,7 @@ import { createKvServer } from "../samples/kv-server.ts";
 import { kvExchange } from "../samples/kv-client.ts";
 import { splitHostPort } from "../config/address.ts";
 import { FileStore } from "../controller/store/file-store.ts";
-import { validateStoredState } from "../controller/state.ts";
+import { validateStoredState } from "../controller/store/stored-state.ts";
 
 const { values } = parseArgs({
   options: {

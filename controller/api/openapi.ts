@@ -12,15 +12,25 @@ const ok = (description: string, schema: object, status = "200") => ({ [status]:
 const serviceParam = { name: "service", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
 const memberParam = { name: "member", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } };
 const secured = [{ bearer: [] }];
-const mutating = ["UNAUTHORIZED", "BAD_REQUEST", "UNKNOWN_SERVICE"] as const;
+/** Errors any request may get: from the HTTP layer, or a fault of the controller. */
+const anyRequest = ["BAD_REQUEST", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT", "INTERNAL"] as const;
+/** ... a request with a path parameter, or with a body. */
+const withParams = [...anyRequest, "BAD_PATH", "UNKNOWN_SERVICE"] as const;
+const withBody = ["PAYLOAD_TOO_LARGE", "UNSUPPORTED_ENCODING", "BAD_ENCODING"] as const;
+/** ... a call that changes something. */
+const mutating = [...withParams, "UNAUTHORIZED", "STORE_UNAVAILABLE"] as const;
+const address = { type: "string", maxLength: 64, description: "an IP literal and a port: \"10.0.0.5:7001\" or \"[2001:db8::5]:7001\"; host names are refused (Envoy's EDS takes addresses only). Kept in canonical spelling, so two spellings of one address are one member" };
 
 export const OPENAPI = {
   openapi: "3.1.0",
   info: { title: "lockstep controller", version: "1", description: "Replicated TCP services behind Envoy: members, promotion, events. Mutating calls need a bearer token." },
   paths: {
-    "/v1/openapi.json": { get: { summary: "This document", responses: ok("the OpenAPI document", { type: "object" }) } },
+    "/v1/openapi.json": { get: { summary: "This document", responses: { ...ok("the OpenAPI document", { type: "object" }), ...errors(...anyRequest) } } },
     "/v1/services": {
-      get: { summary: "All services with their members", responses: ok("services", { type: "object", properties: { services: { type: "array", items: service } } }) },
+      get: { summary: "All services with their members, and whether the store can be written", responses: { ...ok("services", { type: "object", properties: {
+        store: { type: "object", description: "false while saves fail: the controller serves on from memory, retries, and refuses API changes (503 STORE_UNAVAILABLE)", properties: { ok: { type: "boolean" }, error: { type: ["string", "null"] }, since: { type: ["string", "null"], format: "date-time" } } },
+        services: { type: "array", items: service },
+      } }), ...errors(...anyRequest) } },
       post: {
         summary: "Declare a service: its primary and replicas (Envoy needs a listener and the EDS cluster <name>_primary for it: scripts/render-envoy.ts)",
         security: secured,
@@ -30,21 +40,28 @@ export const OPENAPI = {
           replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
           healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
         } } } } },
-        responses: { ...ok("the new service", service, "201"), ...errors("UNAUTHORIZED", "BAD_REQUEST", "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+        responses: { ...ok("the new service", service, "201"), ...errors(...anyRequest, ...withBody, "UNAUTHORIZED", "STORE_UNAVAILABLE", "DUPLICATE") },
       },
     },
-    "/v1/services/{service}": { get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors("UNKNOWN_SERVICE", "BAD_REQUEST") } } },
-    "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string" } }], responses: ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }) } },
+    "/v1/services/{service}": {
+      get: { summary: "One service", parameters: [serviceParam], responses: { ...ok("the service", service), ...errors(...withParams) } },
+      delete: {
+        summary: "Remove a service declared through POST /v1/services: Envoy gets no endpoints for it any more, the relay mirrors nothing for it",
+        security: secured, parameters: [serviceParam],
+        responses: { ...ok("the name of the removed service", { type: "object", properties: { removed: { type: "string" } } }), ...errors(...mutating, "DECLARED_IN_CONFIG") },
+      },
+    },
+    "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes, Envoy's rejections)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } }], responses: { ...ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }), ...errors(...anyRequest) } } },
     "/v1/services/{service}/promote": { post: {
       summary: "Planned switchover: promote a replica (the best one if none is named); the old primary becomes a replica",
       security: secured, parameters: [serviceParam],
       requestBody: { required: false, content: { "application/json": { schema: { type: "object", additionalProperties: false, properties: { member: { type: "string" } } } } } },
-      responses: { ...ok("the service after the switchover", service), ...errors(...mutating, "NO_SUCH_MEMBER", "NOT_PROMOTABLE", "IS_PRIMARY", "NO_CANDIDATE", "PAYLOAD_TOO_LARGE") },
+      responses: { ...ok("the service after the switchover", service), ...errors(...mutating, ...withBody, "NO_SUCH_MEMBER", "NOT_PROMOTABLE", "IS_PRIMARY", "NO_CANDIDATE") },
     } },
     "/v1/services/{service}/members": { post: {
       summary: "Add a replica (started from the primary's state)", security: secured, parameters: [serviceParam],
-      requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string" }, address: { type: "string", description: "host:port" } } } } } },
-      responses: { ...ok("the service with the new replica", service, "201"), ...errors(...mutating, "DUPLICATE", "PAYLOAD_TOO_LARGE") },
+      requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address } } } } },
+      responses: { ...ok("the service with the new replica (not promotable before a health check of this controller found it up)", service, "201"), ...errors(...mutating, ...withBody, "DUPLICATE") },
     } },
     "/v1/services/{service}/members/{member}": { delete: {
       summary: "Remove a member (not the primary)", security: secured, parameters: [serviceParam, memberParam],
@@ -60,9 +77,17 @@ export const OPENAPI = {
     securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
     schemas: {
       Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
-      NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address: { type: "string", description: "host:port" } } },
-      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: "boolean" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
-      Service: { type: "object", properties: { name: { type: "string" }, primary: { type: ["string", "null"] }, successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" }, members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] } } },
+      NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address } },
+      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
+      Service: { type: "object", properties: {
+        name: { type: "string" }, primary: { type: ["string", "null"] },
+        successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },
+        members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] },
+        xds: { type: ["object", "null"], description: "what Envoy did with the service's endpoints: the version served, the version last applied, and the latest rejection (until a later version is applied)", properties: {
+          version: { type: ["string", "null"] }, acceptedVersion: { type: ["string", "null"] },
+          rejected: { type: ["object", "null"], properties: { version: { type: "string" }, message: { type: "string" }, at: { type: "string", format: "date-time" } } },
+        } },
+      } },
       Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
     },
   },

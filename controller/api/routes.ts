@@ -1,9 +1,11 @@
 // The controller's HTTP API under /v1 (express). Reads are open; mutating calls need
-// `Authorization: Bearer <token>`. Bad input gets a 4xx with a coded error and changes nothing.
+// `Authorization: Bearer <token>`. Bad input gets a 4xx with a coded error and changes nothing;
+// anything else is a fault of the controller: logged with its stack, answered 500 INTERNAL.
 // The OpenAPI document (openapi.ts) describes exactly these routes; a test keeps them in step.
 import express, { type Request, type Response, type NextFunction, type Router } from "express";
 import { timingSafeEqual } from "node:crypto";
 import { ApiError, toApiError } from "./errors.ts";
+import type { XdsStatus } from "../xds/rest-server.ts";
 import { OPENAPI } from "./openapi.ts";
 import type { ControllerState } from "../state.ts";
 import type { Service, Member } from "../model/service.ts";
@@ -18,8 +20,9 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
     name: s.name,
     primary: s.members.find((m) => m.role === "primary")?.name ?? null,
     successor: options.successor?.(s.name) ?? null,
-    members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
+    members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive ?? null, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
+    xds: options.xds?.(s.name) ?? null,
   };
 }
 
@@ -45,7 +48,7 @@ function member(raw: unknown, field: string, role: Member["role"]): Member {
   const m = raw as Record<string, unknown>;
   onlyKeys(m, ["name", "address"]);
   if (typeof m.name !== "string" || !NAME.test(m.name)) throw new ApiError("BAD_REQUEST", `"${field}.name" must be ${NAME_RULE}`);
-  return { name: m.name, address: address(m.address, `${field}.address`), role, alive: true, lagBytes: 0 };
+  return { name: m.name, address: address(m.address, `${field}.address`), role, lagBytes: 0 };
 }
 
 /** An endpoint in its canonical spelling, or 400 saying what is wrong with it. */
@@ -71,7 +74,19 @@ export interface ApiOptions {
   successor?: (service: string) => string | undefined;
   /** Act on every loss counted so far, before a member rejoins. */
   settle?: () => Promise<void>;
+  /** What Envoy did with the service's latest snapshot. */
+  xds?: (service: string) => XdsStatus | undefined;
+  /** Whether the service comes from the controller's config file (it cannot be deleted here). */
+  configured?: (service: string) => boolean;
+  /** Where faults of the controller are logged. */
+  log?: (line: string) => void;
 }
+
+/** Each documented path as a pattern, with the methods it takes (for 405 and its Allow header). */
+const ROUTES = Object.entries(OPENAPI.paths).map(([path, ops]) => ({
+  pattern: new RegExp(`^${path.replace(/\./g, "\\.").replace(/\{\w+\}/g, "[^/]+")}/?$`, "i"),
+  allow: Object.keys(ops).flatMap((m) => (m === "get" ? ["GET", "HEAD"] : [m.toUpperCase()])).join(", "),
+}));
 
 export function createApiRouter(state: ControllerState, options: ApiOptions): Router {
   const expected = Buffer.from(`Bearer ${options.token}`);
@@ -84,14 +99,15 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
 
   const r = express.Router();
   r.get("/v1/openapi.json", (_req, res) => { res.json(OPENAPI); });
-  r.get("/v1/services", (_req, res) => { res.json({ services: state.list().map((s) => view(s, state, options)) }); });
+  r.get("/v1/services", (_req, res) => { res.json({ store: state.storeStatus(), services: state.list().map((s) => view(s, state, options)) }); });
   r.get("/v1/services/:service", (req, res) => {
     const s = state.get(param(req, "service"));
     if (!s) throw new ApiError("UNKNOWN_SERVICE", `no service "${req.params.service}"`);
     res.json(view(s, state, options));
   });
   r.get("/v1/events", (req, res) => {
-    const service = typeof req.query.service === "string" ? req.query.service : undefined;
+    const service = req.query.service;
+    if (service !== undefined && (typeof service !== "string" || !NAME.test(service))) throw new ApiError("BAD_REQUEST", `"service" must be ${NAME_RULE}`);
     res.json({ events: state.history(service) });
   });
   r.post("/v1/services", requireToken, json, (req, res) => {
@@ -110,6 +126,13 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     options.health?.(b.name, health);
     const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
     res.status(201).json(view(service, state, options));
+  });
+  r.delete("/v1/services/:service", requireToken, (req, res) => {
+    const name = param(req, "service");
+    if (!state.get(name)) throw new ApiError("UNKNOWN_SERVICE", `no service "${name}"`);
+    if (options.configured?.(name)) throw new ApiError("DECLARED_IN_CONFIG", `"${name}" comes from the controller's config file; remove it there and restart the controller`);
+    state.removeService(name);
+    res.json({ removed: name });
   });
   r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
     const b = body(req);
@@ -131,14 +154,18 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     await options.settle?.();
     res.json(view(state.rejoin(service, member), state, options));
   });
-  r.use((_req, _res, next) => next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json")));
-  r.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    const e = err as { type?: string; status?: number; message?: string };
-    const apiError = toApiError(err)
-      ?? (e.type === "entity.too.large" ? new ApiError("PAYLOAD_TOO_LARGE", `the body is larger than ${MAX_BODY_BYTES} bytes`)
-        : e.type === "entity.parse.failed" ? new ApiError("BAD_REQUEST", `the body is not valid JSON: ${e.message}`) : undefined);
-    if (!apiError) { res.status(500).json({ error: { code: "INTERNAL", message: "internal error; see the controller's log" } }); return; }
-    res.status(apiError.status).json(apiError.body());
+  r.use((req, res, next) => {
+    const route = ROUTES.find((x) => x.pattern.test(req.path));
+    if (!route) return next(new ApiError("NOT_FOUND", "no such route; see GET /v1/openapi.json"));
+    res.set("allow", route.allow);
+    next(new ApiError("METHOD_NOT_ALLOWED", `${req.method} is not allowed here (allowed: ${route.allow}); see GET /v1/openapi.json`));
+  });
+  r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const apiError = toApiError(err, MAX_BODY_BYTES);
+    if (apiError) { res.status(apiError.status).json(apiError.body()); return; }
+    options.log?.(`api: ${req.method} ${req.originalUrl} failed: ${(err as Error)?.stack ?? String(err)}`);
+    if (res.headersSent) { req.socket.destroy(); return; }
+    res.status(500).json({ error: { code: "INTERNAL", message: "internal error; it is logged in the controller's log" } });
   });
   return r;
 }

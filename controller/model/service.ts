@@ -14,8 +14,9 @@ export interface Member {
   readonly name: string;
   readonly address: string;
   readonly role: Role;
-  /** Health as last seen (health checks), and what the relay reports. */
-  readonly alive: boolean;
+  /** Seen up (true) or down (false) by this controller process's own health checks; undefined
+   *  until they decide. Never taken from the store: a restarted controller probes again. */
+  readonly alive?: boolean;
   /** Bytes sent to it and not yet acknowledged, summed over open connections. */
   readonly lagBytes: number;
   /** Last measured round-trip time, ms (undefined: not measured yet). */
@@ -36,8 +37,13 @@ export class ModelError extends Error {
 
 export function primaryOf(s: Service): Member | undefined { return s.members.find((m) => m.role === "primary"); }
 
-/** Members that may become primary: live replicas, never stale, detached or diverged ones. */
-export function promotable(s: Service): Member[] { return s.members.filter((m) => m.role === "replica" && m.alive); }
+/** Members that may become primary: in-sync replicas that a probe of this controller process
+ *  found up. Never stale, detached or diverged ones, nor one not probed yet. */
+export function promotable(s: Service): Member[] { return s.members.filter((m) => m.role === "replica" && m.alive === true); }
+
+/** In-sync replicas not seen down: the relay feeds them and Envoy keeps them as standbys. One not
+ *  probed yet (just after a restart) keeps its place, so a restarted controller changes nothing. */
+export function standbyCandidates(s: Service): Member[] { return s.members.filter((m) => m.role === "replica" && m.alive !== false); }
 
 /**
  * The best replica to promote: alive and in sync, least lag, ties broken by lowest measured
@@ -63,8 +69,9 @@ export function promote(s: Service, reason: "failure" | "switchover", name?: str
     ? new ModelError("NO_CANDIDATE", `service "${s.name}" has no live, in-sync replica to promote`)
     : new ModelError("NO_SUCH_MEMBER", `service "${s.name}" has no member "${name}"`);
   if (target.role === "primary") throw new ModelError("IS_PRIMARY", `"${target.name}" is already the primary of "${s.name}"`);
-  if (target.role !== "replica" || !target.alive) {
-    throw new ModelError("NOT_PROMOTABLE", `"${target.name}" is ${target.alive ? target.role : "down"}; only a live, in-sync replica can be promoted`);
+  if (target.role !== "replica" || target.alive !== true) {
+    const state = target.role !== "replica" ? target.role : target.alive === false ? "down" : "not yet seen up by this controller's health checks";
+    throw new ModelError("NOT_PROMOTABLE", `"${target.name}" is ${state}; only a live, in-sync replica can be promoted`);
   }
   const old = primaryOf(s);
   const roles: Record<string, Role> = { [target.name]: "primary" };

@@ -63,6 +63,10 @@ export class RelayClient {
       const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
       if (!same) {
         const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
+        if (res.status === 401 || res.status === 403) {
+          throw new Error(`relay refused the replica set of "${service}" (${res.status} ${(await res.text()).trim()}): ` +
+            "give the controller the relay's controlToken (relay.controlToken in the config, LOCKSTEP_RELAY_TOKEN or --relay-token-file)");
+        }
         if (!res.ok) throw new Error(`relay refused the replica set of "${service}": ${res.status} ${await res.text()}`);
         view = await res.json() as ServiceJson;
         changed.push(service);

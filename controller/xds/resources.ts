@@ -22,10 +22,20 @@ export interface ClusterLoadAssignment {
   endpoints: { priority: number; lb_endpoints: { endpoint: { address: SocketAddress } }[] }[];
 }
 
-export interface DiscoveryRequest { version_info?: string; resource_names?: string[]; type_url?: string; node?: { id?: string; cluster?: string } }
+export interface DiscoveryRequest {
+  version_info?: string;
+  resource_names?: string[];
+  type_url?: string;
+  node?: { id?: string; cluster?: string };
+  /** Set by an xDS client that rejected the last response (Envoy's REST client does not send it). */
+  error_detail?: { code?: number; message?: string };
+}
 export interface DiscoveryResponse { version_info: string; type_url: string; resources: ClusterLoadAssignment[] }
 
 export function socketAddress(hostPort: string): SocketAddress {
   const { host, port } = splitHostPort(hostPort);
   return { socket_address: { address: host, port_value: port } };
 }
+
+/** The Envoy cluster (EDS service name) of a service's primary: tcp_proxy routes to it. */
+export function primaryCluster(service: string): string { return `${service}_primary`; }

@@ -2,23 +2,52 @@
 // current version is held until a newer snapshot is published (or until just before Envoy's
 // request_timeout), so a decision reaches Envoy over an already open request. Measured in
 // docs/notes/xds-transport.md: p50 3.6 ms, p99 8.2 ms from decision to traffic.
-import express, { type Request, type Response, type Router } from "express";
+//
+// Rejections. Envoy's REST subscription sends no error_detail when it rejects a response (it
+// logs "REST config for ... rejected: <why>" and asks again, after refresh_delay, with the version
+// it still has). So a rejection is a request, on the connection that was just answered with
+// version V of some resources, that asks for them again with another version; error_detail,
+// if an Envoy sends it, says so too. A rejected version is reported once per cluster
+// (onRejected), shown by status(), and never served to that request again: the request is held
+// like a long-poll until a newer snapshot is published (answered at once), or until the hold
+// ends (then V is sent again, so Envoy retries at most once per hold, not in a hot loop).
+import express, { type NextFunction, type Request, type Response, type Router } from "express";
+import type { Socket } from "node:net";
 import { TYPE_URL, REST_PATH, type DiscoveryRequest, type DiscoveryResponse } from "./resources.ts";
 import type { Snapshot } from "./snapshot.ts";
 
 export interface XdsRestOptions {
   /** Hold a request at most this long; keep below Envoy's request_timeout (bootstrap: 5 s). */
   holdMs?: number;
+  /** Called once per cluster and rejected version. */
+  onRejected?: (rejection: XdsRejection) => void;
 }
+
+export interface XdsRejection { readonly cluster: string; readonly version: string; readonly message: string }
+
+/** What Envoy did with a cluster's snapshots, as last reported by a request for it. */
+export interface XdsStatus {
+  /** The version served now (null: the cluster is in no snapshot). */
+  readonly version: string | null;
+  /** The latest version an Envoy said it applied. */
+  readonly acceptedVersion: string | null;
+  /** The latest version an Envoy rejected, until one published after it is applied. */
+  readonly rejected: { readonly version: string; readonly message: string; readonly at: string } | null;
+}
+
+interface ClusterReport { acceptedVersion: string | null; rejected: XdsStatus["rejected"] }
 
 export class XdsRestServer {
   private snapshot?: Snapshot;
   private waiting = new Set<() => void>();
+  /** Per connection from Envoy: the version last sent for each set of resource names. */
+  private readonly sent = new WeakMap<Socket, Map<string, string>>();
+  private readonly reports = new Map<string, ClusterReport>();
   readonly holdMs: number;
-  /** Requests answered, and those answered because a new snapshot was published. */
-  readonly counters = { requests: 0, pushes: 0 };
+  /** Requests answered, those answered because a new snapshot was published, and rejections seen. */
+  readonly counters = { requests: 0, pushes: 0, rejections: 0 };
 
-  constructor(options: XdsRestOptions = {}) { this.holdMs = options.holdMs ?? 4000; }
+  constructor(private readonly options: XdsRestOptions = {}) { this.holdMs = options.holdMs ?? 4000; }
 
   get version(): string | undefined { return this.snapshot?.version; }
 
@@ -30,14 +59,40 @@ export class XdsRestServer {
     for (const answer of held) answer();
   }
 
+  status(cluster: string): XdsStatus {
+    const report = this.reports.get(cluster);
+    return {
+      version: this.snapshot?.endpoints.has(cluster) ? this.snapshot.version : null,
+      acceptedVersion: report?.acceptedVersion ?? null,
+      rejected: report?.rejected ?? null,
+    };
+  }
+
   router(): Router {
     const router = express.Router();
-    router.post(REST_PATH[TYPE_URL.ENDPOINTS], express.json({ limit: "1mb" }), (req: Request, res: Response) => this.endpoints(req, res));
+    router.post(REST_PATH[TYPE_URL.ENDPOINTS], express.json({ limit: "1mb", type: () => true }), (req: Request, res: Response) => this.endpoints(req, res));
+    router.use((err: { status?: number; message?: string }, _req: Request, res: Response, _next: NextFunction) => {
+      const status = typeof err.status === "number" && err.status >= 400 && err.status < 500 ? err.status : 500;
+      res.status(status).json({ message: `not a DiscoveryRequest: ${err.message ?? String(err)}` });
+    });
     return router;
   }
 
   private endpoints(req: Request, res: Response): void {
     const body = (req.body ?? {}) as DiscoveryRequest;
+    if (typeof body !== "object" || Array.isArray(body) || (body.version_info !== undefined && typeof body.version_info !== "string")
+      || (body.resource_names !== undefined && (!Array.isArray(body.resource_names) || body.resource_names.some((n) => typeof n !== "string")))) {
+      res.status(400).json({ message: "not a DiscoveryRequest: version_info must be a string, resource_names a list of strings" });
+      return;
+    }
+    const key = body.resource_names?.length ? [...body.resource_names].sort().join(",") : "*";
+    const sentHere = this.sent.get(req.socket) ?? new Map<string, string>();
+    this.sent.set(req.socket, sentHere);
+    const lastSent = sentHere.get(key);
+    const rejected = body.error_detail ? lastSent ?? this.snapshot?.version : lastSent !== undefined && body.version_info !== lastSent ? lastSent : undefined;
+    if (rejected !== undefined) this.rejected(body, rejected);
+    else if (body.version_info) this.accepted(body, body.version_info);
+
     const answer = () => {
       if (res.writableEnded) return;
       this.counters.requests++;
@@ -49,13 +104,48 @@ export class XdsRestServer {
         type_url: TYPE_URL.ENDPOINTS,
         resources: names.flatMap((n) => (snap.endpoints.has(n) ? [snap.endpoints.get(n)!] : [])),
       };
+      sentHere.set(key, snap.version);
       res.json(response);
     };
-    if (!this.snapshot || body.version_info !== this.snapshot.version) return answer();
+    // Held while there is nothing newer than what this Envoy has or just rejected.
+    if (!this.snapshot || this.snapshot.version !== (rejected ?? body.version_info)) return answer();
     const timer = setTimeout(() => { this.waiting.delete(push); answer(); }, this.holdMs);
     const push = () => { clearTimeout(timer); this.counters.pushes++; answer(); };
     this.waiting.add(push);
     // The response's close (not the request's, which fires once the body is read): Envoy went away.
     res.on("close", () => { clearTimeout(timer); this.waiting.delete(push); });
+  }
+
+  private clustersOf(body: DiscoveryRequest): string[] {
+    return body.resource_names?.length ? body.resource_names : [...(this.snapshot?.endpoints.keys() ?? [])];
+  }
+
+  private report(cluster: string): ClusterReport {
+    let r = this.reports.get(cluster);
+    if (!r) this.reports.set(cluster, (r = { acceptedVersion: null, rejected: null }));
+    return r;
+  }
+
+  private accepted(body: DiscoveryRequest, version: string): void {
+    for (const cluster of this.clustersOf(body)) {
+      const r = this.report(cluster);
+      r.acceptedVersion = version;
+      if (r.rejected && r.rejected.version !== version) r.rejected = null;
+    }
+  }
+
+  private rejected(body: DiscoveryRequest, version: string): void {
+    this.counters.rejections++;
+    const node = body.node?.id ? `Envoy "${body.node.id}"` : "Envoy";
+    const message = body.error_detail?.message
+      ? `${node} rejected version ${version}: ${body.error_detail.message}`
+      : `${node} did not apply version ${version} and asked again with ${body.version_info ? `version ${body.version_info}` : "no version"}: ` +
+        `it rejected it (Envoy's log says why: "REST config for ${REST_PATH[TYPE_URL.ENDPOINTS]} rejected: ...")`;
+    for (const cluster of this.clustersOf(body)) {
+      const r = this.report(cluster);
+      if (r.rejected?.version === version) continue;
+      r.rejected = { version, message, at: new Date().toISOString() };
+      this.options.onRejected?.({ cluster, version, message });
+    }
   }
 }

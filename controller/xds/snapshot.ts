@@ -22,6 +22,10 @@ export interface Snapshot {
   readonly endpoints: ReadonlyMap<string, ClusterLoadAssignment>;
 }
 
+/** Envoy's EDS takes priorities up to 128 and rejects a whole assignment with a higher one, so
+ *  standbys after the 128th are left out of it (they still get every byte from the relay; Envoy
+ *  would only reach them after 128 others had failed). */
+export const MAX_STANDBYS = 128;
 
 function assignment(s: ServiceEndpoints): ClusterLoadAssignment {
   return {
@@ -29,7 +33,7 @@ function assignment(s: ServiceEndpoints): ClusterLoadAssignment {
     cluster_name: s.cluster,
     endpoints: [
       { priority: PRIMARY_PRIORITY, lb_endpoints: [{ endpoint: { address: socketAddress(s.primary) } }] },
-      ...s.standbys.map((a, i) => ({ priority: STANDBY_PRIORITY + i, lb_endpoints: [{ endpoint: { address: socketAddress(a) } }] })),
+      ...s.standbys.slice(0, MAX_STANDBYS).map((a, i) => ({ priority: STANDBY_PRIORITY + i, lb_endpoints: [{ endpoint: { address: socketAddress(a) } }] })),
     ],
   };
 }

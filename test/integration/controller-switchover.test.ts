@@ -53,12 +53,12 @@ describe("planned switchover through the API", () => {
   it("moves new connections to the promoted replica, lets old ones finish on the old primary, and gives every backend every byte exactly once", async () => {
     backends = await startBackends(["m0", "m1", "m2"], { reply: perLine, farewell: null });
     relay = await startRelay({}); // the controller sets the replica set
-    const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, alive: true, lagBytes: 0 });
+    const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, lagBytes: 0 });
     controller = await startController({
       services: [{ service: { name: "kv", members: [member(backends[0], "primary"), member(backends[1], "replica"), member(backends[2], "replica")] }, health: { ...HEALTH_DEFAULTS, ...HEALTH } }],
       api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
       storePath: join(mkdtempSync(join(tmpdir(), "lockstep-switchover-")), "state.json"),
-      relay: { url: `http://127.0.0.1:${relay.metricsPort}` },
+      relay: { url: `http://127.0.0.1:${relay.metricsPort}`, token: relay.controlToken },
     });
     envoy = await startEnvoy({ primary: backends[0].address, relayPort: relay.port, service: "kv", controller: `127.0.0.1:${controller.xdsPort}`, compareReplies: true, extra: { healthCheck: HEALTH } });
     const api = (method: string, path: string, body?: unknown) => fetch(`http://127.0.0.1:${controller!.apiPort}${path}`, {

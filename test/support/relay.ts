@@ -1,6 +1,7 @@
 // Runs the mirror relay as its own process (so tests can kill -9 it and restart it on the
 // same port) and reads its Prometheus metrics.
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
@@ -15,11 +16,15 @@ export interface RelayOptions {
   port?: number;
   metricsPort?: number;
   limits?: { maxLagBytesPerConnection?: number; maxQueuedBytesTotal?: number; connectTimeoutMs?: number; stallTimeoutMs?: number; replyWaitMs?: number; setWaitMs?: number; finishTimeoutMs?: number };
+  /** The relay's controlToken (default: a new random one; null: none, control calls refused). */
+  controlToken?: string | null;
 }
 
 export interface RelayHandle {
   readonly port: number;
   readonly metricsPort: number;
+  /** What a controller must send to set its replica sets. */
+  readonly controlToken: string | undefined;
   readonly process: Managed;
   /** Value of a metric; `labels` must all match (e.g. { replica: "r1" }). Sums matching series. */
   metric(name: string, labels?: Record<string, string>): Promise<number>;
@@ -44,7 +49,9 @@ export async function startRelay(options: RelayOptions): Promise<RelayHandle> {
   const [port, metricsPort] = options.port && options.metricsPort ? [options.port, options.metricsPort] : await freePorts(2);
   const dir = mkdtempSync(join(tmpdir(), "lockstep-relay-"));
   const configPath = join(dir, "relay.json");
+  const controlToken = options.controlToken === null ? undefined : options.controlToken ?? randomBytes(24).toString("base64url");
   writeFileSync(configPath, JSON.stringify({
+    controlToken,
     listen: { host: "127.0.0.1", port },
     metrics: { host: "127.0.0.1", port: metricsPort },
     services: options.replicas ? { [options.service ?? "itest"]: options.replicas } : {},
@@ -58,7 +65,7 @@ export async function startRelay(options: RelayOptions): Promise<RelayHandle> {
   }, 20_000, 50);
   const metricsText = async () => (await fetch(`${base}/metrics`)).text();
   return {
-    port, metricsPort, process: proc, metricsText,
+    port, metricsPort, controlToken, process: proc, metricsText,
     async metric(name, labels) { return parsePrometheus(await metricsText(), name, labels); },
     kill: (signal = "SIGTERM") => proc.kill(signal),
   };

@@ -90,7 +90,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     primary: all[0].address,
     primaryName: all[0].name,
     replicas: all.slice(1).map((m) => ({ name: m.name, address: m.address })),
-    relay: { address: "127.0.0.1", port: relay.port, metricsPort: relay.metricsPort },
+    relay: { address: "127.0.0.1", port: relay.port, metricsPort: relay.metricsPort, controlToken: relay.controlToken },
     healthCheck,
     controller: { apiPort, xdsPort, store: storePath },
     envoy: { adminPort: envoyAdminPort },

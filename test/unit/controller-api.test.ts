@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { createApiRouter } from "../../controller/api/routes.ts";
 import { OPENAPI } from "../../controller/api/openapi.ts";
 import { API_ERRORS } from "../../controller/api/errors.ts";
-import { ControllerState, validateStoredState } from "../../controller/state.ts";
+import { ControllerState } from "../../controller/state.ts";
+import { validateStoredState } from "../../controller/store/stored-state.ts";
 import { FileStore } from "../../controller/store/file-store.ts";
 import type { Member } from "../../controller/model/service.ts";
 
@@ -24,10 +25,11 @@ describe("controller HTTP API", () => {
   let storePath: string;
 
   async function start(): Promise<void> {
-    state = new ControllerState(new FileStore(storePath, validateStoredState), () => new Date("2026-11-24T12:00:00Z"));
+    state = new ControllerState(new FileStore(storePath, validateStoredState), { now: () => new Date("2026-11-24T12:00:00Z") });
     state.declare({ name: "kv", members: [member("p", "primary", 7001), member("a", "replica", 7002), member("b", "replica", 7003), member("s", "stale", 7004)] });
+    for (const m of state.get("kv")!.members) state.observe("kv", m.name, { alive: true }); // as this process's health checks would
     const app = express();
-    app.use(createApiRouter(state, { token: TOKEN }));
+    app.use(createApiRouter(state, { token: TOKEN, configured: (name) => name === "kv" }));
     server = await new Promise<Server>((resolve) => { const s = app.listen(0, "127.0.0.1", () => resolve(s)); });
     base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   }
@@ -79,7 +81,21 @@ describe("controller HTTP API", () => {
     expect(state.history("orders").map((e) => e.kind)).toEqual(["service_added"]);
   });
 
+  it("removes a service declared through the API, with an event", async () => {
+    const declared = { name: "orders", primary: { name: "db-a", address: "127.0.0.1:8001" }, replicas: [] };
+    expect((await call("POST", "/v1/services", declared)).status).toBe(201);
+    const res = await call("DELETE", "/v1/services/orders");
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ removed: "orders" });
+    expect((await call("GET", "/v1/services/orders", undefined, null)).status).toBe(404);
+    expect(state.history("orders").map((e) => e.kind)).toEqual(["service_added", "service_removed"]);
+    expect((await call("POST", "/v1/services", declared)).status).toBe(201); // the name is free again
+  });
+
   it.each([
+    ["removing a service from the config file", "DELETE", "/v1/services/kv", undefined, undefined, undefined, 409, "DECLARED_IN_CONFIG"],
+    ["removing an unknown service", "DELETE", "/v1/services/nope", undefined, undefined, undefined, 404, "UNKNOWN_SERVICE"],
+    ["removing a service without a token", "DELETE", "/v1/services/kv", undefined, null, undefined, 401, "UNAUTHORIZED"],
     ["no token", "POST", "/v1/services/kv/promote", {}, null, undefined, 401, "UNAUTHORIZED"],
     ["a wrong token", "POST", "/v1/services/kv/promote", {}, "Bearer nope", undefined, 401, "UNAUTHORIZED"],
     ["an unknown service", "POST", "/v1/services/nope/promote", {}, undefined, undefined, 404, "UNKNOWN_SERVICE"],

@@ -60,6 +60,8 @@ describe("controller decisions", () => {
   function setUp(members: Member[]) {
     const state = new ControllerState(undefined);
     state.declare({ name: "kv", members });
+    // Live measurements are never declared: they come from this process's probes and the relay.
+    for (const { name, alive, lagBytes, rttMs } of members) state.observe("kv", name, { alive, lagBytes, rttMs });
     const results = new Map<string, ProbeResult>(members.map((m) => [m.address, { ok: true, rttMs: 1 }]));
     const xds = new XdsRestServer();
     const controller = new Controller({
@@ -120,7 +122,7 @@ describe("controller decisions", () => {
 });
 
 describe("services declared through the API", () => {
-  it("are health-checked with the settings given in the call", async () => {
+  it("are health-checked with the settings given in the call, until they are removed", async () => {
     const { startController } = await import("../../controller/server.ts");
     const { mkdtempSync } = await import("node:fs");
     const { tmpdir } = await import("node:os");
@@ -140,6 +142,15 @@ describe("services declared through the API", () => {
       await new Promise((r) => setTimeout(r, 250));
       expect(probes.length).toBeGreaterThan(0);
       expect(probes.every((p) => p.address === "127.0.0.1:8101" && p.send === "PING\n")).toBe(true);
+      expect(running.xds.status("orders_primary").version).not.toBeNull();
+
+      // Removed: out of Envoy's endpoints, and no longer probed.
+      const removed = await fetch(`http://127.0.0.1:${running.apiPort}/v1/services/orders`, { method: "DELETE", headers: { authorization: "Bearer t0k3n-for-test" } });
+      expect(removed.status).toBe(200);
+      expect(running.xds.status("orders_primary").version).toBeNull();
+      const seen = probes.length;
+      await new Promise((r) => setTimeout(r, 250));
+      expect(probes.length - seen).toBeLessThanOrEqual(1); // at most one already under way
     } finally { await running.close(); }
   });
 });

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bestReplica, promote, markOutOfSync, rejoin, admit, promotable, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
 import { FileStore, StoreError } from "../../controller/store/file-store.ts";
+import { validateStoredState, servicesFromStore } from "../../controller/store/stored-state.ts";
 
 const m = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + name.charCodeAt(0)}`, role, alive: true, lagBytes: 0, ...extra });
 const svc = (...members: Member[]): Service => ({ name: "kv", members });
@@ -89,5 +90,38 @@ describe("file store", () => {
     expect(() => new FileStore(join(dir, "bad.json"), validate).load()).toThrow("not valid JSON");
     writeFileSync(join(dir, "other.json"), '{"schema": 9}');
     expect(() => new FileStore(join(dir, "other.json"), validate).load()).toThrow("not a lockstep store");
+  });
+});
+
+describe("a store written by an older version", () => {
+  const stored = (...members: { name: string; address: string; role: string }[]) =>
+    validateStoredState({ schema: 1, services: [{ name: "kv", members: members.map((x) => ({ ...x, alive: true, lagBytes: 0 })) }], events: [] });
+
+  it("loses replicas no probe, relay or Envoy could reach, and keeps the rest in canonical spelling, health unknown", () => {
+    const { services, dropped } = servicesFromStore(stored(
+      { name: "p", address: "127.0.0.1:07001", role: "primary" }, { name: "a", address: "127.0.0.1:99999", role: "replica" },
+      { name: "b", address: "localhost:7003", role: "stale" }, { name: "c", address: "[::ffff:127.0.0.1]:7001", role: "replica" },
+      { name: "d", address: "127.0.0.1:7004", role: "replica" }), "s.json");
+    expect(services[0].members).toEqual([{ name: "p", address: "127.0.0.1:7001", role: "primary", lagBytes: 0 }, { name: "d", address: "127.0.0.1:7004", role: "replica", lagBytes: 0 }]);
+    expect(dropped.map((d) => `${d.member}: ${d.reason}`)).toEqual([
+      'a: its address "127.0.0.1:99999" is not an endpoint: "address" has port 99999: a port is 1 to 65535',
+      'b: its address "localhost:7003" is not an endpoint: "address" names the host "localhost"; lockstep takes IP addresses only, as Envoy\'s EDS does: write the address (e.g. "127.0.0.1:7003" for localhost)',
+      'c: its address [::ffff:127.0.0.1]:7001 is 127.0.0.1:7001, the address of "p"',
+    ]);
+  });
+
+  it("refuses to start from a primary no one could reach, saying what to do", () => {
+    expect(() => servicesFromStore(stored({ name: "p", address: "999.1.1.1:80", role: "primary" }), "s.json"))
+      .toThrow(/store s\.json: the primary "p" of service "kv": .* write its IP address/);
+  });
+
+  it.each([
+    [{ schema: 1, services: [{ name: "kv", members: [{ name: "p", address: 1, role: "primary" }] }], events: [] }, "services[0].members[0]"],
+    [{ schema: 1, services: [{ name: "kv", members: [{ name: "p", address: "127.0.0.1:1", role: "boss" }] }], events: [] }, "services[0].members[0]"],
+    [{ schema: 1, services: [{ name: "k v", members: [] }], events: [] }, "services[0]"],
+    [{ schema: 1, services: [], events: [{ at: 1 }] }, "events[0]"],
+  ])("refuses a malformed document instead of guessing (%#)", (raw, where) => {
+    expect(() => validateStoredState(raw)).toThrow(StoreError);
+    expect(() => validateStoredState(raw)).toThrow(where);
   });
 });

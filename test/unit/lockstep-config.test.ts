@@ -46,10 +46,16 @@ describe("lockstep config", () => {
     [{ ...minimal, healthCheck: { retries: 3 } }, '"healthCheck.retries" is not a known field'],
     [{ ...minimal, controller: { apiPort: "9100" } }, '"controller.apiPort" must be a port'],
     [{ ...minimal, controller: { tls: true } }, '"controller.tls" is not a known field'],
+    [{ ...minimal, relay: { controlToken: "too-short" } }, '"relay.controlToken" must be a string of at least 16 characters'],
+    [{ ...minimal, relay: { token: "x".repeat(20) } }, '"relay.token" is not a known field'],
     [[], "must be a JSON object"],
   ])("rejects %j", (raw, message) => {
     expect(() => parseLockstepConfig(raw)).toThrow(ConfigError);
     expect(() => parseLockstepConfig(raw)).toThrow(message);
+  });
+
+  it("takes the relay's control token, for the controller to send", () => {
+    expect(parseLockstepConfig({ ...minimal, relay: { controlToken: "a-relay-control-token" } }).relay.controlToken).toBe("a-relay-control-token");
   });
 
   it("with a controller section, renders the primary cluster as EDS from it with fast failure detection", () => {

@@ -11,6 +11,7 @@ import { RecordingBackend, startBackends } from "../support/backends.ts";
 import { waitFor } from "../support/ports.ts";
 
 const MirrorClient = makeGenericClientConstructor(MIRROR_SERVICE, "Mirror");
+const CONTROL_TOKEN = "relay-unit-control-token";
 
 interface Stream { call: ClientDuplexStream<Buffer, Buffer>; acks: AckFrame[]; status: Promise<{ code: number; details: string }> }
 
@@ -34,7 +35,7 @@ describe("mirror relay", () => {
   beforeEach(async () => {
     replicas = await startBackends(["ra", "rb"]);
     relay = await startRelay(parseRelayConfig({
-      listen: { port: 0 }, metrics: { port: 0 }, limits: { setWaitMs: 300 },
+      listen: { port: 0 }, metrics: { port: 0 }, limits: { setWaitMs: 300 }, controlToken: CONTROL_TOKEN,
       services: { t: replicas.map((r) => ({ name: r.name, address: r.address })) },
     }));
     client = new MirrorClient(`127.0.0.1:${relay.grpcPort}`, credentials.createInsecure());
@@ -143,7 +144,7 @@ describe("mirror relay", () => {
 
   it("keeps a replica set per service, set through its control call, and refuses bad ones without change", async () => {
     const base = `http://127.0.0.1:${relay.metricsPort}/v1/services/t/replicas`;
-    const put = (body: string) => fetch(base, { method: "PUT", body });
+    const put = (body: string) => fetch(base, { method: "PUT", body, headers: { authorization: `Bearer ${CONTROL_TOKEN}` } });
     expect((await put(JSON.stringify({ replicas: [{ name: "rb", address: replicas[1].address }] }))).status).toBe(200);
     for (const bad of ["not json", JSON.stringify({ replicas: [{ name: "x y", address: "a:1" }] }), JSON.stringify({ other: 1 })]) {
       const res = await put(bad);

@@ -2,10 +2,11 @@
 // the consistency checks, and when a held request is answered.
 import { describe, it, expect, afterEach } from "vitest";
 import express from "express";
-import type { Server } from "node:http";
+import { Agent, request, type Server } from "node:http";
 import { buildSnapshot, SnapshotError } from "../../controller/xds/snapshot.ts";
 import { XdsRestServer } from "../../controller/xds/rest-server.ts";
 import { TYPE_URL } from "../../controller/xds/resources.ts";
+import { waitFor } from "../support/ports.ts";
 
 const svc = { cluster: "kv_primary", primary: "127.0.0.1:7001", standbys: ["127.0.0.1:7002", "127.0.0.1:7003"] };
 
@@ -16,6 +17,13 @@ describe("xDS snapshots", () => {
     expect(cla["@type"]).toBe(TYPE_URL.ENDPOINTS);
     expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.map((l) => l.endpoint.address.socket_address.port_value)])).toEqual([[0, [7001]], [1, [7002]], [2, [7003]]]);
     expect(Object.isFrozen(snap) && Object.isFrozen(cla)).toBe(true);
+  });
+
+  it("leaves standbys after the 128th out, as Envoy rejects priorities above 128", () => {
+    const standbys = Array.from({ length: 130 }, (_, i) => `127.0.0.1:${8000 + i}`);
+    const priorities = buildSnapshot("1", [{ ...svc, standbys }]).endpoints.get("kv_primary")!.endpoints.map((e) => e.priority);
+    expect(priorities).toHaveLength(129);
+    expect(Math.max(...priorities)).toBe(128);
   });
 
   it.each([
@@ -64,6 +72,39 @@ describe("REST long-poll transport", () => {
     const got = await (await post(await start(xds), { version_info: "7" })).json();
     expect(got.version_info).toBe("7");
     expect(got.resources).toHaveLength(1);
+  });
+
+  it("holds a request that asks again with the old version after being given a new one (a rejection) until a newer snapshot exists", async () => {
+    const rejections: string[] = [];
+    const xds = new XdsRestServer({ holdMs: 10_000, onRejected: (r) => rejections.push(`${r.cluster}@${r.version}`) });
+    xds.publish(buildSnapshot("1", [svc]));
+    const url = new URL(await start(xds));
+    // One connection, as Envoy's REST client uses: the server remembers what it sent on it.
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const ask = (body: object) => new Promise<any>((resolve, reject) => {
+      const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: "POST", agent, headers: { "content-type": "application/json" } }, (res) => {
+        let text = "";
+        res.on("data", (c) => (text += c));
+        res.on("end", () => resolve(JSON.parse(text)));
+      });
+      req.on("error", reject);
+      req.end(JSON.stringify(body));
+    });
+    expect((await ask({ resource_names: ["kv_primary"] })).version_info).toBe("1");
+    xds.publish(buildSnapshot("2", [{ ...svc, standbys: [] }])); // say Envoy rejects this one
+    expect((await ask({ version_info: "1", resource_names: ["kv_primary"] })).version_info).toBe("2");
+    let answered = false;
+    const again = ask({ version_info: "1", resource_names: ["kv_primary"] }).then((r) => { answered = true; return r; });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(answered).toBe(false);
+    expect(rejections).toEqual(["kv_primary@2"]);
+    expect(xds.status("kv_primary")).toMatchObject({ version: "2", acceptedVersion: "1", rejected: { version: "2" } });
+    xds.publish(buildSnapshot("3", [svc]));
+    expect((await again).version_info).toBe("3");
+    void ask({ version_info: "3", resource_names: ["kv_primary"] }).catch(() => {}); // applied; held until the next change
+    await waitFor("Envoy's report that it applied 3", () => xds.status("kv_primary").acceptedVersion === "3");
+    expect(xds.status("kv_primary").rejected).toBeNull();
+    agent.destroy();
   });
 
   it("says 503 with a reason before anything is published", async () => {
