@@ -3,7 +3,8 @@
 // O_EXCL (so exactly one process creates it), holding the owner's pid, its start time (from
 // /proc, so a recycled pid is not mistaken for the owner) and host. A lock whose owner is gone
 // (kill -9, power loss) is stale and taken over; it is removed when its owner exits.
-import { openSync, writeSync, closeSync, readFileSync, unlinkSync } from "node:fs";
+import { openSync, writeSync, closeSync, readFileSync, unlinkSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
 import { hostname } from "node:os";
 import { StoreError } from "./file-store.ts";
 
@@ -34,6 +35,7 @@ export class StoreLock {
   static acquire(storePath: string): StoreLock {
     const path = `${storePath}.lock`;
     const owner: Owner = { pid: process.pid, startTime: startTimeOf(process.pid), host: hostname(), since: new Date().toISOString() };
+    try { mkdirSync(dirname(path), { recursive: true }); } catch { /* the open below says why */ }
     for (let attempt = 0; ; attempt++) {
       let fd: number;
       try { fd = openSync(path, "wx", 0o600); } catch (err) {

@@ -14,9 +14,9 @@ import { startRelay, type RelayHandle } from "../support/relay.ts";
 
 const TOKEN = "process-test-token";
 
-/** A backend that accepts connections (the controller's connect check finds it up). */
+/** A backend that accepts connections and keeps them (the controller's connect check, which keeps its probe connection open, finds it up). */
 async function backend(): Promise<{ address: string; server: Server }> {
-  const server = createServer((s) => { s.on("error", () => {}); s.end(); });
+  const server = createServer((s) => { s.on("error", () => {}); });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, server };
 }
