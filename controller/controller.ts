@@ -58,6 +58,8 @@ export class Controller {
   private polling?: Promise<void>;
   private pollAgain = false;
   private readonly reachable = new Map<string, boolean>();
+  /** Services whose failed primary has no member to take over (recorded once, until one does). */
+  private readonly withoutCandidate = new Set<string>();
   private readonly state: ControllerState;
 
   constructor(private readonly o: ControllerOptions) {
@@ -180,12 +182,17 @@ export class Controller {
   private failover(service: string, failed: string, reason: string, failedInEnvoy: ReadonlySet<string> = new Set()): void {
     const s = this.state.get(service)!;
     if (primaryOf(s)?.name !== failed) return;
-    const planned = this.standbys(s).find((m) => m.alive === true && !failedInEnvoy.has(m.address)) ?? bestReplica(s);
+    // Never a member Envoy's own checks failed: Envoy would not send it a connection.
+    const usable = (m: Member) => m.alive === true && !failedInEnvoy.has(m.address);
+    const planned = this.standbys(s).find(usable) ?? [bestReplica({ ...s, members: s.members.filter(usable) })].find((m) => m !== undefined);
     if (!planned) {
+      if (this.withoutCandidate.has(service)) return;
+      this.withoutCandidate.add(service);
       this.o.log(`failover: ${service}: primary ${failed} is down and no live, in-sync replica can take over`);
       this.state.recordNoCandidate(service, failed, `primary ${failed} is down (${reason}); no live, in-sync replica to promote`);
       return;
     }
+    this.withoutCandidate.delete(service);
     this.state.promote(service, "failure", planned.name);
     this.o.log(`failover: ${service}: ${planned.name} promoted; ${failed} is stale (${reason})`);
   }
@@ -201,7 +208,8 @@ export class Controller {
    *  meanwhile runs right after. */
   private poll(): Promise<void> {
     if (this.polling) { this.pollAgain = true; return this.polling; }
-    this.polling = this.pollLoop().finally(() => { this.polling = undefined; });
+    // Nothing the relay or Envoy says may stop the controller: a fault is logged, and the next poll tries again.
+    this.polling = this.pollLoop().catch((err) => this.o.log(`poll: failed: ${(err as Error).stack ?? err}`)).finally(() => { this.polling = undefined; });
     return this.polling;
   }
 
@@ -231,11 +239,14 @@ export class Controller {
   /** Envoy's health checks failed a member: Envoy sends it nothing until it is re-added (the
    *  bootstrap's healthy_threshold is never reached), so the controller agrees. */
   private followEnvoy(e: EnvoyView): void {
-    for (const s of this.state.list()) {
-      const failed = e.failedHosts.get(`${s.name}_primary`);
+    for (const { name } of this.state.list()) {
+      const failed = e.failedHosts.get(`${name}_primary`);
       if (!failed?.size) continue;
-      for (const m of s.members) {
-        if (!failed.has(m.address)) continue;
+      for (const address of failed) {
+        // Read the service again each time: a failover just above changed the roles.
+        const s = this.state.get(name);
+        const m = s?.members.find((x) => x.address === address);
+        if (!s || !m) continue;
         const why = `Envoy's health check (${e.reading.source}) failed it`;
         if (m.role === "primary") this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
         else if (m.role === "replica") this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}; Envoy will not send it connections until it is rejoined`);
