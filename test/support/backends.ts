@@ -24,6 +24,8 @@ export interface BackendOptions {
   readBytesPerSecond?: number;
   /** Refuse connections past this many at once (Node closes them unread), like a server's limit. */
   maxConnections?: number;
+  /** Stop reading a connection once this says so (asked after each chunk); see resumeReading. */
+  stopReadingIf?: (conn: ConnectionRecord) => boolean;
   /** Bytes of head to keep for identification. */
   headBytes?: number;
   /** What to answer when the client half-closes (default: a tag naming this backend; null: nothing). */
@@ -33,6 +35,8 @@ export interface BackendOptions {
 export class RecordingBackend {
   readonly connections: ConnectionRecord[] = [];
   private readonly sockets = new Set<Socket>();
+  private readonly stopped = new Set<Socket>();
+  private resumed = false;
   private server!: Server;
   port = 0;
   constructor(readonly name: string, private readonly options: BackendOptions = {}) {}
@@ -60,6 +64,7 @@ export class RecordingBackend {
         conn.receivedHash.update(chunk);
         const answer = this.options.reply ? this.options.reply(chunk, conn) : Buffer.from(`${this.name}:${chunk.length}\n`);
         if (answer) send(answer);
+        if (!this.resumed && this.options.stopReadingIf?.(conn)) { socket.pause(); this.stopped.add(socket); }
       });
       socket.on("end", () => {
         conn.ended = true;
@@ -83,6 +88,13 @@ export class RecordingBackend {
   async kill(): Promise<void> {
     for (const s of this.sockets) s.resetAndDestroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Read again every connection stopped by stopReadingIf, and stop none from now on. */
+  resumeReading(): void {
+    this.resumed = true;
+    for (const s of this.stopped) s.resume();
+    this.stopped.clear();
   }
 
   /** Connection records by their head (the id the client put first). */

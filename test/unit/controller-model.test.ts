@@ -1,50 +1,106 @@
-// The controller's membership rules and its store, without processes.
+// The controller's membership rules as production uses them, and its store, without
+// processes: a primary failure promotes the member the controller names (the designated
+// successor, the one Envoy already falls back to), never one it would rank better at that
+// moment; an API switchover with no member named promotes the best replica (least lag, then
+// RTT); out-of-sync members are never promoted; a stale member returns only through rejoin.
 import { describe, it, expect } from "vitest";
 import { mkdtempSync, writeFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bestReplica, promote, markOutOfSync, rejoin, admit, promotable, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
+import { promote, markOutOfSync, rejoin, admit, promotable, mirrorTargets, ModelError, type Service, type Member } from "../../controller/model/service.ts";
 import { FileStore, StoreError } from "../../controller/store/file-store.ts";
 import { validateStoredState, servicesFromStore } from "../../controller/store/stored-state.ts";
+import { ControllerState } from "../../controller/state.ts";
+import { Controller } from "../../controller/controller.ts";
+import { XdsRestServer } from "../../controller/xds/rest-server.ts";
+import { RelayClient } from "../../controller/relay/client.ts";
+import type { HealthChecker } from "../../controller/health/checker.ts";
+import type { ProbeResult } from "../../controller/health/probe.ts";
 
 const m = (name: string, role: Member["role"], extra: Partial<Member> = {}): Member => ({ name, address: `127.0.0.1:${7000 + name.charCodeAt(0)}`, role, alive: true, lagBytes: 0, ...extra });
 const svc = (...members: Member[]): Service => ({ name: "kv", members });
+const roles = (s: Service) => s.members.map((x) => `${x.name}:${x.role}`);
 
-describe("choosing the replica to promote", () => {
-  it("prefers least lag, then lowest RTT, never a dead, stale, detached or diverged member", () => {
-    const s = svc(m("p", "primary"), m("a", "replica", { lagBytes: 10, rttMs: 0.1 }), m("b", "replica", { lagBytes: 0, rttMs: 0.9 }),
-      m("c", "replica", { lagBytes: 0, rttMs: 0.2 }), m("d", "replica", { alive: false }), m("e", "diverged"), m("f", "stale"), m("g", "detached"));
-    expect(bestReplica(s)?.name).toBe("c");
-    expect(bestReplica(svc(m("p", "primary"), m("x", "diverged"), m("y", "replica", { alive: false })))).toBeUndefined();
+describe("a primary failure (the controller's failover)", () => {
+  /** A controller over `members` with a fake probe (no process, no real time): the primary's
+   *  probe fails when `down` names it. */
+  function controllerOf(members: Member[]) {
+    const state = new ControllerState(undefined);
+    state.declare({ name: "kv", members });
+    const down = new Set<string>();
+    const probe = async (address: string): Promise<ProbeResult> => (down.has(address) ? { ok: false, error: "refused" } : { ok: true, rttMs: 1 });
+    const xds = new XdsRestServer();
+    const controller = new Controller({
+      state, xds, relay: new RelayClient("http://127.0.0.1:1"), probe,
+      healthOf: () => ({ intervalMs: 100, timeoutMs: 50, unhealthyThreshold: 2, healthyThreshold: 2 }), relayPollMs: 1_000_000, log: () => {}, now: () => 0,
+    });
+    (controller as any).publish();
+    const checker = () => (controller as any).checkers.get("kv") as HealthChecker;
+    /** Envoy's endpoints for the service: [EDS priority, port] in order. */
+    const eds = () => ((xds as any).snapshot.endpoints.get("kv_primary").endpoints as any[]).map((e) => [e.priority, e.lb_endpoints[0].endpoint.address.socket_address.port_value]);
+    const fail = async (member: string) => {
+      down.add(state.get("kv")!.members.find((x) => x.name === member)!.address);
+      for (let i = 0; i < 3; i++) await checker().round();
+    };
+    return { state, controller, eds, fail };
+  }
+
+  it("promotes the designated successor, the member Envoy already falls back to, even when another replica now ranks slightly better", async () => {
+    const { state, controller, eds, fail } = controllerOf([m("p", "primary"), m("a", "replica"), m("b", "replica", { lagBytes: 1000 })]);
+    expect(controller.successor("kv")).toBe("a");
+    state.observe("kv", "a", { lagBytes: 1000 }); // b is ahead now, but not clearly: a stays the successor
+    state.observe("kv", "b", { lagBytes: 0 });
+    expect(controller.successor("kv")).toBe("a");
+    expect(eds()).toEqual([[0, 7112], [1, 7097], [2, 7098]]); // p, then a, then b
+    await fail("p");
+    expect(roles(state.get("kv")!)).toEqual(["p:stale", "a:primary", "b:replica"]);
+    expect(state.history("kv").map((e) => `${e.kind} ${e.member}`)).toEqual(["promotion a"]);
+    expect(eds()[0]).toEqual([0, 7097]); // Envoy's priority 0 is the member the controller calls primary
   });
 
-  it("puts unmeasured RTT last and breaks full ties by name", () => {
-    expect(bestReplica(svc(m("b", "replica"), m("a", "replica", { rttMs: 5 })))?.name).toBe("a");
-    expect(bestReplica(svc(m("b", "replica"), m("a", "replica")))?.name).toBe("a");
+  it("never promotes a member that is out of sync; with none left it records that nobody could take over", async () => {
+    const { state, fail } = controllerOf([m("p", "primary"), m("a", "detached"), m("b", "diverged"), m("c", "stale"), m("d", "joining")]);
+    await fail("p");
+    expect(roles(state.get("kv")!)).toEqual(["p:primary", "a:detached", "b:diverged", "c:stale", "d:joining"]);
+    expect(state.history("kv").map((e) => e.kind)).toEqual(["no_candidate"]);
+  });
+
+  it("promotes exactly the member it names (the successor), not the replica the model would rank first", () => {
+    const s = svc(m("p", "primary"), m("a", "replica"), m("b", "replica", { lagBytes: 5 }));
+    const { service, promoted, demoted } = promote(s, "failure", "b");
+    expect([promoted.name, demoted?.name, demoted?.role]).toEqual(["b", "p", "stale"]);
+    expect(mirrorTargets(service).map((x) => x.name)).toEqual(["a"]); // the failed primary gets no more bytes
+    expect(promotable(service).map((x) => x.name)).toEqual(["a"]);
   });
 });
 
-describe("promotion", () => {
+describe("a planned switchover through the API", () => {
   const s = svc(m("p", "primary"), m("a", "replica"), m("b", "replica", { lagBytes: 5 }));
 
-  it("after a failure: the best replica leads, the old primary is stale and leaves the mirror set", () => {
-    const { service, promoted, demoted } = promote(s, "failure");
-    expect([promoted.name, demoted?.role]).toEqual(["a", "stale"]);
-    expect(mirrorTargets(service).map((x) => x.name)).toEqual(["b"]);
-  });
-
-  it("after a planned switchover: the old primary becomes a replica for new connections", () => {
+  it("with a member named: it leads, and the old primary stays a replica for new connections", () => {
     const { service, demoted } = promote(s, "switchover", "b");
     expect(demoted?.role).toBe("replica");
     expect(mirrorTargets(service).map((x) => x.name).sort()).toEqual(["a", "p"]);
   });
+
+  it("with none named: the least-lagging live replica in sync leads, then the lowest RTT, never a dead, stale, detached, diverged or joining one", () => {
+    const pick = (...members: Member[]) => promote(svc(m("p", "primary"), ...members), "switchover").promoted.name;
+    expect(pick(m("a", "replica", { lagBytes: 10, rttMs: 0.1 }), m("b", "replica", { lagBytes: 0, rttMs: 0.9 }), m("c", "replica", { lagBytes: 0, rttMs: 0.2 }),
+      m("d", "replica", { alive: false }), m("e", "diverged"), m("f", "stale"), m("g", "detached"), m("h", "joining"))).toBe("c");
+    expect(pick(m("b", "replica"), m("a", "replica", { rttMs: 5 }))).toBe("a"); // an unmeasured RTT ranks last
+    expect(pick(m("b", "replica"), m("a", "replica"))).toBe("a"); // full ties: by name
+  });
+});
+
+describe("refusals and rejoining", () => {
+  const s = svc(m("p", "primary"), m("a", "replica"), m("b", "replica", { lagBytes: 5 }));
 
   it.each([
     ["an unknown member", (x: Service) => promote(x, "switchover", "zz"), "NO_SUCH_MEMBER"],
     ["the primary itself", (x: Service) => promote(x, "switchover", "p"), "IS_PRIMARY"],
     ["a diverged member", (x: Service) => promote(markOutOfSync(x, "a", "diverged"), "switchover", "a"), "NOT_PROMOTABLE"],
     ["a stale member", (x: Service) => promote(markOutOfSync(x, "a", "stale"), "switchover", "a"), "NOT_PROMOTABLE"],
-    ["nobody left", (x: Service) => promote(markOutOfSync(markOutOfSync(x, "a", "detached"), "b", "stale"), "failure"), "NO_CANDIDATE"],
+    ["nobody left", (x: Service) => promote(markOutOfSync(markOutOfSync(x, "a", "detached"), "b", "stale"), "switchover"), "NO_CANDIDATE"],
   ])("refuses to promote %s, leaving the service as it was", (_what, act, code) => {
     const before = JSON.stringify(s);
     expect(() => act(s)).toThrow(ModelError);
@@ -53,7 +109,7 @@ describe("promotion", () => {
   });
 
   it("takes a stale member back only through an explicit rejoin, as joining (mirrored to, not promotable) until admitted", () => {
-    const failed = promote(s, "failure").service;
+    const failed = promote(s, "failure", "a").service;
     expect(failed.members.find((x) => x.name === "p")?.role).toBe("stale");
     const joining = rejoin(failed, "p");
     expect(joining.members.find((x) => x.name === "p")?.role).toBe("joining");
@@ -79,7 +135,7 @@ describe("file store", () => {
     expect(store.load()).toBeUndefined();
     const doc = { schema: 1 as const, services: [svc(m("p", "primary"), m("a", "replica"))] };
     store.save(doc);
-    store.save({ ...doc, services: [promote(doc.services[0], "failure").service] });
+    store.save({ ...doc, services: [promote(doc.services[0], "failure", "a").service] });
     expect(store.load()?.services[0].members.map((x) => x.role)).toEqual(["stale", "primary"]);
     expect(readdirSync(join(dir, "state"))).toEqual(["controller.json"]);
   });

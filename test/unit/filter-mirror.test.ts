@@ -1,7 +1,9 @@
 // The compiled lockstep filter in the host emulator, release and debug builds alike: the
 // frames it sends match the shared wire fixtures, ACKs drive its stats, flow control pauses
-// and resumes the client, and the relay's failures never touch the bytes to the primary; the
-// primary's replies are digested in offset-aligned windows (or, with compare_replies off, never read).
+// and resumes the client at the documented bounds (4 MiB per connection, 64 MiB per worker, by
+// default), a finished connection's stream is reset after close_timeout_ms if the relay never
+// answers, and the relay's failures never touch the bytes to the primary; the primary's
+// replies are digested in offset-aligned windows (or, with compare_replies off, never read).
 import { describe, it, expect } from "vitest";
 import { writeFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
@@ -272,22 +274,145 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(conn.downstreamData("after").action).toBe(Action.CONTINUE);
   });
 
-  it("when the worker's total is the bound, cuts the connection holding the most in flight, not one with nothing in flight (issue 8, defect 7)", () => {
+  it("when the worker's total is the bound and the relay stalls, cuts the connection holding the most in flight, not the one waiting with nothing in flight (issue 8, defect 7)", () => {
     const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 4000, max_inflight_bytes_total: 5000, relay_stall_timeout_ms: 300 });
     const big = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
     const small = host.newConnection({ source: "127.0.0.1:3", upstream: "127.0.0.1:2" });
-    expect(big.downstreamData(Buffer.alloc(3000)).action).toBe(Action.CONTINUE);
+    expect(big.downstreamData(Buffer.alloc(4000)).action).toBe(Action.CONTINUE);
     expect(small.downstreamData(Buffer.alloc(1000)).action).toBe(Action.CONTINUE);
     const [bigStream, smallStream] = host.grpcStreams.values();
     host.grpcReceive(smallStream.token, ackLive(1000)); // small has nothing in flight now
-    expect(small.downstreamData(Buffer.alloc(2500)).action).toBe(Action.PAUSE); // 3000 + 2500 > 5000
-    host.advance(400); host.tick();
+    expect(small.downstreamData(Buffer.alloc(1500)).action).toBe(Action.PAUSE); // 4000 + 1500 > 5000
+    for (let t = 0; t < 300; t += 100) { host.advance(100); host.tick(); } // the relay stays silent for the stall timeout
+    expect(small.continued).toBe(0);
+    expect(stat(host, "overflows")).toBe(0);
+    host.advance(100); host.tick();
     expect(bigStream.closedByModule).toBe("cancel");
-    expect(smallStream.closedByModule).not.toBe("cancel");
+    expect(smallStream.closedByModule).toBeNull();
     expect(small.continued).toBe(1); // the total fell: small goes on, mirrored
-    expect(shape(host).length).toBeGreaterThan(0);
     expect(decodeFilterFrame(smallStream.sent.at(-1)!)).toMatchObject({ type: "DATA", offset: 1000 });
     expect(stat(host, "overflows")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(4000); // big's bytes, not small's
+  });
+
+  // The shipped bounds, with no configuration: the README's numbers, as Envoy hands them over
+  // (reads of up to 1 MiB).
+  const MiB = 1 << 20;
+  /** ACK `received` bytes of `stream` (one live replica that took them all). */
+  const ackStream = (host: NetworkHost, token: number, received: number) => host.grpcReceive(token, ackLive(received));
+
+  it("by default holds a connection once 4 MiB are in flight, not before, and lets it go on once the relay is back under half", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    for (let i = 0; i < 3; i++) expect(conn.downstreamData(Buffer.alloc(MiB, i)).action).toBe(Action.CONTINUE);
+    expect(conn.downstreamData(Buffer.alloc(MiB - 1, 3)).action).toBe(Action.CONTINUE);
+    expect(conn.downstreamData(Buffer.alloc(1, 4)).action).toBe(Action.CONTINUE); // exactly 4 MiB in flight: not past the bound
+    expect(stat(host, "inflight_bytes")).toBe(4 * MiB);
+    expect(stat(host, "pauses")).toBe(0);
+    expect(conn.downstreamData(Buffer.alloc(1, 5)).action).toBe(Action.PAUSE); // one byte more would pass it
+    expect(stat(host, "pauses")).toBe(1);
+    expect(stat(host, "bytes_sent")).toBe(4 * MiB); // the held byte is neither sent nor passed on
+    expect(Buffer.concat(conn.toUpstream).length).toBe(4 * MiB);
+    const [stream] = host.grpcStreams.values();
+    ackStream(host, stream.token, 2 * MiB - 1); // 2 MiB + 1 still in flight: above half
+    host.advance(100); host.tick();
+    expect(conn.continued).toBe(0);
+    ackStream(host, stream.token, 2 * MiB + 1); // under half
+    expect(conn.continued).toBe(1);
+    expect(stat(host, "bytes_sent")).toBe(4 * MiB + 1);
+    expect(Buffer.concat(conn.toUpstream).length).toBe(4 * MiB + 1);
+    expect(stat(host, "overflows")).toBe(0);
+    expect(host.violations).toEqual([]);
+  });
+
+  it.each([
+    ["the default 30 s", undefined, 30_000],
+    ["close_timeout_ms 1500", 1500, 1500],
+  ])("resets the stream of a finished connection whose relay never gives its final answer after %s, and counts the loss", (_what, configured, timeoutMs) => {
+    const { host } = load(build, configured === undefined ? CONFIG : { ...CONFIG, close_timeout_ms: configured });
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    const [stream] = host.grpcStreams.values();
+    ackStream(host, stream.token, 8);
+    // An open connection is never reset, however long it lives.
+    for (let t = 0; t < 2 * timeoutMs; t += 1000) { host.advance(1000); host.tick(); }
+    expect(stream.closedByModule).toBeNull();
+    conn.downstreamData("GET a\n", true);
+    conn.closeDownstream(); conn.done();
+    expect(stream.closedByModule).toBe("close"); // half-closed: waiting for the relay's final answer
+    host.advance(timeoutMs - 100); host.tick();
+    expect(stream.closedByModule).toBe("close");
+    expect(stat(host, "streams_active")).toBe(1);
+    host.advance(200); host.tick();
+    expect(stream.closedByModule).toBe("cancel");
+    expect(stat(host, "streams_active")).toBe(0);
+    expect(stat(host, "streams_lost")).toBe(1);
+    expect(stat(host, "bytes_unmirrored")).toBe(6); // sent, never acknowledged
+    expect(stat(host, "replica.r1.detaches")).toBe(1);
+    expect(stat(host, "replica.r1.missed_connections")).toBe(1); // never confirmed complete: out of sync
+    expect(host.logs.some((l) => l.level === "warn" && /relay gave no final answer for connection \d+; stream reset/.test(l.message))).toBe(true);
+  });
+
+  it("resets after close_timeout_ms a stream the relay left open after saying the connection has no replica", () => {
+    const { host } = load(build, { ...CONFIG, close_timeout_ms: 1500 });
+    const conn = fixtureConnection(host);
+    conn.downstreamData("first");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+    conn.closeDownstream(); conn.done();
+    host.advance(1400); host.tick();
+    expect(stat(host, "streams_active")).toBe(1);
+    host.advance(200); host.tick();
+    expect(stream.closedByModule).toBe("cancel");
+    expect(stat(host, "streams_active")).toBe(0);
+  });
+
+  it("by default holds a connection with nothing in flight once its worker's connections hold 64 MiB, not before, and lets it go on at 48 MiB", () => {
+    const { host } = load(build);
+    const full = Array.from({ length: 16 }, (_, i) => host.newConnection({ source: `127.0.0.1:${1000 + i}`, upstream: "127.0.0.1:2" }));
+    for (const c of full) for (let i = 0; i < 4; i++) expect(c.downstreamData(Buffer.alloc(MiB)).action).toBe(Action.CONTINUE);
+    expect(stat(host, "inflight_bytes")).toBe(64 * MiB); // 16 connections at their own bound: the total is exactly reached
+    expect(stat(host, "pauses")).toBe(0);
+    const late = host.newConnection({ source: "127.0.0.1:3000", upstream: "127.0.0.1:2" });
+    expect(late.downstreamData("hello").action).toBe(Action.PAUSE); // its own in flight is 0; the total would pass 64 MiB
+    expect(stat(host, "pauses")).toBe(1);
+    const streams = [...host.grpcStreams.values()];
+    const lateStream = streams[16];
+    expect(lateStream.sent.map((b) => decodeFilterFrame(b).type)).toEqual(["OPEN"]); // its bytes wait unsent
+    // Other connections' ACKs bring the total down: 60 MiB is not enough, 48 MiB is.
+    ackStream(host, streams[0].token, 4 * MiB);
+    host.advance(100); host.tick();
+    expect(late.continued).toBe(0);
+    for (let i = 1; i < 4; i++) ackStream(host, streams[i].token, 4 * MiB);
+    host.advance(100); host.tick();
+    expect(late.continued).toBe(1);
+    expect(Buffer.concat(late.toUpstream).toString()).toBe("hello");
+    expect(decodeFilterFrame(lateStream.sent.at(-1)!)).toMatchObject({ type: "DATA", offset: 0 });
+    expect(stat(host, "overflows")).toBe(0);
+    expect(streams.some((s) => s.closedByModule === "cancel")).toBe(false);
+    expect(host.violations).toEqual([]);
+  });
+
+  it("lets a connection waiting for the worker's total go on when another connection's ACK brings the total down, cutting nothing", () => {
+    const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 4000, max_inflight_bytes_total: 5000, relay_stall_timeout_ms: 300 });
+    const big = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
+    const small = host.newConnection({ source: "127.0.0.1:3", upstream: "127.0.0.1:2" });
+    big.downstreamData(Buffer.alloc(4000));
+    small.downstreamData(Buffer.alloc(1000));
+    const [bigStream, smallStream] = host.grpcStreams.values();
+    ackStream(host, smallStream.token, 1000);
+    expect(small.downstreamData(Buffer.alloc(1500, 7)).action).toBe(Action.PAUSE); // 4000 + 1500 > 5000
+    host.advance(100); host.tick();
+    host.advance(100); host.tick();
+    expect(small.continued).toBe(0); // still 4000 of 5000 in flight
+    ackStream(host, bigStream.token, 1000); // big's ACK: the total falls to 3000
+    host.advance(100); host.tick();
+    expect(small.continued).toBe(1);
+    expect(decodeFilterFrame(smallStream.sent.at(-1)!)).toMatchObject({ type: "DATA", offset: 1000 });
+    expect(Buffer.concat(small.toUpstream)).toEqual(Buffer.concat([Buffer.alloc(1000), Buffer.alloc(1500, 7)]));
+    for (let t = 0; t < 500; t += 100) { host.advance(100); host.tick(); } // past the stall timeout: nothing waits any more
+    expect(stat(host, "overflows")).toBe(0);
+    expect([bigStream.closedByModule, smallStream.closedByModule]).toEqual([null, null]);
   });
 
   it("holds a new connection while max_finishing_streams mirrors of closed connections are still finishing, and opens it when one ends (issue 8, defect 4)", () => {
