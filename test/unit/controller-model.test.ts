@@ -39,6 +39,8 @@ describe("a primary failure (the controller's failover)", () => {
     /** Envoy's endpoints for the service: [EDS priority, port] in order. */
     const eds = () => ((xds as any).snapshot.endpoints.get("kv_primary").endpoints as any[]).map((e) => [e.priority, e.lb_endpoints[0].endpoint.address.socket_address.port_value]);
     const fail = async (member: string) => {
+      // This controller process sees every member up first (only then is one promotable).
+      for (let i = 0; i < 2; i++) await checker().round();
       down.add(state.get("kv")!.members.find((x) => x.name === member)!.address);
       for (let i = 0; i < 3; i++) await checker().round();
     };
@@ -63,6 +65,30 @@ describe("a primary failure (the controller's failover)", () => {
     await fail("p");
     expect(roles(state.get("kv")!)).toEqual(["p:primary", "a:detached", "b:diverged", "c:stale", "d:joining"]);
     expect(state.history("kv").map((e) => e.kind)).toEqual(["no_candidate"]);
+  });
+
+  it("follows Envoy when its checks failed the primary and every standby: promotes none of them, takes the standbys out, and keeps running", async () => {
+    const state = new ControllerState(undefined);
+    const members = [m("p", "primary"), m("a", "replica"), m("b", "replica")];
+    state.declare({ name: "kv", members });
+    const logs: string[] = [];
+    const envoy = {
+      source: "envoy 127.0.0.1:1",
+      read: async () => ({ reading: { source: "envoy 127.0.0.1:1", instance: "1", counters: {} }, failedHosts: new Map([["kv_primary", new Set(members.map((x) => x.address))]]) }),
+    };
+    const controller = new Controller({
+      state, xds: new XdsRestServer(), relay: new RelayClient("http://127.0.0.1:1", undefined, 50), envoys: [envoy as any],
+      probe: async () => ({ ok: true, rttMs: 1 }), healthOf: () => ({ intervalMs: 20, timeoutMs: 50, unhealthyThreshold: 2, healthyThreshold: 1 }),
+      relayPollMs: 20, log: (l) => logs.push(l), now: () => 0,
+    });
+    controller.start();
+    try {
+      await new Promise((r) => setTimeout(r, 300)); // several polls, each reading Envoy's verdicts
+      expect(roles(state.get("kv")!)).toEqual(["p:primary", "a:stale", "b:stale"]);
+      expect(state.history("kv").filter((e) => e.kind === "promotion")).toEqual([]);
+      expect(state.history("kv").filter((e) => e.kind === "no_candidate")).toHaveLength(1);
+      expect(logs.filter((l) => l.startsWith("poll: failed"))).toEqual([]);
+    } finally { controller.stop(); }
   });
 
   it("promotes exactly the member it names (the successor), not the replica the model would rank first", () => {
