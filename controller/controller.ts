@@ -23,6 +23,7 @@ import type { Probe } from "./health/probe.ts";
 import type { RelayClient, RelayView } from "./relay/client.ts";
 import type { EnvoyAdminClient, EnvoyView } from "./evidence/envoy-admin.ts";
 import { assess, continuous, type Evidence, type SourceReading } from "./evidence/ledger.ts";
+import { Readmission } from "./readmission.ts";
 
 /** The designated successor is replaced only by a replica clearly better (no churn on noise):
  *  less lag by more than this, or a lower RTT by more than both margins below. */
@@ -60,6 +61,8 @@ export class Controller {
   private readonly reachable = new Map<string, boolean>();
   /** Services whose failed primary has no member to take over (recorded once, until one does). */
   private readonly withoutCandidate = new Set<string>();
+  /** Standbys Envoy failed that the controller sees up: re-admitted to Envoy. */
+  private readonly readmission = new Readmission();
   private readonly state: ControllerState;
 
   constructor(private readonly o: ControllerOptions) {
@@ -107,9 +110,10 @@ export class Controller {
     return mine !== Infinity && theirs !== Infinity && mine - theirs > Math.max(SUCCESSOR_RTT_MARGIN_MS, theirs * SUCCESSOR_RTT_MARGIN);
   }
 
-  /** Standbys in the order Envoy falls back to them: the successor, then the others by name. */
+  /** Standbys in the order Envoy falls back to them: the successor, then the others by name
+   *  (a member being re-admitted to Envoy is left out of one snapshot). */
   private standbys(s: Service): Member[] {
-    const candidates = standbyCandidates(s);
+    const candidates = standbyCandidates(s).filter((m) => !this.readmission.isLeaving(s.name, m.name));
     const others = candidates.filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
     return [...candidates.filter((m) => m.name === s.successor), ...others];
   }
@@ -140,7 +144,9 @@ export class Controller {
       this.checkers.delete(name);
       if (this.o.relay.want(name, [])) void this.poll();
     }
+    this.readmission.prune((service, member) => this.state.get(service)?.members.find((m) => m.name === member)?.role === "replica");
     const version = contentVersion(endpoints);
+    this.readmission.published(version);
     if (version !== this.o.xds.version) {
       this.o.xds.publish(buildSnapshot(version, endpoints));
       this.o.log(`xds: snapshot ${version}: ${endpoints.map((e) => `${e.cluster} primary ${e.primary}, standbys [${e.standbys.join(", ")}]`).join("; ")}`);
@@ -225,6 +231,7 @@ export class Controller {
       }
       if (relay) for (const service of relay.changed) this.o.log(`relay: replica set of "${service}" set`);
       for (const e of envoys) this.followEnvoy(e);
+      this.readmit();
       this.actOnEvidence(relay, envoys);
       if (relay) this.observeRelay(relay);
     } while (this.pollAgain);
@@ -241,6 +248,8 @@ export class Controller {
   private followEnvoy(e: EnvoyView): void {
     for (const { name } of this.state.list()) {
       const failed = e.failedHosts.get(`${name}_primary`);
+      const service = this.state.get(name);
+      this.readmission.clearedInEnvoy(name, (member) => !!failed?.has(service?.members.find((m) => m.name === member)?.address ?? ""));
       if (!failed?.size) continue;
       for (const address of failed) {
         // Read the service again each time: a failover just above changed the roles.
@@ -249,9 +258,26 @@ export class Controller {
         if (!s || !m) continue;
         const why = `Envoy's health check (${e.reading.source}) failed it`;
         if (m.role === "primary") this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
-        else if (m.role === "replica") this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}; Envoy will not send it connections until it is rejoined`);
+        else if (m.role !== "replica") continue;
+        else if (m.alive !== true) this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}, and it is not seen up; it is out until it is rejoined`);
+        else if (this.readmission.failedInEnvoy(s.name, m.name, this.o.now?.() ?? Date.now(), this.settleMs(s.name))) {
+          this.o.log(`envoy: ${why}, but it stays up and in sync here: re-admitting ${s.name}/${m.name} to Envoy (one snapshot without it, then with it)`);
+          this.publish();
+        }
       }
     }
+  }
+
+  /** How long a standby Envoy failed must stay up on the controller's own probes before it is
+   *  re-admitted: long enough for a broken probe connection (a crash) to have been seen. */
+  private settleMs(service: string): number {
+    const h = this.o.healthOf(service);
+    return 2 * h.intervalMs + h.timeoutMs;
+  }
+
+  /** Standbys whose snapshot without them Envoy applied come back in the next one. */
+  private readmit(): void {
+    if (this.readmission.returning((service) => this.o.xds.status(`${service}_primary`).acceptedVersion).length) this.publish();
   }
 
   /** Take out of sync every replica the evidence says may lack a byte the primary took. */

@@ -16,7 +16,7 @@ interface StatsJson { stats?: { name?: string; value?: number }[] }
 interface ClustersJson {
   cluster_statuses?: {
     name?: string;
-    host_statuses?: { address?: { socket_address?: { address?: string; port_value?: number } }; health_status?: { failed_active_health_check?: boolean } }[];
+    host_statuses?: { address?: { socket_address?: { address?: string; port_value?: number } }; health_status?: { failed_active_health_check?: boolean; pending_active_hc?: boolean } }[];
   }[];
 }
 
@@ -54,7 +54,8 @@ export class EnvoyAdminClient {
       const failed = new Set<string>();
       for (const h of c.host_statuses ?? []) {
         const a = h.address?.socket_address;
-        if (!h.health_status?.failed_active_health_check || !a?.address || !a.port_value) continue;
+        // A host just added is failed until its first check ("pending"): not a verdict.
+        if (!h.health_status?.failed_active_health_check || h.health_status.pending_active_hc || !a?.address || !a.port_value) continue;
         try { failed.add(canonicalEndpoint(a.address.includes(":") ? `[${a.address}]:${a.port_value}` : `${a.address}:${a.port_value}`)); } catch { /* not an IP host */ }
       }
       if (c.name) failedHosts.set(c.name, failed);

@@ -91,7 +91,8 @@ describe("failover safety under faults (issue 8)", () => {
         expect(await s.whoServes()).toBe(before.successor);
         await s.restartController("SIGKILL");
       }
-      await waitFor("the controller to promote the successor", async () => (await s.view()).primary !== before.primary, 10_000);
+      await waitFor("the controller to promote the successor", async () => (await s.view()).primary !== before.primary, 10_000)
+        .catch((err) => { throw new Error(`${err.message}\n--- controller ---\n${s.controller.output().slice(-4000)}`); });
       await sleep(500); // writes go on against whoever serves now
       const after = await s.view();
       const served = await s.whoServes();
@@ -112,6 +113,31 @@ describe("failover safety under faults (issue 8)", () => {
     await w.stop();
     expect(await missing(s, w.acked)).toEqual([]);
     expect(w.acked.length).toBeGreaterThan(100);
+  });
+
+  it("re-admits a standby that Envoy's health check failed while it stayed up and in sync (frozen 400 ms), so it still takes over", async () => {
+    stack = await startStack({ replicas: 2, extra: { compareReplies: false } });
+    const s = stack;
+    const before = await s.view();
+    const standby = s.members.get(before.successor!)!;
+    const hostFailed = async () => {
+      const clusters = await (await fetch(`http://127.0.0.1:${s.envoy.adminPort}/clusters?format=json`)).json() as any;
+      const hosts = clusters.cluster_statuses.find((c: any) => c.name === `${s.service}_primary`).host_statuses;
+      const h = hosts.find((x: any) => x.address.socket_address.port_value === standby.port);
+      return h === undefined ? "absent" : h.health_status.failed_active_health_check ? "failed" : "healthy";
+    };
+    standby.process.child.kill("SIGSTOP");
+    await waitFor("Envoy's health check to fail the frozen standby", async () => (await hostFailed()) === "failed", 5_000, 10);
+    await sleep(150);
+    standby.process.child.kill("SIGCONT");
+    await waitFor("Envoy to take it back, re-admitted by the controller", async () => (await hostFailed()) === "healthy", 10_000, 20);
+    const events = (await s.api("GET", "/v1/events")).json.events.map((e: any) => e.kind);
+    expect((await roles(s))[standby.name]).toBe("replica");
+    expect(events).not.toContain("stale");
+    // And it still takes over when the primary dies.
+    await s.members.get(before.primary)!.process.kill("SIGKILL");
+    await waitFor("the controller to promote the standby", async () => (await s.view()).primary === standby.name, 10_000);
+    expect(await s.whoServes()).toBe(standby.name);
   });
 
   it.each([
