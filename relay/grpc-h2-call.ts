@@ -29,6 +29,8 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
   private responded = false;
   /** The status is decided (sent, or to be sent as trailers): nothing more goes out. */
   private statusDecided = false;
+  /** The peer reset the stream, or its connection broke, before the status was decided. */
+  private cancelled = false;
   private trailers?: Record<string, string>;
 
   /** `framingError` hears of bad framing (the call has already ended with its status). */
@@ -38,13 +40,16 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
     this.decoder = new GrpcMessageDecoder(maxMessageBytes);
     stream.on("data", (chunk: Buffer) => this.onChunk(chunk));
     stream.on("end", () => this.onPeerEnd());
+    // Emitted at once when the peer resets the stream (even one the relay is not reading, which
+    // Node destroys, and so closes, only once it is read to its end).
+    stream.on("aborted", () => this.onPeerGone());
     stream.on("close", () => {
-      if (!this.statusDecided) this.emit("cancelled");
+      this.onPeerGone();
       this.emit("close");
     });
   }
 
-  get destroyed(): boolean { return this.statusDecided || this.stream.destroyed; }
+  get destroyed(): boolean { return this.statusDecided || this.cancelled || this.stream.closed || this.stream.destroyed; }
 
   write(frame: Buffer): void {
     if (this.destroyed) return;
@@ -86,10 +91,10 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
   }
 
   private onChunk(chunk: Buffer): void {
-    if (this.statusDecided) return;
+    if (this.statusDecided || this.cancelled) return;
     try {
       this.decoder.push(chunk, (message) => {
-        if (this.statusDecided) return;
+        if (this.statusDecided || this.cancelled) return;
         if (this.paused) this.waiting.push(message);
         else this.emit("data", message);
       });
@@ -97,6 +102,14 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
       if (!(err instanceof GrpcFramingError)) throw err;
       this.fail(err);
     }
+  }
+
+  private onPeerGone(): void {
+    if (this.statusDecided || this.cancelled) return;
+    this.cancelled = true;
+    this.waiting = [];
+    this.stream.resume(); // read to the end, so that Node can destroy it
+    this.emit("cancelled");
   }
 
   private onPeerEnd(): void {
@@ -110,8 +123,8 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
   }
 
   private deliverWaiting(): void {
-    while (!this.paused && !this.statusDecided && this.waiting.length > 0) this.emit("data", this.waiting.shift()!);
-    if (this.paused || this.statusDecided) return;
+    while (!this.paused && !this.destroyed && this.waiting.length > 0) this.emit("data", this.waiting.shift()!);
+    if (this.paused || this.destroyed) return;
     if (!this.peerEnded) { this.stream.resume(); return; }
     if (this.endDelivered) return;
     this.endDelivered = true;

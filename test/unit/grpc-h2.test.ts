@@ -239,6 +239,20 @@ describe("gRPC over Node's HTTP/2: a paused call", () => {
     expect(got.every((m, i) => m.equals(messages[i]))).toBe(true);
   });
 
+  it("tells of a reset at once, even while it is not reading the stream", async () => {
+    pauseAfter = 1;
+    const s = request();
+    for (let i = 0; i < 16; i++) s.write(frameMessage(Buffer.alloc(16 << 10, i)));
+    await waitFor("the peer to use up the stream window", () => stream?.state.localWindowSize === 0);
+    const events: string[] = [];
+    for (const e of ["cancelled", "close"] as const) call!.on(e, () => events.push(e));
+    s.close(0); // RST_STREAM NO_ERROR: Node would close a stream it is not reading only once read
+    await waitFor("the call to close", () => events.includes("close"));
+    expect(events).toEqual(["cancelled", "close"]);
+    expect(got).toHaveLength(1);
+    expect(call!.destroyed).toBe(true);
+  });
+
   it("keeps the messages of one chunk that come after a pause until resumed", async () => {
     pauseAfter = 3;
     request().end(Buffer.concat(Array.from({ length: 10 }, (_, i) => frameMessage(Buffer.from(`m${i}`)))));
