@@ -271,10 +271,18 @@ export class MirrorSession implements OpenConnection {
       if (link.closed && judged) { link.finish(); continue; }
       if (this.state !== "finishing") continue;
       const deadline = Math.max(this.finishAt, this.deliveredAt.get(link)!) + limits.replyWaitMs;
-      if (now >= deadline) {
-        this.check?.giveUp(link, `its replies did not reach the primary's within ${limits.replyWaitMs} ms of the client's close`);
-        if (!link.terminal) link.finish();
-      } else next = Math.min(next, deadline);
+      if (now < deadline) { next = Math.min(next, deadline); continue; }
+      // Closing a socket whose bytes the replica has not acknowledged could lose them (the
+      // kernel may reset an orphaned connection): wait until it has, while it takes some.
+      const unacknowledged = unacknowledgedBytes([link.tcp]).get(link.tcp);
+      if (unacknowledged !== undefined && unacknowledged > 0) {
+        link.tookBytes(now, unacknowledged);
+        if (now - link.lastProgressAt >= limits.stallTimeoutMs || now >= this.finishAt + limits.finishTimeoutMs) link.detach("STALLED");
+        else next = Math.min(next, now + this.stallCheckMs);
+        continue;
+      }
+      this.check?.giveUp(link, `its replies did not reach the primary's within ${limits.replyWaitMs} ms of the client's close`);
+      if (!link.terminal) link.finish();
     }
     if ((this.state as string) === "done") return; // completed by a link finished above
     if (this.state === "finishing" && this.links.every((l) => l.terminal)) return this.complete();
@@ -354,18 +362,17 @@ export class MirrorSession implements OpenConnection {
   }
 
   /**
-   * The session is over: count, per replica, whether it provably took every client byte of the
-   * connection (the controller reads this). The total is known if the client's stream ended in
-   * order (END, or the filter's half-close after every DATA); a reset stream's total is not (the
-   * primary may have taken bytes that never reached the relay), so a replica then missed bytes
-   * unless END had come and it took all of them.
+   * The session is over: count, per replica, whether it did not provably take every client byte
+   * of the connection (the controller reads this): only a replica CLOSED did, having
+   * acknowledged every byte at the TCP level; any other missed some, unless the connection
+   * carried none (a reset stream's total is unknown: the primary may have taken bytes that
+   * never reached the relay).
    */
   private end(complete: boolean): void {
     const total = complete ? this.received : this.endedAt;
     for (const link of this.links) {
-      if (total < 0 || link.acked < total) {
-        this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
-      }
+      // Only CLOSED proves it: a replica cut loose may not have received what its socket held.
+      if (link.state !== "CLOSED" && total !== 0) this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
     }
     this.state = "done";
     this.stopWaiting?.();

@@ -11,13 +11,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startController, type RunningController } from "../../controller/server.ts";
-import { HEALTH_DEFAULTS } from "../../controller/health/checker.ts";
 import type { ProbeResult } from "../../controller/health/probe.ts";
 import { parseEndpoint } from "../../config/address.ts";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { ApiFuzzer, check, send, type FuzzRequest } from "../support/api-fuzz.ts";
 import { startProcess, type Managed } from "../support/processes.ts";
 import { freePorts, waitFor } from "../support/ports.ts";
+import { kvService } from "../support/kv-service.ts";
 
 const SEED = Number(process.env.LOCKSTEP_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const TOKEN = "fuzz-token-0123456789";
@@ -95,11 +95,7 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
     const probes = new Map<string, ProbeResult>();
     beforeAll(async () => {
       controller = await startController({
-        services: [{ service: { name: "kv", members: [
-          { name: "p", address: "127.0.0.1:7001", role: "primary", lagBytes: 0 },
-          { name: "a", address: "127.0.0.1:7002", role: "replica", lagBytes: 0 },
-          { name: "b", address: "127.0.0.1:7003", role: "replica", lagBytes: 0 },
-        ] }, health: { ...HEALTH_DEFAULTS, intervalMs: 20 } }],
+        services: [kvService()],
         api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
         storePath: join(mkdtempSync(join(tmpdir(), "lockstep-fuzz-")), "controller.json"),
         relay: { url: "http://127.0.0.1:1" },
