@@ -48,13 +48,19 @@ function firstLine(child: ChildProcess, what: string): Promise<any> {
   });
 }
 
-export interface Backends { ports: number[]; pid: number; kill(): void }
+/** Backends: ports[i] is served by the process pids[i]. */
+export interface Backends { ports: number[]; pids: number[]; kill(): void }
 
-/** Echo/sink servers on `n` free loopback ports, in one process pinned to `cpus`. */
+/** `n` echo/sink servers, each its own process on a free loopback port, pinned to `cpus`: as
+ *  with real replicas, every backend costs its own wake-ups (one process serving them all would
+ *  take the primary's and every replica's bytes in one epoll_wait). */
 export async function startServers(n: number, cpus: string): Promise<Backends> {
-  const child = spawnPinned(cpus, ["serve", String(n)]);
-  const { ports } = await firstLine(child, "serve");
-  return { ports, pid: child.pid!, kill: () => { child.kill("SIGKILL"); } };
+  const children = Array.from({ length: n }, () => spawnPinned(cpus, ["serve", "1"]));
+  const kill = () => { for (const c of children) c.kill("SIGKILL"); };
+  try {
+    const ports = (await Promise.all(children.map((c) => firstLine(c, "serve")))).map((x: { ports: number[] }) => x.ports[0]);
+    return { ports, pids: children.map((c) => c.pid!), kill };
+  } catch (err) { kill(); throw err; }
 }
 
 export interface LatencyRun { p50: number; p99: number; p999: number; mean: number; max: number; count: number; wall_s: number; cpu_s: number }

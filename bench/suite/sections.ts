@@ -81,7 +81,7 @@ export async function placementCheck(setups: Setup[], backends: native.Backends[
     progress(`latency placement: ${p.name}`);
     for (const pid of envoyPids) native.pin(pid, p.envoy);
     native.pin(relayPid, p.relay);
-    for (const b of backends) native.pin(b.pid, p.others);
+    for (const b of backends) for (const pid of b.pids) native.pin(pid, p.others);
     const d = await native.latency(direct.port, 64, exchanges, 500, p.others);
     const t = await native.latency(plain.port, 64, exchanges, 500, p.others);
     const l = await native.latency(one.port, 64, exchanges, 500, p.others);
@@ -89,7 +89,7 @@ export async function placementCheck(setups: Setup[], backends: native.Backends[
   }
   for (const pid of envoyPids) native.pin(pid, ENVOY_CPU);
   native.pin(relayPid, LOAD_CPU);
-  for (const b of backends) native.pin(b.pid, LOAD_CPU);
+  for (const b of backends) for (const pid of b.pids) native.pin(pid, LOAD_CPU);
   return rows;
 }
 
