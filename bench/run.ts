@@ -17,7 +17,7 @@ import { findEnvoy, PROJECT_ROOT } from "../scripts/envoy-binary.ts";
 import * as native from "./suite/native.ts";
 import { loadAverage } from "./suite/procfs.ts";
 import { bulkSection, connsSection, failoverSection, latencySection, placementCheck, type Progress } from "./suite/sections.ts";
-import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
+import { ENVOY_CPU, ENVOY_WORKERS, envoyWorkers, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
 import { renderMarkdown, renderSvg, type Results } from "./suite/report.ts";
 
 export interface SuiteOptions {
@@ -66,7 +66,8 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
       cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
       envoy: execFileSync(findEnvoy(), ["--version"]).toString().trim().split("\n").pop()!.replace(/^.*version: /, ""),
       node: process.version, fileLimit, requestedConnCounts,
-      placement: `Envoy (--concurrency 1) on CPU ${ENVOY_CPU}; load generator, backends, relay and runner on CPU ${LOAD_CPU} (taskset); the failover stack (bench/failover.ts) unpinned`,
+      envoyWorkers: ENVOY_WORKERS,
+      placement: `Envoy (${ENVOY_WORKERS} workers, Envoy's default as scripts/run.ts runs it) on CPU ${ENVOY_CPU}; load generator, backends (one process each), relay and runner on CPU ${LOAD_CPU} (taskset); the failover stack (bench/failover.ts) unpinned`,
     },
   };
 
@@ -87,6 +88,10 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
     if (want("latency") || want("bulk")) {
       progress("bench: starting direct, tcp_proxy and lockstep with 0-3 replicas");
       setups = await startAll(primary, replicaServers, 3);
+      for (const s of setups) {
+        const workers = s.envoy ? await envoyWorkers(s.envoy) : ENVOY_WORKERS;
+        if (workers !== ENVOY_WORKERS) throw new Error(`${s.key}: Envoy runs ${workers} workers, not the ${ENVOY_WORKERS} of its default`);
+      }
     }
     if (want("latency")) {
       results.latency = [];

@@ -7,6 +7,8 @@ export interface Results {
   meta: {
     date: string; mode: string; loadBefore: string; loadAfter: string; seconds: number;
     cpus: string; envoy: string; node: string; fileLimit: number; requestedConnCounts: number[]; placement: string;
+    /** Envoy's worker threads in every set-up (its default, as scripts/run.ts runs it). Absent in runs before issue 10. */
+    envoyWorkers?: number;
   };
   latency?: LatencySection[];
   placement?: PlacementRow[];

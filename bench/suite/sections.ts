@@ -72,6 +72,7 @@ export async function placementCheck(setups: Setup[], backends: native.Backends[
   const relayPid = one.relay!.process.child.pid!;
   const placements: { name: string; envoy: string; relay: string; others: string }[] = [
     { name: "suite: Envoy on CPU 0; client, backends, relay on CPU 1", envoy: ENVOY_CPU, relay: LOAD_CPU, others: LOAD_CPU },
+    { name: "Envoy's threads free on both cores; client, backends, relay on CPU 1", envoy: "0,1", relay: LOAD_CPU, others: LOAD_CPU },
     { name: "relay moved to CPU 0, beside Envoy", envoy: ENVOY_CPU, relay: ENVOY_CPU, others: LOAD_CPU },
     { name: "all on CPU 1", envoy: LOAD_CPU, relay: LOAD_CPU, others: LOAD_CPU },
     { name: "unpinned (scheduler's choice, as bench/latency.ts ran)", envoy: "0,1", relay: "0,1", others: "0,1" },
