@@ -84,10 +84,10 @@ export function renderMarkdown(r: Results): string {
   ];
   for (const l of r.latency ?? []) {
     out.push(`## Latency, ${l.size} B request / ${l.size} B reply`, "",
-      `One connection, closed loop, ${l.exchanges} timed exchanges per round after a warm-up, ${l.rounds} rounds. µs; ratios are medians over the tcp_proxy row's medians. CPU per exchange: the process's utime + stime (10 ms ticks) over the round, divided by its exchanges.`, "",
-      "| set-up | p50 µs | p99 µs | p99.9 µs | p50 ×tcp_proxy | p99 ×tcp_proxy | p99.9 ×tcp_proxy | Envoy CPU µs/exchange | relay CPU µs/exchange | client CPU busy |",
-      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-      ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${x.envoyCpuUs === null ? "–" : f(x.envoyCpuUs)} | ${x.relayCpuUs === null ? "–" : f(x.relayCpuUs)} | ${pctOf(x.clientBusy)} |`), "");
+      `One connection, closed loop, ${l.exchanges} timed exchanges per round after a warm-up, ${l.rounds} rounds. µs; ratios are medians over the tcp_proxy row's medians. CPU per exchange: the process's utime + stime (10 ms ticks) over the round, divided by its exchanges. **Noise gauge**: the direct set-up's p99, measured just before each round of the row (about 15 µs on a quiet machine): where it is high, that row's tail measured the machine's other work, not lockstep.`, "",
+      "| set-up | p50 µs | p99 µs | noise gauge: direct p99 µs | p99.9 µs | p50 ×tcp_proxy | p99 ×tcp_proxy | p99.9 ×tcp_proxy | Envoy CPU µs/exchange | relay CPU µs/exchange | client CPU busy |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+      ...l.rows.map((x) => `| ${x.label} | ${sp(x.p50)} | ${sp(x.p99)} | ${x.noiseP99 ? sp(x.noiseP99) : "–"} | ${sp(x.p999)} | ${f(x.ratio.p50, 3)} | ${f(x.ratio.p99, 3)} | ${f(x.ratio.p999, 3)} | ${x.envoyCpuUs === null ? "–" : f(x.envoyCpuUs)} | ${x.relayCpuUs === null ? "–" : f(x.relayCpuUs)} | ${pctOf(x.clientBusy)} |`), "");
   }
   if (r.placement) {
     out.push("## Placement check (64 B, p50 µs, one round each)", "",
@@ -212,7 +212,9 @@ export function renderSvg(r: Results): string {
   const parts: string[] = [];
   const cell = (i: number) => ({ x: (i % 3) * cw, y: 36 + Math.floor(i / 3) * ch, w: cw, h: ch });
   (r.latency ?? []).slice(0, 2).forEach((l, i) => {
-    parts.push(barChart({ ...cell(i), title: `Latency ${l.size} B, ×plain tcp_proxy`, yLabel: "ratio of medians",
+    const gauges = l.rows.flatMap((x) => (x.noiseP99 ? [x.noiseP99.min, x.noiseP99.max] : []));
+    const noise = gauges.length ? `; noise: direct p99 ${f(Math.min(...gauges), 0)}–${f(Math.max(...gauges), 0)} µs` : "";
+    parts.push(barChart({ ...cell(i), title: `Latency ${l.size} B, ×plain tcp_proxy${noise}`, yLabel: "ratio of medians",
       categories: l.rows.map((x) => short(x.setup)),
       series: [
         { name: "p50", values: l.rows.map((x) => x.ratio.p50) },

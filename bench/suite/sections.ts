@@ -20,6 +20,10 @@ export interface LatencyRow {
   setup: string; label: string;
   p50: Spread; p99: Spread; p999: Spread;
   ratio: { p50: number; p99: number; p999: number };
+  /** The noise gauge beside p99: the direct set-up's p99 measured just before each round of this
+   *  row (same size and count), over the rounds; null for the direct row itself. A direct p99 far
+   *  above its quiet value (about 15 µs here) says the machine was busy while this row ran. */
+  noiseP99: Spread | null;
   /** The client's CPU time over its wall time, worst round: far below 1 means it was waiting, not working. */
   clientBusy: number;
   /** CPU time per timed exchange (median over rounds), µs, from /proc/<pid>/stat; null where there is no such process. */
@@ -28,17 +32,21 @@ export interface LatencyRow {
 export interface LatencySection { size: number; exchanges: number; rounds: number; rows: LatencyRow[] }
 
 export async function latencySection(setups: Setup[], size: number, exchanges: number, rounds: number, progress: Progress): Promise<LatencySection> {
-  const raw = new Map(setups.map((s) => [s.key, [] as (native.LatencyRun & { envoyCpu?: number; relayCpu?: number })[]]));
+  const raw = new Map(setups.map((s) => [s.key, [] as (native.LatencyRun & { envoyCpu?: number; relayCpu?: number; noiseP99?: number })[]]));
+  const direct = setups.find((s) => s.key === "direct");
   for (let round = 1; round <= rounds; round++) {
     for (const s of setups) {
       progress(`latency ${size}B: ${s.key} round ${round}/${rounds}`);
+      // The noise gauge: a direct run just before this one (a direct exchange takes ~13 µs, so
+      // this costs an eighth of the round's time).
+      const gauge = direct && s !== direct ? await native.latency(direct.port, size, exchanges, 200, LOAD_CPU) : undefined;
       const envoyPid = s.envoy?.process.child.pid, relayPid = s.relay?.process.child.pid;
       const e0 = envoyPid ? cpuSeconds(envoyPid) : 0, r0 = relayPid ? cpuSeconds(relayPid) : 0;
       // (the warm-up exchanges are counted too: CPU per exchange is over warm-up + timed)
       const warmup = Math.max(200, Math.floor(exchanges / 10));
       const run = await native.latency(s.port, size, exchanges, warmup, LOAD_CPU);
       raw.get(s.key)!.push({
-        ...run,
+        ...run, noiseP99: gauge?.p99,
         envoyCpu: envoyPid ? ((cpuSeconds(envoyPid) - e0) / (exchanges + warmup)) * 1e6 : undefined,
         relayCpu: relayPid ? ((cpuSeconds(relayPid) - r0) / (exchanges + warmup)) * 1e6 : undefined,
       });
@@ -50,6 +58,7 @@ export async function latencySection(setups: Setup[], size: number, exchanges: n
       setup: s.key, label: s.label,
       p50: spread(runs.map((r) => r.p50)), p99: spread(runs.map((r) => r.p99)), p999: spread(runs.map((r) => r.p999)),
       ratio: { p50: 0, p99: 0, p999: 0 },
+      noiseP99: runs.every((r) => r.noiseP99 !== undefined) ? spread(runs.map((r) => r.noiseP99!)) : null,
       clientBusy: Math.max(...runs.map((r) => r.cpu_s / r.wall_s)),
       envoyCpuUs: s.envoy ? spread(runs.map((r) => r.envoyCpu!)).median : null,
       relayCpuUs: s.relay ? spread(runs.map((r) => r.relayCpu!)).median : null,
