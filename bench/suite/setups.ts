@@ -55,15 +55,24 @@ export async function startLockstep(primaryPort: number, replicaServers: Backend
   };
 }
 
-/** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each, started together. */
+/** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each,
+ *  started one after another (each Envoy compiles the filter once per worker and once on its main
+ *  thread: started all at once on a busy machine they missed their readiness deadline). */
 export async function startAll(primary: Backends, replicaServers: Backends, maxReplicas: number): Promise<Setup[]> {
   const direct: Setup = { key: "direct", label: "direct to backend", port: primary.ports[0], replicas: 0 };
-  const rest = await Promise.all([
-    startPlain(primary.ports[0]),
-    ...Array.from({ length: maxReplicas + 1 }, (_, n) => startLockstep(primary.ports[0], replicaServers, n)),
-    startLockstep(primary.ports[0], replicaServers, Math.min(2, maxReplicas), false),
-  ]);
-  return [direct, ...rest];
+  const starts = [
+    () => startPlain(primary.ports[0]),
+    ...Array.from({ length: maxReplicas + 1 }, (_, n) => () => startLockstep(primary.ports[0], replicaServers, n)),
+    () => startLockstep(primary.ports[0], replicaServers, Math.min(2, maxReplicas), false),
+  ];
+  const out: Setup[] = [direct];
+  try {
+    for (const start of starts) out.push(await start());
+  } catch (err) {
+    for (const s of out) await stopSetup(s);
+    throw err;
+  }
+  return out;
 }
 
 /** The worker count an Envoy runs with, as its admin /server_info reports it. */
