@@ -300,6 +300,10 @@ export interface RateRow {
   relayUnmirrored: number;
   /** The filter's unmirrored_connections, overflows (mirror cut: the relay stalled), streams_lost. */
   envoyUnmirrored: number; overflows: number; streamsLost: number;
+  /** The filter's pauses: times a connection's bytes waited in Envoy for the relay (its
+   *  finishing-streams bound or in-flight bound): the push-back that keeps the relay from
+   *  falling behind, paid in connection rate. */
+  pauses: number;
   /** Any mirror lost (any of the loss counters above non-zero). */
   mirrorsLost: boolean;
   /** What went wrong beside the counters (a round that failed, a relay that died). */
@@ -436,6 +440,7 @@ export async function rateSection(setups: Setup[], o: { clients: number; size: n
       envoyUnmirrored: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.unmirrored_connections$/),
       overflows: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.overflows$/),
       streamsLost: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.streams_lost$/),
+      pauses: envoyDelta(/^wasmcustom\.lockstep\.[^.]+\.pauses$/),
       mirrorsLost: false,
       problems: problems.get(s.key)!,
     };
