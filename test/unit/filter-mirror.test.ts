@@ -497,6 +497,18 @@ describe.each(BUILDS)("filter (%s)", (build) => {
       expect(stat(host, "unmirrored_connections")).toBe(1);
     });
 
+    it("counts nothing for a service without replicas when the connection ends before the relay's first answer", () => {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.downstreamData("quick", true);
+      conn.closeDownstream(); conn.done();
+      const [stream] = host.grpcStreams.values();
+      host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+      host.grpcClose(stream.token, 0);
+      expect(stat(host, "unmirrored_connections")).toBe(0);
+      expect(stat(host, "streams_lost")).toBe(0);
+    });
+
     it("counts the connection unmirrored when some of its bytes reached no replica, and not when the relay has none for it", () => {
       const { host } = load(build);
       host.grpcFailNextStreamOpen(1);
