@@ -70,7 +70,7 @@ function portFlag(name: "api-port" | "xds-port", fallback: number): number {
 try {
   if (!values.config) throw new ConfigError("usage: controller/main.ts --config service.json (a lockstep config with a \"controller\" section)");
   const c = loadLockstepConfig(values.config);
-  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`] };
+  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`], relays: [] };
   const storePath = resolve(values.store ?? spec.store);
   const relayControlToken = relayToken(c);
   if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
@@ -80,11 +80,15 @@ try {
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },
     token: token(storePath),
     storePath,
+    ...(spec.etcd ? { etcd: spec.etcd } : {}),
+    ...(spec.advertise ? { advertise: spec.advertise } : {}),
     relay: { url: values.relay ?? `http://${c.relay.address.includes(":") ? `[${c.relay.address}]` : c.relay.address}:${c.relay.metricsPort}`, token: relayControlToken },
+    relays: spec.relays.map((a) => `http://${a}`),
     envoyAdmins: spec.envoyAdmins,
     log,
   });
-  log(`API on http://${spec.address}:${running.apiPort}/v1 (OpenAPI: /v1/openapi.json), xDS on 127.0.0.1:${running.xdsPort}, store ${storePath}`);
+  const store = spec.etcd ? `etcd ${spec.etcd.endpoints.join(",")} under ${spec.etcd.prefix} (one controller decides at a time)` : storePath;
+  log(`API on http://${spec.address}:${running.apiPort}/v1 (OpenAPI: /v1/openapi.json), xDS on 127.0.0.1:${running.xdsPort}, store ${store}`);
   const stop = async () => { log("shutting down"); await running.close(); process.exit(0); };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
