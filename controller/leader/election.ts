@@ -32,6 +32,9 @@ const now = () => performance.now();
 
 export class Election {
   private leading?: { token: number; validUntil: number; keepaliveSentAt: number; leaseId: string };
+  /** The lease of a leadership given up while etcd did not answer: revoked once it does, so
+   *  the others need not wait for it to run out after an etcd outage. */
+  private abandonedLease?: string;
   private seen: LeaderInfo | null = null;
   private failure?: { error: string; since: string };
   private readonly listeners: ((leading: boolean) => void)[] = [];
@@ -72,8 +75,9 @@ export class Election {
     this.leading = undefined;
     this.seen = null;
     this.o.log(`leader: stepping down: ${reason}`);
-    // Give the key up at once if etcd answers; otherwise it goes with the lease.
-    this.o.store.client.leaseClient.leaseRevoke({ ID: lead.leaseId }).catch(() => {});
+    // Give the key up at once if etcd answers; otherwise as soon as it does (or with the lease).
+    this.abandonedLease = lead.leaseId;
+    this.revokeAbandoned().catch(() => { /* retried before the next campaign */ });
     this.emit(false);
   }
 
@@ -85,6 +89,13 @@ export class Election {
     if (lead) await this.o.store.client.leaseClient.leaseRevoke({ ID: lead.leaseId }).catch(() => {});
   }
 
+  private async revokeAbandoned(): Promise<void> {
+    const id = this.abandonedLease;
+    if (id === undefined) return;
+    await this.o.store.client.leaseClient.leaseRevoke({ ID: id });
+    if (this.abandonedLease === id) this.abandonedLease = undefined;
+  }
+
   private emit(leading: boolean): void {
     for (const l of this.listeners) {
       try { l(leading); } catch (err) { this.o.log(`leader: a listener failed: ${(err as Error).stack ?? err}`); }
@@ -92,6 +103,8 @@ export class Election {
   }
 
   private async tick(): Promise<void> {
+    // First of all on waking (SIGSTOP, a starved process): a lease that may have run out ends it.
+    if (this.leading && !this.isLeader()) this.stepDown("its lease may have run out (no keepalive answered in time)");
     try {
       if (this.leading) await this.keepAlive(); else await this.campaign();
       if (this.failure) this.o.log(`store: etcd answers again (unreachable since ${this.failure.since})`);
@@ -126,6 +139,8 @@ export class Election {
 
   private async campaign(): Promise<void> {
     const { client, leaderKey } = this.o.store;
+    // etcd says a lease it never heard of is not found: gone already, as wanted.
+    await this.revokeAbandoned().catch((err: Error) => { if (!/not found/i.test(err.message)) throw err; this.abandonedLease = undefined; });
     const current = (await client.get(leaderKey).exec()).kvs[0];
     if (current) { this.seen = parseLeader(current.value); return; }
     const sentAt = now();

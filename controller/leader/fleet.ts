@@ -60,7 +60,10 @@ export class Fleet implements Leadership {
   async start(hooks: FleetHooks): Promise<void> {
     this.hooks = hooks;
     this.writer.onSettled(() => { this.absorbDeferred(); hooks.publish(); });
-    this.election.onChange((leading) => void (leading ? this.elected() : this.deposed()));
+    this.election.onChange((leading) => {
+      if (!leading) return this.deposed();
+      this.elected().catch((err) => this.election.stepDown(`taking over failed: ${(err as Error).stack ?? err}`));
+    });
     this.cancelWatch = await this.store.watch((r) => this.watched(r), (err) => this.log(`store: watch: ${err.message}`));
     this.election.start();
   }

@@ -42,8 +42,10 @@ export interface Fleet {
   killController(index: number, signal?: NodeJS.Signals): Promise<void>;
   /** A call on one controller's API, with the token. */
   api(index: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }>;
-  /** The index of the controller that leads now, as the live controllers agree (undefined: none, or they disagree). */
+  /** The index of the controller that leads now, as the controllers that answer agree (undefined: none, or they disagree). */
   leader(): Promise<number | undefined>;
+  /** leader(), once the controllers agree on one. */
+  waitLeader(): Promise<number>;
   /** Which member a new connection through Envoy `envoy` reaches ("FAILED" if none). */
   whoServes(envoy: number, timeoutMs?: number): Promise<string>;
   close(): Promise<void>;
@@ -90,6 +92,8 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
     }));
     return path;
   };
+  /** What each controller said in the last leader(), for failure messages. */
+  let lastViews: string[] = [];
   const fleet: Fleet = {
     service, etcd, members, relays, envoys: [], controllers, leaseTtlSeconds,
     async startController(i) {
@@ -116,15 +120,27 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
     },
     async leader() {
       const seen = new Set<string | null>();
+      const says = new Map<string, boolean>();
+      lastViews = [];
       for (const c of controllers) {
         if (!c.process) continue;
-        const json = (await fleet.api(c.index, "GET", "/v1/services").catch(() => undefined))?.json;
-        if (!json) return undefined;
+        // One that does not answer (stopped) has no say.
+        const json = await fetch(`${c.api}/v1/services`, { signal: AbortSignal.timeout(1000) }).then((r) => r.json()).catch(() => undefined);
+        lastViews.push(`controller ${c.index}: ${json ? JSON.stringify({ leader: json.leader, store: json.store }) : "no answer"}`);
+        if (!json) continue;
         seen.add(json.leader?.api ?? null);
+        says.set(c.api, json.leader?.self === true);
       }
       const [api] = [...seen];
-      if (seen.size !== 1 || !api) return undefined;
+      // ... and the one they name knows it leads (its key may outlive it by a lease).
+      if (seen.size !== 1 || !api || !says.get(api)) return undefined;
       return controllers.find((c) => c.api === api && c.process)?.index;
+    },
+    async waitLeader() {
+      return waitFor("the controllers to agree on a leader", async () => {
+        const l = await fleet.leader();
+        return l === undefined ? undefined : { l };
+      }, 30_000, 20).then((x) => x!.l, (err) => { throw new Error(`${(err as Error).message}; last seen: ${lastViews.join("; ")}`); });
     },
     async whoServes(envoy, timeoutMs = 2000) {
       try { return (await kvExchange(fleet.envoys[envoy].listenerPort, ["WHO"], timeoutMs))[0].replace(/^I-AM /, ""); } catch { return "FAILED"; }
@@ -145,7 +161,7 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
       extra: { healthCheck, primaryName: all[0].name, compareReplies: false },
     }));
   }
-  await waitFor("a leader", async () => (await fleet.leader()) !== undefined, 20_000, 50).catch((err) => {
+  await fleet.waitLeader().catch((err) => {
     throw new Error(`${(err as Error).message}\n${controllers.map((c) => `----- controller ${c.index}\n${c.process?.output().slice(-3000)}`).join("\n")}`);
   });
   await waitFor("every Envoy to serve through its listener", async () => {
