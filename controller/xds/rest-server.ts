@@ -46,6 +46,7 @@ export class XdsRestServer {
   /** Per connection from Envoy: the version last sent for each set of resource names. */
   private readonly sent = new WeakMap<Socket, Map<string, string>>();
   private readonly reports = new Map<string, ClusterReport>();
+  private encodings: { snapshot?: Snapshot; bodies: Map<string, string> } = { bodies: new Map() };
   readonly holdMs: number;
   /** Requests answered, those answered because a new snapshot was published, and rejections seen. */
   readonly counters = { requests: 0, pushes: 0, rejections: 0 };
@@ -53,6 +54,8 @@ export class XdsRestServer {
   constructor(private readonly options: XdsRestOptions = {}) { this.holdMs = options.holdMs ?? 4000; }
 
   get version(): string | undefined { return this.snapshot?.version; }
+  /** The snapshot served now. */
+  get current(): Snapshot | undefined { return this.snapshot; }
 
   /** Make `snapshot` current and answer every held request with it. */
   publish(snapshot: Snapshot): void {
@@ -102,14 +105,8 @@ export class XdsRestServer {
       this.counters.requests++;
       const snap = this.snapshot;
       if (!snap) { res.status(503).json({ message: "no snapshot published yet" }); return; }
-      const names = body.resource_names?.length ? body.resource_names : [...snap.endpoints.keys()];
-      const response: DiscoveryResponse = {
-        version_info: snap.version,
-        type_url: TYPE_URL.ENDPOINTS,
-        resources: names.flatMap((n) => (snap.endpoints.has(n) ? [snap.endpoints.get(n)!] : [])),
-      };
       sentHere.set(key, snap.version);
-      res.json(response);
+      res.type("application/json").send(this.encoded(snap, key, body.resource_names));
     };
     // Held while there is nothing newer than what this Envoy has or just rejected, and while
     // this controller is behind the Envoy (it has a version from another controller that this
@@ -133,6 +130,24 @@ export class XdsRestServer {
     this.waiting.add(push);
     // The response's close (not the request's, which fires once the body is read): Envoy went away.
     res.on("close", () => { clearTimeout(timer); this.waiting.delete(push); });
+  }
+
+  /** The response for `names` ("*": all) from `snap`, encoded once per snapshot and set of
+   *  names: many subscribers of one snapshot cost one serialization, not one each. */
+  private encoded(snap: Snapshot, key: string, requested: string[] | undefined): string {
+    if (this.encodings.snapshot !== snap) this.encodings = { snapshot: snap, bodies: new Map() };
+    let text = this.encodings.bodies.get(key);
+    if (text === undefined) {
+      const names = requested?.length ? requested : [...snap.endpoints.keys()];
+      const response: DiscoveryResponse = {
+        version_info: snap.version,
+        type_url: TYPE_URL.ENDPOINTS,
+        resources: names.flatMap((n) => (snap.endpoints.has(n) ? [snap.endpoints.get(n)!] : [])),
+      };
+      text = JSON.stringify(response);
+      this.encodings.bodies.set(key, text);
+    }
+    return text;
   }
 
   private clustersOf(body: DiscoveryRequest): string[] {

@@ -1,7 +1,8 @@
 // etcd stopped for 10 s under client traffic (issue 12): Envoys keep serving the endpoints they
 // have, no controller decides (the leader's lease runs out and it steps down; nobody is elected
 // while etcd cannot be reached), the API says so (store.ok false, leader null), and once etcd is
-// back a new election is held and decisions resume.
+// back a new election is held and decisions resume. Then one Envoy's relay dies: the bytes it
+// missed take every replica out of sync for the whole service, on both Envoys.
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import { startFleet, type Fleet } from "../support/fleet.ts";
 import { startWrites, lostWrites } from "../support/writers.ts";
@@ -60,6 +61,34 @@ describe("etcd unreachable", () => {
     expect(switched.status).toBe(200);
     await waitFor("both Envoys on the new primary", async () => {
       for (let e = 0; e < fleet.envoys.length; e++) if (await fleet.whoServes(e) !== target) return false;
+      return true;
+    }, 20_000, 50);
+  });
+
+  it("a loss on one Envoy's relay takes every replica of the service out of sync, on every Envoy", async () => {
+    const leader = await fleet.waitLeader();
+    const before = (await fleet.api(leader, "GET", `/v1/services/${fleet.service}`)).json;
+    const replicas = before.members.filter((m: { role: string }) => m.role === "replica").map((m: { name: string }) => m.name);
+    expect(replicas.length).toBeGreaterThan(0);
+    // Envoy 1's relay dies: its connections reach no replica (its filter counts them); Envoy 0's
+    // relay saw nothing wrong.
+    await fleet.relays[1].kill("SIGKILL");
+    const writes = startWrites([fleet.envoys[1].listenerPort], "r", 20);
+    const detached = await waitFor("every replica out of sync on every controller", async () => {
+      const views = await Promise.all(fleet.controllers.map(async (c) => (await fleet.api(c.index, "GET", `/v1/services/${fleet.service}`)).json));
+      return views.every((v) => replicas.every((r: string) => v.members.find((m: { name: string }) => m.name === r).role === "detached")) ? views : undefined;
+    }, 20_000, 50);
+    await writes.stop();
+    expect(detached![0].primary).toBe(before.primary);
+    const events = (await fleet.api(leader, "GET", `/v1/events?service=${fleet.service}`)).json.events as { kind: string; detail: string }[];
+    expect(events.filter((e) => e.kind === "detach").map((e) => e.detail).join("\n")).toMatch(/reached no replica \(envoy 127\.0\.0\.1:\d+\)/);
+    // Neither Envoy keeps them as standbys.
+    await waitFor("both Envoys without standbys", async () => {
+      for (const e of fleet.envoys) {
+        const json = await (await fetch(`http://127.0.0.1:${e.adminPort}/clusters?format=json`)).json() as any;
+        const hosts = json.cluster_statuses.find((c: any) => c.name === `${fleet.service}_primary`)?.host_statuses ?? [];
+        if (hosts.length !== 1) return false;
+      }
       return true;
     }, 20_000, 50);
   });
