@@ -2,7 +2,8 @@
 //   tsx controller/main.ts --config service.json [--relay http://127.0.0.1:10101] [--api-port N] [--xds-port N] [--store path]
 //                          [--token-file path] [--relay-token-file path]
 // The service file is the lockstep config (config/lockstep-config.ts) with a "controller"
-// section. The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
+// section; its "store" is a file path (one controller) or {"etcd": {...}} (several controllers,
+// one elected to decide: docs/FLEET.md; give them all the same $LOCKSTEP_TOKEN). The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
 // --token-file, else a new random token is written next to the store (mode 0600). The relay's
 // control token comes from --relay-token-file, else $LOCKSTEP_RELAY_TOKEN, else the config's
 // relay.controlToken; without one the relay refuses the controller's replica sets.
