@@ -55,15 +55,17 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
   return lines.split("\n").map((l) => indent + l).join("\n");
 }
 
-function staticCluster(name: string, address: string, extra: string): string {
-  const { host, port } = splitHostPort(address);
+function staticCluster(name: string, addresses: string | readonly string[], extra: string): string {
+  const endpoints = [addresses].flat().map((a) => {
+    const { host, port } = splitHostPort(a);
+    return `\n        - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
+  });
   return `  - name: ${name}
     type: STATIC
 ${extra}    load_assignment:
       cluster_name: ${name}
       endpoints:
-      - lb_endpoints:
-        - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
+      - lb_endpoints:${endpoints.join("")}`;
 }
 
 const hex = (text: string) => Buffer.from(text, "latin1").toString("hex");
@@ -76,7 +78,7 @@ const NEVER_HEALTHY_AGAIN = 1_000_000_000;
  *  primary at priority 0, the designated successor at 1, other standbys below. Envoy itself
  *  detects a dead primary and moves new connections to the successor: every default that
  *  slows that down is overridden here (docs/notes/xds-transport.md measured the result). */
-function edsCluster(c: LockstepConfig, name: string, controller: string): string {
+function edsCluster(c: LockstepConfig, name: string, controller: string | readonly string[]): string {
   const h = c.healthCheck;
   const payload = h.send ? `{ send: { text: "${hex(h.send)}" }${h.expect ? `, receive: [{ text: "${hex(h.expect)}" }]` : ""} }` : "{}";
   return `  - name: ${name}
@@ -123,9 +125,10 @@ ${staticCluster("lockstep_controller", controller, "    connect_timeout: 0.25s\n
 export interface BootstrapOptions {
   /** false: the same listener without the lockstep filter (plain tcp_proxy, the benchmarks' baseline). */
   mirror?: boolean;
-  /** "host:port" of the controller's xDS: the primary cluster comes from its EDS instead of the
-   *  config. Default: the config's `controller` section, if any. */
-  controller?: string;
+  /** "host:port" of the controller's xDS (or of every controller sharing one etcd store: Envoy
+   *  asks any of them): the primary cluster comes from its EDS instead of the config. Default:
+   *  the config's `controller` section, if any. */
+  controller?: string | readonly string[];
 }
 
 /** A complete bootstrap: listener, primary cluster, relay cluster, admin. */

@@ -30,14 +30,14 @@ interface ServiceJson { replicas?: RelayTarget[] | null; connections?: { without
 const MAYBE_DEAD = new Set(["REPLICA_CLOSED", "CONNECT_FAILED"]);
 
 export class RelayClient {
-  readonly source = "relay";
   private readonly desired = new Map<string, readonly RelayTarget[]>();
   /** Detach counters last seen (hints only, so not stored): "<service>|<replica>|<reason>". */
   private detachesSeen?: Map<string, number>;
   reachable = false;
   lastError = "";
 
-  constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000) {}
+  /** `source` names this relay in the evidence (one relay: "relay"; several: "relay <address>"). */
+  constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000, readonly source = "relay") {}
 
   /** Record the replica set `service` must have (sent by the next poll). True if it changed. */
   want(service: string, targets: readonly RelayTarget[]): boolean {
@@ -55,13 +55,13 @@ export class RelayClient {
   }
 
   /** Make the relay's sets match the desired ones; returns what the relay says of each. */
-  private async reconcile(changed: string[]): Promise<Map<string, Readonly<Record<string, number>>>> {
+  private async reconcile(changed: string[], mayChange: () => boolean): Promise<Map<string, Readonly<Record<string, number>>>> {
     const without = new Map<string, Readonly<Record<string, number>>>();
     for (const [service, targets] of this.desired) {
       const path = `/v1/services/${service}/replicas`;
       let view = await (await this.call(path)).json() as ServiceJson;
       const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
-      if (!same) {
+      if (!same && mayChange()) {
         const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
         if (res.status === 401 || res.status === 403) {
           throw new Error(`relay refused the replica set of "${service}" (${res.status} ${(await res.text()).trim()}): ` +
@@ -76,11 +76,12 @@ export class RelayClient {
     return without;
   }
 
-  /** Reconcile, then read the relay. Undefined (and `reachable` false) if it cannot be reached. */
-  async poll(): Promise<RelayView | undefined> {
+  /** Reconcile (while `mayChange` says this controller decides), then read the relay.
+   *  Undefined (and `reachable` false) if it cannot be reached. */
+  async poll(mayChange: () => boolean = () => true): Promise<RelayView | undefined> {
     try {
       const changed: string[] = [];
-      const without = await this.reconcile(changed);
+      const without = await this.reconcile(changed, mayChange);
       const stats = await (await this.call("/stats")).json() as { instance?: string } & Record<string, Series[]>;
       if (typeof stats.instance !== "string" || !stats.instance) throw new Error("the relay's /stats has no instance id (an older relay?)");
       this.reachable = true;

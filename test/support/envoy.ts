@@ -33,8 +33,9 @@ export interface StartEnvoyOptions {
   mirror?: boolean;
   /** Envoy worker threads (each has its own wasm VM and root context); default 1. */
   concurrency?: number;
-  /** "host:port" of an xDS controller serving the primary cluster's endpoints. */
-  controller?: string;
+  /** "host:port" of an xDS controller serving the primary cluster's endpoints (or of each of
+   *  several sharing one etcd store). */
+  controller?: string | readonly string[];
   /** The consistency check (lockstep config `compareReplies`). Off unless asked for here:
    *  RecordingBackend's answers name the backend, so replicas legitimately answer differently. */
   compareReplies?: boolean;

@@ -25,7 +25,7 @@ export interface KvMember {
   restart(): Promise<void>;
 }
 
-async function startKv(name: string, port: number): Promise<Managed> {
+export async function startKv(name: string, port: number): Promise<Managed> {
   const proc = startProcess(`kv ${name}`, process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "samples", "kv-server.ts"), "--port", String(port), "--name", name], { cwd: PROJECT_ROOT });
   await waitFor(`kv ${name} to listen`, async () => {
     if (proc.exited()) throw new Error(`kv ${name} exited:\n${proc.output()}`);

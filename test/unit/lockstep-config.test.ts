@@ -58,9 +58,25 @@ describe("lockstep config", () => {
     expect(parseLockstepConfig({ ...minimal, relay: { controlToken: "a-relay-control-token" } }).relay.controlToken).toBe("a-relay-control-token");
   });
 
+  it("takes an etcd store (several controllers, one elected) with its endpoints, prefix and lease, and every relay's address", () => {
+    const c = parseLockstepConfig({ ...minimal, controller: {
+      store: { etcd: { endpoints: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], prefix: "/ls/" } },
+      relays: ["10.0.0.5:10101", "10.0.0.6:10101"], advertise: "http://10.0.0.7:9100",
+    } });
+    expect(c.controller?.etcd).toEqual({ endpoints: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], prefix: "/ls/", leaseTtlSeconds: 3 });
+    expect(c.controller?.relays).toEqual(["10.0.0.5:10101", "10.0.0.6:10101"]);
+    expect(c.controller?.advertise).toBe("http://10.0.0.7:9100");
+    const bad = (controller: unknown) => () => parseLockstepConfig({ ...minimal, controller });
+    expect(bad({ store: { etcd: { endpoints: [] } } })).toThrow(/controller.store.etcd.endpoints/);
+    expect(bad({ store: { etcd: { endpoints: ["10.0.0.1:2379"] } } })).toThrow(/etcd client URLs/);
+    expect(bad({ store: { etcd: { endpoints: ["http://10.0.0.1:2379"], leaseTtlSeconds: 1 } } })).toThrow(/leaseTtlSeconds/);
+    expect(bad({ store: { consul: {} } })).toThrow(/controller.store/);
+    expect(bad({ relays: ["relay.internal:10101"] })).toThrow(/controller.relays\[0\]/);
+  });
+
   it("with a controller section, renders the primary cluster as EDS from it with fast failure detection", () => {
     const c = parseLockstepConfig({ ...minimal, service: "orders", healthCheck: { send: "PING\n", expect: "PONG", timeoutMs: 150 }, controller: { xdsPort: 9555 } });
-    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json", envoyAdmins: ["127.0.0.1:9901"] });
+    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json", envoyAdmins: ["127.0.0.1:9901"], relays: [] });
     const yaml = renderBootstrap(c);
     expect(yaml).toContain("type: EDS");
     expect(yaml).toContain("port_value: 9555");
