@@ -79,7 +79,7 @@ export const OPENAPI = {
     schemas: {
       Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" }, leader: { type: ["string", "null"], description: "NOT_LEADER only: the leader's API base URL" } } } } },
       NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address } },
-      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
+      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "joining", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
       Service: { type: "object", properties: {
         name: { type: "string" }, primary: { type: ["string", "null"] },
         successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },

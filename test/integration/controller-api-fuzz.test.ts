@@ -201,8 +201,14 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
       expect(failures).toEqual([]);
       expect(proc.exited()).toBe(false);
       expect(proc.output()).not.toContain("api: "); // no fault logged
-      const view = await a.get("/v1/services/kv");
-      const target = view.members.find((m: any) => m.role === "replica" && m.alive === true);
+      // The fuzz may have left no live in-sync replica (removed, marked out of sync): add one, as an operator would.
+      let target = (await a.get("/v1/services/kv")).members.find((m: any) => m.role === "replica" && m.alive === true);
+      if (!target) {
+        const used = new Set((await a.get("/v1/services/kv")).members.map((m: any) => m.address));
+        const address = spare.find((x) => !used.has(x));
+        expect((await a.call("POST", "/v1/services/kv/members", { name: "after-fuzz", address })).status).toBe(201);
+        target = await waitFor("the added replica up", async () => (await a.get("/v1/services/kv")).members.find((m: any) => m.name === "after-fuzz" && m.alive === true));
+      }
       expect((await a.call("POST", "/v1/services/kv/promote", { member: target.name })).status).toBe(200);
       expect((await a.get("/v1/services/kv")).primary).toBe(target.name);
     });
