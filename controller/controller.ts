@@ -342,6 +342,9 @@ export class Controller {
     if (!readings.length) return;
     const before = this.state.evidence();
     const { evidence, restarted, baselines } = assess(before, readings);
+    // A replica that diverged is also counted as having missed its connection's later bytes:
+    // "diverged" says more, so it is taken first.
+    evidence.sort((a, b) => Number(b.kind === "diverged") - Number(a.kind === "diverged"));
     const changes: OutOfSync[] = [];
     const everyReplica = (service: string, detail: string) => {
       const s = this.state.get(service);
