@@ -1,5 +1,5 @@
 // Child processes of a test (Envoy, the relay): output kept for the failure message,
-// killed when the test file ends.
+// killed when the test file ends (or, outside vitest, by killAllProcesses).
 import { spawn, type ChildProcess } from "node:child_process";
 
 // Under vitest, output is shown for failed tests and processes are killed after each file;
@@ -48,4 +48,10 @@ export function startProcess(name: string, command: string, args: string[], opti
   };
   live.add(managed);
   return managed;
+}
+
+/** Kill (SIGKILL) every process started here that is still running: what a command-line
+ *  harness calls when it ends, however it ends. */
+export async function killAllProcesses(): Promise<void> {
+  await Promise.all([...live].map((p) => p.kill("SIGKILL")));
 }
