@@ -1,6 +1,9 @@
-// Child processes of a test (Envoy, the relay): output kept for the failure message,
-// killed when the test file ends (or, outside vitest, by killAllProcesses).
+// Child processes of a test (Envoy, the relay): output kept for the failure message (and,
+// when asked, appended to files), killed when the test file ends (or, outside vitest, by
+// killAllProcesses).
 import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { join } from "node:path";
 
 // Under vitest, output is shown for failed tests and processes are killed after each file;
 // elsewhere (bench/) the caller kills what it starts.
@@ -16,6 +19,15 @@ export interface Managed {
 
 const live = new Set<Managed>();
 let hooksInstalled = false;
+let logDir: string | undefined;
+
+/** From now on, append every started process's whole output to `<dir>/<name>.log` (a
+ *  restarted process to the same file), or stop doing so (undefined). For long runs whose
+ *  failures need the components' own logs. */
+export function keepProcessLogs(dir: string | undefined): void {
+  if (dir) mkdirSync(dir, { recursive: true });
+  logDir = dir;
+}
 
 function installHooks(): void {
   if (hooksInstalled || !vitest) return;
@@ -31,11 +43,17 @@ export function startProcess(name: string, command: string, args: string[], opti
   installHooks();
   const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
   let text = "";
-  const keep = (chunk: Buffer) => { text += chunk.toString(); if (text.length > 200_000) text = text.slice(-100_000); };
+  const file: WriteStream | undefined = logDir ? createWriteStream(join(logDir, `${name.replace(/[^\w.-]+/g, "-")}.log`), { flags: "a" }) : undefined;
+  const keep = (chunk: Buffer) => {
+    file?.write(chunk);
+    text += chunk.toString();
+    if (text.length > 200_000) text = text.slice(-100_000);
+  };
   child.stdout!.on("data", keep);
   child.stderr!.on("data", keep);
   let done = false;
   const exit = new Promise<void>((resolve) => child.on("exit", () => { done = true; resolve(); }));
+  child.on("close", () => file?.end());
   child.on("error", (err) => { text += `\n[spawn error] ${err.message}`; });
   const managed: Managed = {
     name, child,
