@@ -11,7 +11,9 @@
 import { randomInt } from "node:crypto";
 import { parseArgs } from "node:util";
 import { startStack, type Backend, type Stack } from "../support/stack.ts";
-import { killAllProcesses } from "../support/processes.ts";
+import { join } from "node:path";
+import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { keepProcessLogs, killAllProcesses } from "../support/processes.ts";
 import { History } from "./history.ts";
 import { Prng } from "./prng.ts";
 import { Workload } from "./workload.ts";
@@ -33,6 +35,8 @@ export interface ChaosOptions {
   readonly faultKinds?: readonly FaultKind[];
   readonly clients?: number;
   readonly meanGapMs?: number;
+  /** Where every process's output is kept (default: not kept). */
+  readonly logDir?: string;
   readonly log?: (line: string) => void;
 }
 
@@ -60,7 +64,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const log = o.log ?? ((line: string) => console.log(line));
   const target = TARGETS[o.target];
   const started = Date.now();
-  log(`chaos: target ${o.target}, seed ${o.seed}, faults for ${minutes(o.faultMs)} (re-run: ${rerunCommand(o)})`);
+  log(`chaos: target ${o.target}, seed ${o.seed}, faults for ${minutes(o.faultMs)} (re-run: ${rerunCommand(o)})${o.logDir ? `; process logs in ${o.logDir}` : ""}`);
+  keepProcessLogs(o.logDir);
   const stack = await startStack({ backend: o.target, replicas: 2 });
   try {
     const history = new History();
@@ -99,6 +104,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     return { target: o.target, seed: o.seed, faults, writes, violations, ms, verdict };
   } finally {
     await stack.close();
+    keepProcessLogs(undefined);
   }
 }
 
@@ -151,7 +157,8 @@ async function main(): Promise<void> {
   const unknown = faultKinds?.filter((k) => !FAULT_KINDS.includes(k));
   if (unknown?.length) throw new Error(`unknown fault kind(s) ${unknown.join(", ")}; known: ${FAULT_KINDS.join(", ")}`);
   if (!Number.isInteger(seed) || seed < 0 || !(faultMs > 0)) throw new Error("usage: npm run chaos -- [--seed N] [--minutes M] [--target kv|redis] [--faults kind,kind...]");
-  const result = await runChaos({ target, seed, faultMs, faultKinds });
+  const logDir = join(PROJECT_ROOT, ".cache", "chaos", `${target}-seed${seed}-${new Date().toISOString().replace(/[:.]/g, "")}`);
+  const result = await runChaos({ target, seed, faultMs, faultKinds, logDir });
   process.exitCode = result.violations.length ? 1 : 0;
 }
 
