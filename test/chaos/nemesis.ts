@@ -10,7 +10,7 @@
 //   stop-replica     SIGSTOP another member for 0.2-1.5 s, then SIGCONT
 //   kill-relay       kill -9 the relay, restart it on its ports 50-500 ms later
 //   kill-controller  kill -9 the controller, restart it on its store 0.1-1 s later
-//   client-reset     a client resets its connection in the middle of a 1-4 MiB upload
+//   client-reset     a client resets its connection in the middle of a 2-8 MiB upload
 //   switchover       POST /v1/services/<s>/promote (a random in-sync replica, or the best)
 //   reseed           reseed and rejoin every out-of-sync member (reseed.ts)
 //

@@ -1,5 +1,5 @@
 // A client that resets its connection in the middle of an upload (a nemesis fault): it sends
-// a run of large SETs of one key, each value naming its upload and chunk, and RSTs the
+// a run of large SETs of one key (2-8 MiB in all, more than Envoy and the filter hold at once), each value naming its upload and chunk, and RSTs the
 // connection (socket.resetAndDestroy) after a random number of them, without reading a reply.
 // Whatever prefix of the upload the primary applied, every in-sync member must have applied
 // exactly the same: a replica left holding a later chunk than the primary got bytes the
@@ -18,9 +18,9 @@ export interface UploadResult { readonly key: string; readonly chunks: number; r
 /** Upload `label`'s chunks to `upload:u<slot>` through `port` and reset the connection partway. */
 export function resetMidUpload(port: number, target: Target, prng: Prng, label: string): Promise<UploadResult> {
   const key = `upload:u${prng.int(0, UPLOAD_SLOTS - 1)}`;
-  const chunks = prng.int(16, 64);
-  const resetAfter = prng.int(1, chunks - 1);
-  const resetDelayMs = prng.int(0, 20);
+  const chunks = prng.int(32, 128);
+  const resetAfter = prng.int(Math.ceil(chunks / 4), chunks - 1);
+  const resetDelayMs = prng.int(0, 10);
   return new Promise((resolve) => {
     const socket = connect({ port, host: "127.0.0.1", noDelay: true });
     let written = 0;
