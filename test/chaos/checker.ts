@@ -1,7 +1,8 @@
-// The checker: judges the final states of a healed, quiet run against its history.
+// The checker: judges the states of a quiet service (at the end of a run, healed; or at a
+// reseed's quiet point) against the run's history.
 //
-//   (a) every write acknowledged to a client is in the final primary's data, where its reply
-//       said (the list's length); and clients reach that primary's data through Envoy;
+//   (a) every write acknowledged to a client is in the primary's data, where its reply said
+//       (the list's length); and clients reach that primary's data through Envoy;
 //   (b) every member the controller calls in sync (role replica) has exactly the primary's
 //       data (the server's own digest), and so (d) no member whose data differs from the
 //       primary's (one that missed or gained a byte) is promotable;
@@ -25,15 +26,22 @@ export interface FinalSnapshot {
   readonly events: readonly ControllerEvent[];
   readonly states: ReadonlyMap<string, State>;
   readonly digests: ReadonlyMap<string, string>;
-  /** The digest asked through Envoy's listener (whichever member clients reach), or why not. */
-  readonly servedDigest: string;
+  /** The digest asked through Envoy's listener (whichever member clients reach), or why not;
+   *  not asked at a quiet point (quiet-points.ts). */
+  readonly servedDigest?: string;
 }
 
 export interface Violation {
   readonly check: "a" | "b/d" | "c";
+  /** What went wrong, in a word ("missing", "differs", "twice", ...): with the member, the
+   *  identity of a violation from one check to the next. */
+  readonly kind: string;
   readonly member: string;
   readonly summary: string;
   readonly details: readonly string[];
+  /** The individual findings (tokens of the writes concerned, or what differs), so a later
+   *  check can tell which are new. */
+  readonly evidence: readonly string[];
 }
 
 /** Examples quoted per violation. */
@@ -112,9 +120,10 @@ function positions(state: State): Positions {
 function checkAcknowledged(history: History, final: FinalSnapshot, at: Positions, context: Context, whereabouts: Whereabouts): Violation[] {
   const violations: Violation[] = [];
   const primaryDigest = final.digests.get(final.primary);
-  if (final.servedDigest !== primaryDigest) {
+  if (final.servedDigest !== undefined && final.servedDigest !== primaryDigest) {
     const same = [...final.digests].filter(([, d]) => d === final.servedDigest).map(([m]) => m);
-    violations.push({ check: "a", member: final.primary, summary: `clients do not reach the primary's data: through Envoy the digest is ${final.servedDigest}, the primary ${final.primary}'s ${primaryDigest}${same.length ? ` (that of ${same.join(", ")})` : ""}`, details: [] });
+    violations.push({ check: "a", kind: "served", member: final.primary, summary: `clients do not reach the primary's data: through Envoy the digest is ${final.servedDigest}, the primary ${final.primary}'s ${primaryDigest}${same.length ? ` (that of ${same.join(", ")})` : ""}`,
+      details: [], evidence: [final.servedDigest] });
   }
   const state = final.states.get(final.primary)!;
   const missing: WriteOp[] = [];
@@ -128,12 +137,14 @@ function checkAcknowledged(history: History, final: FinalSnapshot, at: Positions
   if (missing.length) {
     const became = final.events.filter((e) => (e.kind === "promotion" || e.kind === "switchover") && e.member === final.primary)
       .map((e) => `    ${seconds(history.toRunTime(e.at))} ${e.kind}: ${e.detail}`);
-    violations.push({ check: "a", member: final.primary, summary: `${missing.length} acknowledged write(s) missing on the final primary ${final.primary}`,
-      details: [...describeEpisodes(missing, context, whereabouts), `  ${final.primary} was made primary:`, ...(became.length ? became : ["    never (the first primary)"])] });
+    violations.push({ check: "a", kind: "missing", member: final.primary, summary: `${missing.length} acknowledged write(s) missing on the primary ${final.primary}`,
+      details: [...describeEpisodes(missing, context, whereabouts), `  ${final.primary} was made primary:`, ...(became.length ? became : ["    never (the first primary)"])],
+      evidence: missing.map((w) => w.token) });
   }
   if (misplaced.length) {
-    violations.push({ check: "a", member: final.primary, summary: `${misplaced.length} acknowledged write(s) on the final primary ${final.primary} at another place in their list than their reply said`,
-      details: [...misplaced.slice(0, EXAMPLES).map((w) => `  ${describeWrite(w)}: found at position ${at.get(w.token)!.find((p) => p.key === w.key)!.index + 1} of ${state.lists.get(w.key)!.length}`), ...describeEpisodes(misplaced, context, whereabouts)] });
+    violations.push({ check: "a", kind: "misplaced", member: final.primary, summary: `${misplaced.length} acknowledged write(s) on the primary ${final.primary} at another place in their list than their reply said`,
+      details: [...misplaced.slice(0, EXAMPLES).map((w) => `  ${describeWrite(w)}: found at position ${at.get(w.token)!.find((p) => p.key === w.key)!.index + 1} of ${state.lists.get(w.key)!.length}`), ...describeEpisodes(misplaced, context, whereabouts)],
+      evidence: misplaced.map((w) => w.token) });
   }
   return violations;
 }
@@ -145,15 +156,18 @@ function checkInSync(history: History, final: FinalSnapshot, context: Context): 
   for (const m of final.members) {
     if (m.name === final.primary || final.digests.get(m.name) === primaryDigest) continue;
     if (m.role !== "replica") continue; // out of sync and known to be: not promotable
-    violations.push({ check: "b/d", member: m.name,
+    const { details, evidence } = describeDifference(history, final.primary, primaryState, m.name, final.states.get(m.name)!, context);
+    violations.push({ check: "b/d", kind: "differs", member: m.name,
       summary: `${m.name} is in sync for the controller (role replica${m.alive ? "" : ", down"}: promotable) but its data differ from the primary ${final.primary}'s (digest ${final.digests.get(m.name)} vs ${primaryDigest})`,
-      details: describeDifference(history, final.primary, primaryState, m.name, final.states.get(m.name)!, context) });
+      details, evidence: evidence.length ? evidence : [`${final.digests.get(m.name)} vs ${primaryDigest}`] });
   }
   return violations;
 }
 
-/** What `member` lacks or has more than `primary`, write by write, and the other keys that differ. */
-function describeDifference(history: History, primary: string, p: State, member: string, m: State, context: Context): string[] {
+/** What `member` lacks or has more than `primary`, write by write, and the other keys that differ
+ *  (the evidence: "-token" lacking, "+token" extra, and the uploads and other keys that differ;
+ *  counters follow the tokens). */
+function describeDifference(history: History, primary: string, p: State, member: string, m: State, context: Context): { details: string[]; evidence: string[] } {
   const lacking: WriteOp[] = [];
   const extra: WriteOp[] = [];
   const unknown: string[] = [];
@@ -163,6 +177,7 @@ function describeDifference(history: History, primary: string, p: State, member:
     for (const t of mine) if (!theirs.has(t)) { const w = history.byToken.get(t); if (w) extra.push(w); else unknown.push(`${t} (on ${member})`); }
   }
   const lines: string[] = [];
+  const evidence = [...lacking.map((w) => `-${w.token}`), ...extra.map((w) => `+${w.token}`), ...unknown];
   if (lacking.length) lines.push(` ${member} lacks ${lacking.length} write(s) that ${primary} applied:`, ...describeEpisodes(lacking, context));
   if (extra.length) lines.push(` ${member} applied ${extra.length} write(s) that ${primary} did not:`, ...describeEpisodes(extra, context));
   if (unknown.length) lines.push(` ${unknown.length} token(s) on one side only that no client sent, e.g. ${unknown.slice(0, EXAMPLES).join(", ")}`);
@@ -170,9 +185,10 @@ function describeDifference(history: History, primary: string, p: State, member:
     const [pm, mm] = [p[family] as Map<string, unknown>, m[family] as Map<string, unknown>];
     const differing = [...new Set([...pm.keys(), ...mm.keys()])].filter((k) => pm.get(k) !== mm.get(k));
     if (differing.length) lines.push(` ${differing.length} of the ${family} differ, e.g. ${differing.slice(0, EXAMPLES).map((k) => `${k}: ${primary} ${pm.get(k) ?? "(none)"}, ${member} ${mm.get(k) ?? "(none)"}`).join("; ")}`);
+    if (family !== "counters") evidence.push(...differing.map((k) => `${k}: ${pm.get(k)} | ${mm.get(k)}`));
   }
   if (!lines.length) lines.push(" (the lists, counters and uploads read equal: the digests differ elsewhere)");
-  return lines;
+  return { details: lines, evidence };
 }
 
 /** (c) on one member: each token at most once, in its own connection's list, in the order sent;
@@ -199,13 +215,13 @@ function checkApplied(history: History, member: string, state: State, at: Positi
   const counters = [...new Set([...state.counters.keys(), ...appendsByClient.keys()])]
     .filter((k) => (state.counters.get(k) ?? 0) !== (appendsByClient.get(k) ?? 0))
     .map((k) => `${k} = ${state.counters.get(k) ?? 0}, appends applied ${appendsByClient.get(k) ?? 0}`);
-  const report = (what: string, items: string[]) => {
-    if (items.length) violations.push({ check: "c", member, summary: `${member}: ${items.length} ${what}`, details: items.slice(0, EXAMPLES).map((i) => `  ${i}`) });
+  const report = (kind: string, what: string, items: string[]) => {
+    if (items.length) violations.push({ check: "c", kind, member, summary: `${member}: ${items.length} ${what}`, details: items.slice(0, EXAMPLES).map((i) => `  ${i}`), evidence: items });
   };
-  report("token(s) applied more than once", twice);
-  report("token(s) in a list they were not sent to", elsewhere);
-  report("pair(s) of tokens applied out of the order their connection sent them", disordered);
-  report("counter(s) that disagree with the appends applied", counters);
+  report("twice", "token(s) applied more than once", twice);
+  report("elsewhere", "token(s) in a list they were not sent to", elsewhere);
+  report("disordered", "pair(s) of tokens applied out of the order their connection sent them", disordered);
+  report("counters", "counter(s) that disagree with the appends applied", counters);
   return violations;
 }
 
@@ -216,6 +232,7 @@ export function timeline(history: History, events: readonly ControllerEvent[]): 
   return lines.sort((a, b) => a.at - b.at).map((l) => `  ${l.text}`);
 }
 
-export function formatViolations(violations: readonly Violation[]): string {
-  return violations.map((v, i) => [`VIOLATION ${i + 1} (${v.check}) ${v.summary}`, ...v.details].join("\n")).join("\n");
+/** The violations as text; `dating` adds lines saying when each first appeared (quiet-points.ts). */
+export function formatViolations(violations: readonly Violation[], dating: (v: Violation) => string[] = () => []): string {
+  return violations.map((v, i) => [`VIOLATION ${i + 1} (${v.check}) ${v.summary}`, ...dating(v), ...v.details].join("\n")).join("\n");
 }

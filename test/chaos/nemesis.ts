@@ -42,6 +42,8 @@ export interface NemesisOptions {
   readonly gapMs: readonly [number, number];
   /** The kinds to inject (default all); a reseed is still done when a kind needs one first. */
   readonly kinds?: readonly FaultKind[];
+  /** Called at each reseed's quiet moment, before anything is copied. */
+  readonly atQuiet: () => Promise<void>;
 }
 
 type View = Awaited<ReturnType<Stack["view"]>>;
@@ -52,7 +54,6 @@ export class Nemesis {
   private bag: FaultKind[] = [];
   private deferred: FaultKind[] = [];
   private readonly done = new Map<FaultKind, number>(FAULT_KINDS.map((k) => [k, 0]));
-  private stopping = false;
 
   constructor(private readonly o: NemesisOptions) {}
 
@@ -63,20 +64,18 @@ export class Nemesis {
 
   /** Inject faults until `deadline` (ms since the epoch); the fault under way when it passes finishes. */
   async run(deadline: number): Promise<void> {
-    while (!this.stopping && Date.now() < deadline) {
+    while (Date.now() < deadline) {
       if (!this.bag.length) [this.bag, this.deferred] = [this.o.prng.shuffle([...(this.o.kinds ?? FAULT_KINDS), ...this.deferred]), []];
       await this.inject(this.bag.pop()!);
       await sleep(this.o.prng.int(this.o.gapMs[0], this.o.gapMs[1]));
     }
   }
 
-  stop(): void { this.stopping = true; }
-
   private async inject(kind: FaultKind): Promise<void> {
     let view = await this.view();
     const outOfSync = view.members.some((m) => OUT_OF_SYNC_ROLES.includes(m.role));
     if (NEEDS_SUCCESSOR.includes(kind) && !promotable(view).length && outOfSync) {
-      await this.record("reseed", "out-of-sync members", () => reseedOutOfSync(this.o.stack, this.o.target, this.o.workload));
+      await this.record("reseed", "out-of-sync members", () => reseedOutOfSync(this.o.stack, this.o.target, this.o.workload, this.o.atQuiet));
       view = await this.view();
     }
     if ((NEEDS_SUCCESSOR.includes(kind) && !promotable(view).length) || (kind === "reseed" && !outOfSync)) {
@@ -121,7 +120,7 @@ export class Nemesis {
           return res.status === 200 ? `${res.json.primary} is primary; ${view.primary} a replica` : `refused: ${res.status} ${JSON.stringify(res.json.error)}`;
         });
       }
-      case "reseed": return this.record(kind, "out-of-sync members", () => reseedOutOfSync(stack, this.o.target, this.o.workload));
+      case "reseed": return this.record(kind, "out-of-sync members", () => reseedOutOfSync(stack, this.o.target, this.o.workload, this.o.atQuiet));
     }
   }
 

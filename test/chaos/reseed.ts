@@ -1,7 +1,8 @@
 // The operator's procedure for taking out-of-sync members back (docs/CONTROLLER.md, "Rejoining
 // a member: reseed first"), as the nemesis runs it: quiesce (pause the workload; wait until no
 // client connection is open through Envoy and the relay has finished feeding every member, so
-// the primary's data no longer changes), then for each stale, detached or diverged member:
+// the primary's data no longer changes; the run checks the data then: quiet-points.ts), then
+// for each stale, detached or diverged member:
 // stop it, start it again (empty), copy the primary's data into it, wait until the controller
 // sees it alive, rejoin it through the API. Then resume the workload.
 import type { Stack } from "../support/stack.ts";
@@ -15,7 +16,7 @@ export const OUT_OF_SYNC_ROLES = ["stale", "detached", "diverged"];
 const QUIESCE_TIMEOUT_MS = 15_000;
 
 /** Client connections open through Envoy's listener now. */
-export async function openClientConnections(stack: Stack): Promise<number> {
+async function openClientConnections(stack: Stack): Promise<number> {
   return stack.envoy.stat(`listener.127.0.0.1_${stack.envoy.listenerPort}.downstream_cx_active`);
 }
 
@@ -29,11 +30,13 @@ export async function quiesce(stack: Stack, timeoutMs = QUIESCE_TIMEOUT_MS): Pro
 /** A reseed not done: the service did not quiesce (the members were not touched). */
 export class ReseedSkipped extends Error {}
 
-/** Reseed and rejoin every out-of-sync member. Returns what was done, for the history. */
-export async function reseedOutOfSync(stack: Stack, target: Target, workload: Workload): Promise<string> {
+/** Reseed and rejoin every out-of-sync member, calling `atQuiet` once the service is quiet.
+ *  Returns what was done, for the history. */
+export async function reseedOutOfSync(stack: Stack, target: Target, workload: Workload, atQuiet: () => Promise<void>): Promise<string> {
   await workload.pause();
   try {
     try { await quiesce(stack); } catch (err) { throw new ReseedSkipped((err as Error).message); }
+    await atQuiet();
     const view = await stack.view();
     const primary = stack.members.get(view.primary)!;
     const behind = view.members.filter((m) => OUT_OF_SYNC_ROLES.includes(m.role));

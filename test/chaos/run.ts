@@ -19,7 +19,9 @@ import { Prng } from "./prng.ts";
 import { Workload } from "./workload.ts";
 import { FAULT_KINDS, Nemesis, type FaultKind } from "./nemesis.ts";
 import { quiesce } from "./reseed.ts";
-import { check, formatViolations, timeline, type FinalSnapshot, type Violation } from "./checker.ts";
+import { check, formatViolations, timeline, type Violation } from "./checker.ts";
+import { readSnapshot } from "./snapshot.ts";
+import { QuietPoints } from "./quiet-points.ts";
 import { kvTarget } from "./kv-target.ts";
 import { redisTarget } from "./redis-target.ts";
 import type { Target } from "./target.ts";
@@ -53,7 +55,10 @@ export interface ChaosResult {
 
 const TARGETS: Record<Backend, Target> = { kv: kvTarget, redis: redisTarget };
 
-const minutes = (ms: number) => `${Math.floor(ms / 60_000)}m${String(Math.round((ms % 60_000) / 1000)).padStart(2, "0")}s`;
+function minutes(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function rerunCommand(o: ChaosOptions): string {
@@ -70,7 +75,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   try {
     const history = new History();
     const workload = new Workload({ port: stack.envoy.listenerPort, target, history, seed: o.seed, clients: o.clients ?? 6, meanGapMs: o.meanGapMs ?? 400, replyTimeoutMs: 3000 });
-    const nemesis = new Nemesis({ stack, target, workload, history, prng: new Prng(o.seed, "nemesis"), gapMs: o.gapMs ?? [2000, 5000], kinds: o.faultKinds });
+    const quietPoints = new QuietPoints(history, stack, target, log);
+    const nemesis = new Nemesis({ stack, target, workload, history, prng: new Prng(o.seed, "nemesis"), gapMs: o.gapMs ?? [2000, 5000], kinds: o.faultKinds, atQuiet: () => quietPoints.check() });
     const faultsFrom = Date.now();
     const deadline = faultsFrom + o.faultMs;
     const progress = () => {
@@ -88,15 +94,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     await quiesce(stack, 30_000).catch((err) => log(`chaos: not quiet after 30 s (${(err as Error).message}); checking anyway`));
     // Let the controller take in the relay's last figures and fresh health verdicts.
     await sleep(2000);
-    const final = await snapshot(stack, target);
+    const final = await readSnapshot(stack, target, true);
     const violations = check(history, final);
     const faults = nemesis.counts();
     const writes = history.counts();
     const ms = Date.now() - started;
     const total = Object.values(faults).reduce((a, b) => a + b, 0);
-    const verdict = `chaos: ${violations.length ? "FAIL" : "PASS"} target ${o.target} seed ${o.seed}: ${violations.length} violation(s); ${total} faults in ${minutes(o.faultMs)} (${(total / (o.faultMs / 60_000)).toFixed(1)} a minute: ${FAULT_KINDS.map((k) => `${k} ${faults[k]}`).join(", ")}); writes acked ${writes.acked}, indeterminate ${writes.indeterminate}, rejected ${writes.rejected}, over ${workload.connections} connections; final primary ${final.primary}, roles ${final.members.map((m) => `${m.name} ${m.role}`).join(", ")}; run took ${minutes(ms)}. Re-run: ${rerunCommand(o)}`;
+    const verdict = `chaos: ${violations.length ? "FAIL" : "PASS"} target ${o.target} seed ${o.seed}: ${violations.length} violation(s); ${total} faults in ${minutes(o.faultMs)} (${(total / (o.faultMs / 60_000)).toFixed(1)} a minute: ${FAULT_KINDS.map((k) => `${k} ${faults[k]}`).join(", ")}); writes acked ${writes.acked}, indeterminate ${writes.indeterminate}, rejected ${writes.rejected}, over ${workload.connections} connections; checked at ${quietPoints.count} quiet point(s) and at the end; final primary ${final.primary}, roles ${final.members.map((m) => `${m.name} ${m.role}`).join(", ")}; run took ${minutes(ms)}. Re-run: ${rerunCommand(o)}`;
     if (violations.length) {
-      log(formatViolations(violations));
+      log(formatViolations(violations, (v) => quietPoints.dating(v)));
       log(`chaos: the run's faults and the controller's events:\n${timeline(history, final.events).join("\n")}`);
       log(`chaos: Envoy at the end: ${await envoyEndpoints(stack)}; filter counted ${await stack.envoy.stat(`wasmcustom.lockstep.${stack.service}.bytes_unmirrored`)} bytes unmirrored, ${await stack.envoy.stat(`wasmcustom.lockstep.${stack.service}.streams_lost`)} streams lost`);
     }
@@ -127,22 +133,6 @@ async function envoyEndpoints(stack: Stack): Promise<string> {
     const port = h.address.socket_address.port_value;
     return `priority ${h.priority ?? 0} ${byPort.get(port) ?? port}${h.health_status.failed_active_health_check ? " (failing its health check)" : ""}`;
   }).join(", ") || "no hosts in the primary cluster";
-}
-
-/** The controller's view and every member's data, read until the view is the same before and after. */
-async function snapshot(stack: Stack, target: Target): Promise<FinalSnapshot> {
-  for (let attempt = 1; ; attempt++) {
-    const before = await stack.view();
-    const members = [...stack.members.values()];
-    const digests = new Map(await Promise.all(members.map(async (m) => [m.name, await target.digest(m.port)] as const)));
-    const states = new Map(await Promise.all(members.map(async (m) => [m.name, await target.state(m.port)] as const)));
-    const after = await stack.view();
-    const roles = (v: typeof before) => JSON.stringify([v.primary, v.members.map((m) => [m.name, m.role, m.alive])]);
-    if (roles(before) !== roles(after) && attempt < 3) continue;
-    const servedDigest = await target.digest(stack.envoy.listenerPort).catch((err) => `(none: ${(err as Error).message})`);
-    const events = (await stack.api("GET", `/v1/events?service=${stack.service}`)).json.events;
-    return { primary: after.primary, members: after.members, events, states, digests, servedDigest };
-  }
 }
 
 async function main(): Promise<void> {

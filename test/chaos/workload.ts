@@ -109,7 +109,7 @@ class Connection {
 export class Workload {
   private paused = false;
   private stopped = false;
-  private resume$ = Promise.resolve();
+  private resumed = Promise.resolve();
   private release = () => {};
   private readonly open = new Set<Promise<void>>();
   private clients: Promise<void>[] = [];
@@ -127,7 +127,7 @@ export class Workload {
   async pause(): Promise<void> {
     if (!this.paused) {
       this.paused = true;
-      this.resume$ = new Promise((r) => { this.release = r; });
+      this.resumed = new Promise((r) => { this.release = r; });
     }
     while (this.open.size) await Promise.all([...this.open]);
   }
@@ -144,15 +144,13 @@ export class Workload {
     await Promise.all(this.clients);
   }
 
-  get openConnections(): number { return this.open.size; }
-
   private async client(id: number): Promise<void> {
     const schedule = new Prng(this.o.seed, `client ${id}`);
     let conn = 0;
     let seq = 0;
     const mine = new Set<Promise<void>>();
     while (!this.stopped) {
-      if (this.paused) { await this.resume$; continue; }
+      if (this.paused) { await this.resumed; continue; }
       if (mine.size >= MAX_OPEN_PER_CLIENT) { await Promise.race(mine); continue; }
       const run = this.session(id, ++conn, () => ++seq).finally(() => { mine.delete(run); this.open.delete(run); });
       mine.add(run);
