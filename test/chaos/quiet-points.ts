@@ -13,7 +13,7 @@ interface QuietPoint { readonly at: number; readonly previous: number }
 
 export class QuietPoints {
   private previous = 0;
-  /** Evidence already seen, by violation kind and member, and at which quiet point first. */
+  /** Evidence already seen, by violation (key below), and at which quiet point first. */
   private readonly seen = new Map<string, Map<string, QuietPoint>>();
   count = 0;
 
@@ -46,4 +46,5 @@ export class QuietPoints {
   }
 }
 
-const key = (v: Violation) => `${v.kind}|${v.member}`;
+/** Acknowledged writes are judged on whichever member is primary; the rest per member. */
+const key = (v: Violation) => (v.check === "a" ? v.kind : `${v.kind}|${v.member}`);
