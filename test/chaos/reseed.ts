@@ -1,10 +1,12 @@
 // The operator's procedure for taking out-of-sync members back (docs/CONTROLLER.md, "Rejoining
-// a member: reseed first"), as the nemesis runs it: quiesce (pause the workload; wait until no
-// client connection is open through Envoy and the relay has finished feeding every member, so
-// the primary's data no longer changes; the run checks the data then: quiet-points.ts), then
-// for each stale, detached or diverged member:
-// stop it, start it again (empty), copy the primary's data into it, wait until the controller
-// sees it alive, rejoin it through the API. Then resume the workload.
+// a member: reseed first"), as the nemesis runs it:
+//   1. quiesce: pause the workload; wait until no client connection is open through Envoy and
+//      the relay has finished feeding every member, so the primary's data no longer change
+//      (the run checks the data at this moment: quiet-points.ts);
+//   2. for each stale, detached or diverged member: stop it, start it again (empty), copy the
+//      primary's data into it, wait until the controller sees it alive, rejoin it (API);
+//   3. resume the workload: new connections reach the rejoined members from then on, as the
+//      documentation says (no wait for the relay's replica set beyond the rejoin call).
 import type { Stack } from "../support/stack.ts";
 import { waitFor } from "../support/ports.ts";
 import type { Target } from "./target.ts";

@@ -11,7 +11,7 @@
 // value never appears in a reply, so replicas still answer exactly as the primary does.
 import { connect, type Socket } from "node:net";
 import { Prng } from "./prng.ts";
-import { counterKey, listKey, type History, type WriteOp } from "./history.ts";
+import { counterKey, type History, type WriteOp } from "./history.ts";
 import type { Target } from "./target.ts";
 
 export interface WorkloadOptions {
