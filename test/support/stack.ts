@@ -160,12 +160,21 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     primary: all[0].address, relayPort: relay.port, service, controller: `127.0.0.1:${xdsPort}`,
     extra: { healthCheck, primaryName: all[0].name, compareReplies: true, ...options.extra },
   });
+  // A GET that fails on the network (a kept-alive connection closed by the controller just as it
+  // was reused) is tried again: reads are idempotent. Other calls fail at once.
   const api = async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
-      method, headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: res.status, json: await res.json() };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${apiPort}${path}`, {
+          method, headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        return { status: res.status, json: await res.json() };
+      } catch (err) {
+        if (method !== "GET" || attempt === 3) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   };
   const stack: Stack = {
     service, backend: options.backend ?? "kv", members, envoy, apiPort, xdsPort, storePath,
