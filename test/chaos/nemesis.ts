@@ -116,7 +116,8 @@ export class Nemesis {
       case "switchover": {
         const member = prng.chance(0.3) ? undefined : prng.pick(promotable(view)).name;
         return this.record(kind, member ?? "(best replica)", async () => {
-          const res = await stack.api("POST", `/v1/services/${stack.service}/promote`, member ? { member } : {});
+          const res = await stack.api("POST", `/v1/services/${stack.service}/promote`, member ? { member } : {}).catch((err: Error) => err);
+          if (res instanceof Error) return `the call failed: ${res.message}${res.cause ? ` (${String(res.cause)})` : ""}`;
           return res.status === 200 ? `${res.json.primary} is primary; ${view.primary} a replica` : `refused: ${res.status} ${JSON.stringify(res.json.error)}`;
         });
       }

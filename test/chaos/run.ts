@@ -72,9 +72,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   log(`chaos: target ${o.target}, seed ${o.seed}, faults for ${minutes(o.faultMs)} (re-run: ${rerunCommand(o)})${o.logDir ? `; process logs in ${o.logDir}` : ""}`);
   keepProcessLogs(o.logDir);
   const stack = await startStack({ backend: o.target, replicas: 2 });
+  const history = new History();
+  const workload = new Workload({ port: stack.envoy.listenerPort, target, history, seed: o.seed, clients: o.clients ?? 6, meanGapMs: o.meanGapMs ?? 400, replyTimeoutMs: 3000 });
   try {
-    const history = new History();
-    const workload = new Workload({ port: stack.envoy.listenerPort, target, history, seed: o.seed, clients: o.clients ?? 6, meanGapMs: o.meanGapMs ?? 400, replyTimeoutMs: 3000 });
     const quietPoints = new QuietPoints(history, stack, target, log);
     const nemesis = new Nemesis({ stack, target, workload, history, prng: new Prng(o.seed, "nemesis"), gapMs: o.gapMs ?? [2000, 5000], kinds: o.faultKinds, atQuiet: () => quietPoints.check() });
     const faultsFrom = Date.now();
@@ -109,6 +109,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     log(verdict);
     return { target: o.target, seed: o.seed, faults, writes, violations, ms, verdict };
   } finally {
+    await workload.stop();
     await stack.close();
     keepProcessLogs(undefined);
   }
@@ -159,9 +160,11 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   try {
     await main();
   } catch (err) {
-    console.error(`chaos: the harness failed: ${(err as Error).stack ?? err}`);
+    const e = err as Error;
+    console.error(`chaos: the harness failed: ${e.stack ?? e}${e.cause ? `\ncaused by: ${String(e.cause)}` : ""}`);
     process.exitCode = 2;
   } finally {
     await killAllProcesses();
+    process.exit();
   }
 }
