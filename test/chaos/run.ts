@@ -9,10 +9,10 @@
 // verdict line; exits 1 on a violation, 2 if the harness itself failed. A seed replays the same
 // schedule of faults and sessions (timing on a shared machine still varies).
 import { randomInt } from "node:crypto";
-import { parseArgs } from "node:util";
-import { startStack, type Backend, type Stack } from "../support/stack.ts";
 import { join } from "node:path";
+import { parseArgs } from "node:util";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { startStack, type Backend, type Stack } from "../support/stack.ts";
 import { keepProcessLogs, killAllProcesses } from "../support/processes.ts";
 import { History } from "./history.ts";
 import { Prng } from "./prng.ts";
@@ -31,7 +31,7 @@ export interface ChaosOptions {
   readonly seed: number;
   /** How long faults are injected (the run takes some seconds more: start, heal, check). */
   readonly faultMs: number;
-  /** Gap between faults, ms [min, max] (default 2-5 s: about 10 faults a minute). */
+  /** Gap between faults, ms [min, max] (default 2-5 s: about 13 faults a minute, reseeds included). */
   readonly gapMs?: readonly [number, number];
   /** Only these kinds of fault (default all: nemesis.ts). */
   readonly faultKinds?: readonly FaultKind[];
