@@ -12,7 +12,7 @@ import { freePorts, waitFor } from "./ports.ts";
 import { startRelay, type RelayHandle } from "./relay.ts";
 import { startEnvoy, type EnvoyHandle } from "./envoy.ts";
 import { startEtcd, type EtcdHandle } from "./etcd.ts";
-import { startKv, kvExchange, TOKEN, type KvMember } from "./stack.ts";
+import { startKv, kvExchange, TOKEN, type Member as KvMember } from "./stack.ts";
 
 export interface FleetController {
   readonly index: number;
