@@ -194,19 +194,19 @@ export class ReplyCheck<K> {
     if (s.compared >= wholeWindows && s.tailAtPrimaryTotal !== undefined && s.tailAtPrimaryTotal !== pe.tail) {
       return this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe); // the first difference is there
     }
-    if (pe.end === "PRIMARY_CLOSED" && replicaTotal > pe.total) {
-      return this.diverge(replica, s, { offset: pe.total, detail: `the replica answered more than the primary's ${pe.total} bytes (${replicaTotal} so far)` });
-    }
+    // Bytes a replica answered past the primary's end are never judged, whether the primary
+    // closed its side or the connection was cut: a primary that crashed (kill -9 closes its
+    // sockets with a FIN, like a normal close) stops mid-reply while its replicas go on.
     if (replicaTotal >= pe.total && s.compared >= wholeWindows) {
       // Every whole window is matched; the primary's last partial window decides.
       if (s.tailAtPrimaryTotal === undefined) {
-        // The replica passed the primary's CUT end before REPLY_END arrived: its bytes at that
+        // The replica passed the primary's end before REPLY_END arrived: its bytes at that
         // point are gone, so the last partial window cannot be checked (said in CONSISTENCY.md).
-        if (pe.end === "CUT" && replicaTotal > pe.total) this.finishMatched(replica, s, pe.total);
-        else if (s.ended) this.judgeTail(replica, s, wholeWindows, s.digest.tail, pe);
+        if (replicaTotal > pe.total) this.finishMatched(replica, s, pe.total);
+        else this.judgeTail(replica, s, wholeWindows, s.digest.tail, pe);
         return;
       }
-      if (pe.end === "CUT" || s.ended) this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe);
+      this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe);
       return;
     }
     if (s.ended && replicaTotal < pe.total) {
