@@ -171,7 +171,7 @@ export class Controller {
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
       const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive !== false)];
-      if (this.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })))) void this.poll();
+      if (this.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })), primary?.name)) void this.poll();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -192,8 +192,8 @@ export class Controller {
   }
 
   /** Record a service's replica set on every relay; true if it changed. */
-  private want(service: string, targets: { name: string; address: string }[]): boolean {
-    return this.relays.map((r) => r.want(service, targets)).some(Boolean);
+  private want(service: string, targets: { name: string; address: string }[], primary?: string): boolean {
+    return this.relays.map((r) => r.want(service, targets, primary)).some(Boolean);
   }
 
   private checker(service: string): HealthChecker {

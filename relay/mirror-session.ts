@@ -19,7 +19,7 @@
 // all of the connection's client bytes is counted in lockstep_relay_replica_missed_connections_total.
 import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { status as GrpcStatus } from "@grpc/grpc-js";
-import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
+import { decodeFilterFrame, encodeAck, encodeClose, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
 import { ReplyCheck } from "./reply-check.ts";
 import { unacknowledgedBytes } from "./kernel-queue.ts";
@@ -63,6 +63,7 @@ export class MirrorSession implements OpenConnection {
   private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
   started = false;
+  private demoted = false;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
@@ -169,9 +170,20 @@ export class MirrorSession implements OpenConnection {
     }
   }
 
+  /** Its primary is a primary no more (a planned switchover): ask the filter to close the
+   *  client connection. The stream then finishes as any other. */
+  demote(): void {
+    if (this.demoted || this.state !== "open" || this.call.destroyed) return;
+    this.demoted = true;
+    this.ctx.metrics.closedDemoted.add(1, { service: this.service });
+    this.ctx.log(`connection ${this.openFrame?.connectionId}: its primary ${this.primary} is a primary no more; asking Envoy to close it`);
+    this.call.write(encodeClose("PRIMARY_DEMOTED"));
+  }
+
   private startLinks(targets: readonly ReplicaTarget[]): void {
     const open = this.openFrame!;
     this.started = true;
+    if (this.ctx.sets.isDemoted(open.service, open.primary)) this.demote();
     const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
     if (open.primary !== "") {
       for (const target of targets) {

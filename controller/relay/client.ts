@@ -25,12 +25,15 @@ export interface RelayView {
 }
 
 interface Series { labels: Record<string, string>; value: number }
-interface ServiceJson { replicas?: RelayTarget[] | null; connections?: { without?: Record<string, number> } }
+interface ServiceJson { replicas?: RelayTarget[] | null; primary?: string | null; connections?: { without?: Record<string, number> } }
+
+/** A service's set on the relay: its members, and which of them is the primary. */
+interface Desired { readonly targets: readonly RelayTarget[]; readonly primary?: string }
 
 const MAYBE_DEAD = new Set(["REPLICA_CLOSED", "CONNECT_FAILED"]);
 
 export class RelayClient {
-  private readonly desired = new Map<string, readonly RelayTarget[]>();
+  private readonly desired = new Map<string, Desired>();
   /** Detach counters last seen (hints only, so not stored): "<service>|<replica>|<reason>". */
   private detachesSeen?: Map<string, number>;
   reachable = false;
@@ -39,11 +42,13 @@ export class RelayClient {
   /** `source` names this relay in the evidence (one relay: "relay"; several: "relay <address>"). */
   constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000, readonly source = "relay") {}
 
-  /** Record the replica set `service` must have (sent by the next poll). True if it changed. */
-  want(service: string, targets: readonly RelayTarget[]): boolean {
+  /** Record the replica set `service` must have, and its primary (the relay closes connections
+   *  still open on a former primary), sent by the next poll. True if it changed. */
+  want(service: string, targets: readonly RelayTarget[], primary?: string): boolean {
     const before = this.desired.get(service);
-    this.desired.set(service, targets);
-    return JSON.stringify(before) !== JSON.stringify(targets);
+    const next: Desired = primary === undefined ? { targets } : { targets, primary };
+    this.desired.set(service, next);
+    return JSON.stringify(before) !== JSON.stringify(next);
   }
 
   private headers(): Record<string, string> {
@@ -57,12 +62,13 @@ export class RelayClient {
   /** Make the relay's sets match the desired ones; returns what the relay says of each. */
   private async reconcile(changed: string[], mayChange: () => boolean): Promise<Map<string, Readonly<Record<string, number>>>> {
     const without = new Map<string, Readonly<Record<string, number>>>();
-    for (const [service, targets] of this.desired) {
+    for (const [service, { targets, primary }] of this.desired) {
       const path = `/v1/services/${service}/replicas`;
       let view = await (await this.call(path)).json() as ServiceJson;
-      const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
+      const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address])) &&
+        (view.primary ?? undefined) === primary;
       if (!same && mayChange()) {
-        const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
+        const res = await this.call(path, { method: "PUT", body: JSON.stringify(primary === undefined ? { replicas: targets } : { replicas: targets, primary }) });
         if (res.status === 401 || res.status === 403) {
           throw new Error(`relay refused the replica set of "${service}" (${res.status} ${(await res.text()).trim()}): ` +
             "give the controller the relay's controlToken (relay.controlToken in the config, LOCKSTEP_RELAY_TOKEN or --relay-token-file)");
