@@ -65,7 +65,13 @@ export interface LockstepConfig {
      *  from a caller holding it, and the controller sends it. Without one the relay refuses them. */
     readonly controlToken?: string;
   };
-  readonly envoy: { readonly adminPort: number; readonly wasmPath: string };
+  readonly envoy: {
+    readonly adminPort: number;
+    readonly wasmPath: string;
+    /** Client connections Envoy accepts at once (the overload manager's limit); default derived
+     *  from the open-file limit Envoy runs with (config/envoy-bootstrap.ts). */
+    readonly maxDownstreamConnections?: number;
+  };
   readonly limits: {
     /** Filter: bytes sent to the relay and not yet acknowledged, per connection. */
     readonly maxInflightBytesPerConnection: number;
@@ -250,7 +256,11 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service, port(envoy.adminPort, "envoy.adminPort", 9901)) }),
     replicas: Object.freeze(replicas),
     relay: parseRelay(relay),
-    envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),
+    envoy: Object.freeze({
+      adminPort: port(envoy.adminPort, "envoy.adminPort", 9901),
+      wasmPath: envoy.wasmPath ?? "build/lockstep.wasm",
+      ...(envoy.maxDownstreamConnections === undefined ? {} : { maxDownstreamConnections: whole(envoy.maxDownstreamConnections, "envoy.maxDownstreamConnections", 0, 1, 100_000_000) }),
+    }),
     limits: Object.freeze({
       maxInflightBytesPerConnection: bound(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),
       maxInflightBytesTotal: bound(limits.maxInflightBytesTotal, "limits.maxInflightBytesTotal", DEFAULT_LIMITS.maxInflightBytesTotal),

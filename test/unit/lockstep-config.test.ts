@@ -1,7 +1,7 @@
 // The service description users write: defaults, and a precise error for each kind of mistake.
 import { describe, it, expect } from "vitest";
 import { parseLockstepConfig, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
-import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { downstreamConnectionLimit, renderBootstrap } from "../../config/envoy-bootstrap.ts";
 
 const minimal = { primary: "127.0.0.1:7001", replicas: [{ name: "a", address: "127.0.0.1:7002" }] };
 
@@ -95,5 +95,15 @@ describe("lockstep config", () => {
     expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 2 << 20, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
     expect(yaml).toContain("cluster: orders_primary");
     expect(yaml).toContain("failure_policy: FAIL_OPEN");
+  });
+
+  it("limits Envoy's client connections to what its open-file limit can hold, or to the config's number", () => {
+    expect([256, 1024, 65_536, 1_048_576].map(downstreamConnectionLimit)).toEqual([96, 384, 32_256, 523_776]);
+    const derived = renderBootstrap(parseLockstepConfig(minimal), "", { openFileLimit: 1024 });
+    expect(derived).toContain("max_active_downstream_connections: 384");
+    expect(derived).toContain("ignore_global_conn_limit: true");
+    const set = renderBootstrap(parseLockstepConfig({ ...minimal, envoy: { maxDownstreamConnections: 5000 } }), "", { openFileLimit: 1024 });
+    expect(set).toContain("max_active_downstream_connections: 5000");
+    expect(() => parseLockstepConfig({ ...minimal, envoy: { maxDownstreamConnections: 0 } })).toThrow(/envoy.maxDownstreamConnections/);
   });
 });
