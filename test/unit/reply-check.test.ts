@@ -131,15 +131,37 @@ describe("reply check (pure)", () => {
     expect(seen.diverged.get("b")).toMatchObject({ offset: W });
   });
 
-  it("with a CUT primary stream, a replica that passed the cut point earlier has its whole windows judged", () => {
+  it("with a CUT primary stream, a replica that passed the cut point windows earlier has its whole windows judged, and is given up, not matched, on the last partial one", () => {
     const reply = randomBytes(2 * W + 700);
     const more = Buffer.concat([reply, randomBytes(100)]);
     const { seen, primary, replica } = setup(["a", "b"]);
     replica("a", more, 4096, false);
     replica("b", flip(more, W + 1), 4096, false);
     primary(reply, "CUT");
-    expect(seen.matched.get("a")).toBe(reply.length);
+    expect(seen.matched.has("a")).toBe(false);
+    expect(seen.abandoned.get("a")).toContain("last partial window cannot be compared");
     expect(seen.diverged.get("b")).toMatchObject({ offset: W });
+  });
+
+  it("judges the last partial window of a replica that answered past the primary's end before that end was known (a short reply differing in its first bytes is diverged, never matched)", () => {
+    for (const end of ["PRIMARY_CLOSED", "CUT"] as const) {
+      const t = setup(["same", "differs", "bigger"]);
+      t.replica("same", Buffer.from("NIL\nOK\nlater\n"), 3, false);
+      t.replica("differs", Buffer.from("VALUE yes\nOK\n"), 3, false);
+      t.replica("bigger", Buffer.concat([Buffer.alloc(W + 5, 1), Buffer.from("NIL\nOK\nmore")]), 1000, false);
+      t.primary(Buffer.from("NIL\nOK\n"), end);
+      expect(t.seen.matched.get("same"), end).toBe(7);
+      expect(t.seen.diverged.get("differs"), end).toMatchObject({ offset: 0 });
+      expect(t.seen.diverged.get("bigger"), end).toMatchObject({ offset: 0 });
+    }
+    // Past a window boundary too: the replica's bytes of the primary's last window are kept.
+    const reply = randomBytes(W + 300);
+    const t = setup(["same", "differs"]);
+    t.replica("same", Buffer.concat([reply, randomBytes(50)]), 999, false);
+    t.replica("differs", Buffer.concat([flip(reply, W + 299), randomBytes(50)]), 999, false);
+    t.primary(reply, "CUT", W);
+    expect(t.seen.matched.get("same")).toBe(reply.length);
+    expect(t.seen.diverged.get("differs")).toMatchObject({ offset: W });
   });
 
   it("treats an empty primary reply, cut or closed, as matched by a talkative replica (nothing of the primary's to compare)", () => {
