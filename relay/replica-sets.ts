@@ -76,10 +76,15 @@ export class ReplicaSets {
     const address = (name: string | undefined) => targets.find((t) => t.name === name)?.address;
     const now = address(primary);
     for (const d of demoted) if (now !== undefined && sameEndpoint(d, now)) demoted.delete(d);
+    // A demotion lasts while the former primary stays in the set (Envoy may still send it a
+    // new connection before it applies the new endpoints); one that left the set (dead, stale)
+    // is no one's to send to, and when it comes back it is not a former primary any more:
+    // closing the connections Envoy sends it then (as a successor) would fail them for nothing.
+    for (const d of demoted) if (!targets.some((t) => sameEndpoint(t.address, d))) demoted.delete(d);
     const former = before !== undefined && before !== primary ? (this.lastAddresses.get(`${service}|${before}`) ?? address(before)) : undefined;
     for (const t of targets) this.lastAddresses.set(`${service}|${t.name}`, t.address);
     if (former === undefined) return;
-    demoted.add(former);
+    if (targets.some((t) => sameEndpoint(t.address, former))) demoted.add(former);
     for (const c of this.open.get(service) ?? []) if (c.started && sameEndpoint(former, c.primary)) c.demote();
   }
 
