@@ -1,6 +1,6 @@
 /*
  * lockstep's benchmark load generator and backends, compiled at bench time with `cc -O2`
- * (bench/native.ts). One binary, four modes; every mode reports on stdout as one JSON line
+ * (bench/native.ts). One binary, five modes; every mode reports on stdout as one JSON line
  * (`serve` prints its ports, then nothing). CPU figures are getrusage(RUSAGE_SELF), so the
  * runner can show the client was not the bottleneck (its CPU time is a fraction of wall time).
  *
@@ -14,6 +14,12 @@
  *   loadgen conns PORT N            open N connections (at most 256 handshakes in flight), do
  *                                   one 16-byte echo exchange on each, print {"ready":N}, hold
  *                                   them until stdin closes or says anything, then close all.
+ *   loadgen rate PORT K SECONDS SIZE
+ *                                   connection rate: K threads, each looping connect, write SIZE
+ *                                   bytes, read the SIZE-byte echo, close, for SECONDS; counts
+ *                                   connections completed per second and failures by kind (a
+ *                                   failed connection is counted and the loop goes on), and the
+ *                                   p50/p99 of one whole connect..close in µs.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -22,6 +28,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +38,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +46,7 @@
 #define READ_BUF_BYTES (256 * 1024)
 #define CONNS_HANDSHAKES_IN_FLIGHT 256
 #define CONNS_EXCHANGE_BYTES 16
+#define RATE_IO_TIMEOUT_S 5
 
 static void die(const char *what) { fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno)); exit(1); }
 
@@ -307,12 +316,122 @@ static int conns_mode(int port, long n) {
   return 0;
 }
 
+/* ---------- rate ---------- */
+
+/* Why a connection of the rate loop failed. */
+enum { F_CONNECT = 0, F_ADDR, F_RESET, F_EOF, F_TIMEOUT, F_OTHER, F_KINDS };
+static const char *const FAIL_NAMES[F_KINDS] = { "connect", "no_local_port", "reset", "closed_early", "timeout", "other" };
+
+struct rate_thread {
+  pthread_t tid;
+  int port;
+  long size;
+  double deadline;
+  long ok;
+  long failed[F_KINDS];
+  double *us;       /* connect..close of each completed connection, µs */
+  long n_us, cap_us;
+};
+
+static int classify(int err) {
+  if (err == ECONNRESET || err == EPIPE) return F_RESET;
+  if (err == EAGAIN || err == EWOULDBLOCK || err == ETIMEDOUT) return F_TIMEOUT;
+  return F_OTHER;
+}
+
+/* One connection: connect, write SIZE bytes, read SIZE bytes back, close. -1 on success, else why. */
+static int rate_once(struct rate_thread *t, const char *out, char *in) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return F_OTHER;
+  /* A stuck connection must not stall the loop: SO_SNDTIMEO also bounds connect(). */
+  struct timeval tv = { .tv_sec = RATE_IO_TIMEOUT_S, .tv_usec = 0 };
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct sockaddr_in a = loopback(t->port);
+  int why = -1;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    why = errno == EADDRNOTAVAIL ? F_ADDR : (errno == EINPROGRESS || errno == ETIMEDOUT) ? F_TIMEOUT : F_CONNECT;
+    goto done;
+  }
+  for (long off = 0; off < t->size;) {
+    ssize_t w = write(fd, out + off, (size_t)(t->size - off));
+    if (w < 0) { if (errno == EINTR) continue; why = classify(errno); goto done; }
+    off += w;
+  }
+  for (long got = 0; got < t->size;) {
+    ssize_t r = read(fd, in + got, (size_t)(t->size - got));
+    if (r < 0) { if (errno == EINTR) continue; why = classify(errno); goto done; }
+    if (r == 0) { why = F_EOF; goto done; }
+    got += r;
+  }
+done:
+  close(fd);
+  return why;
+}
+
+static void *rate_thread_main(void *arg) {
+  struct rate_thread *t = arg;
+  char *out = malloc((size_t)t->size), *in = malloc((size_t)t->size);
+  memset(out, 'E', (size_t)t->size);
+  for (;;) {
+    double t0 = now_s();
+    if (t0 >= t->deadline) break;
+    int why = rate_once(t, out, in);
+    if (why >= 0) {
+      t->failed[why]++;
+      if (why == F_ADDR || why == F_CONNECT) usleep(1000); /* do not spin on a refusing port */
+      continue;
+    }
+    t->ok++;
+    if (t->n_us == t->cap_us) {
+      t->cap_us = t->cap_us ? t->cap_us * 2 : 4096;
+      t->us = realloc(t->us, sizeof(double) * (size_t)t->cap_us);
+    }
+    t->us[t->n_us++] = (now_s() - t0) * 1e6;
+  }
+  free(out); free(in);
+  return NULL;
+}
+
+static int rate_mode(int port, int k, double seconds, long size) {
+  if (k < 1 || size < 1 || seconds <= 0) { fprintf(stderr, "loadgen: rate needs K >= 1, SECONDS > 0, SIZE >= 1\n"); return 2; }
+  signal(SIGPIPE, SIG_IGN);
+  struct rate_thread *ts = calloc((size_t)k, sizeof *ts);
+  double cpu0 = cpu_s(), wall0 = now_s();
+  for (int i = 0; i < k; i++) {
+    ts[i].port = port; ts[i].size = size; ts[i].deadline = wall0 + seconds;
+    if (pthread_create(&ts[i].tid, NULL, rate_thread_main, &ts[i]) != 0) die("pthread_create");
+  }
+  long ok = 0, failed[F_KINDS] = { 0 }, n = 0;
+  for (int i = 0; i < k; i++) {
+    pthread_join(ts[i].tid, NULL);
+    ok += ts[i].ok;
+    for (int f = 0; f < F_KINDS; f++) failed[f] += ts[i].failed[f];
+    n += ts[i].n_us;
+  }
+  double wall = now_s() - wall0, cpu = cpu_s() - cpu0;
+  double *us = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  long m = 0;
+  for (int i = 0; i < k; i++) { memcpy(us + m, ts[i].us, sizeof(double) * (size_t)ts[i].n_us); m += ts[i].n_us; }
+  qsort(us, (size_t)n, sizeof(double), cmp_double);
+  long nfailed = 0;
+  for (int f = 0; f < F_KINDS; f++) nfailed += failed[f];
+  printf("{\"clients\":%d,\"size\":%ld,\"ok\":%ld,\"failed\":%ld,\"failures\":{", k, size, ok, nfailed);
+  for (int f = 0; f < F_KINDS; f++) printf("%s\"%s\":%ld", f ? "," : "", FAIL_NAMES[f], failed[f]);
+  printf("},\"conns_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"wall_s\":%.4f,\"cpu_s\":%.4f}\n",
+         (double)ok / wall, n ? pct(us, n, 50) : 0.0, n ? pct(us, n, 99) : 0.0, wall, cpu);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the runner, even if it dies */
   if (argc >= 3 && !strcmp(argv[1], "serve")) serve(atoi(argv[2]));
   if (argc >= 6 && !strcmp(argv[1], "lat")) return lat(atoi(argv[2]), atol(argv[3]), atol(argv[4]), atol(argv[5]));
   if (argc >= 4 && !strcmp(argv[1], "bulk")) return bulk(atoi(argv[2]), atoll(argv[3]));
   if (argc >= 4 && !strcmp(argv[1], "conns")) return conns_mode(atoi(argv[2]), atol(argv[3]));
-  fprintf(stderr, "usage: loadgen serve NPORTS | lat PORT SIZE N WARMUP | bulk PORT BYTES | conns PORT N\n");
+  if (argc >= 6 && !strcmp(argv[1], "rate")) return rate_mode(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atol(argv[5]));
+  fprintf(stderr, "usage: loadgen serve NPORTS | lat PORT SIZE N WARMUP | bulk PORT BYTES | conns PORT N | rate PORT K SECONDS SIZE\n");
   return 2;
 }

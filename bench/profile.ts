@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { PROJECT_ROOT } from "../scripts/envoy-binary.ts";
 import * as native from "./suite/native.ts";
 import { cpuSeconds } from "./suite/procfs.ts";
-import { ENVOY_CPU, LOAD_CPU, relayStats, replicaSpecs, SERVICE, startPlain, stopSetup, sumFamily } from "./suite/setups.ts";
+import { ENVOY_CPU, ENVOY_WORKERS, LOAD_CPU, relayStats, replicaSpecs, SERVICE, startPlain, stopSetup, sumFamily } from "./suite/setups.ts";
 import { startEnvoy } from "../test/support/envoy.ts";
 import { RELAY_DEFAULTS } from "../relay/config.ts";
 import type { RelayHandle } from "../test/support/relay.ts";
@@ -81,7 +81,7 @@ async function main(): Promise<void> {
   const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
   await waitFor("the relay", async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok, 20_000, 50);
   native.pin(relayProc.child.pid!, values["relay-cpu"]!);
-  const envoy = await startEnvoy({ primary: `127.0.0.1:${primary.ports[0]}`, replicas: replicaSpecs(replicas, N), relayPort, service: SERVICE });
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primary.ports[0]}`, replicas: replicaSpecs(replicas, N), relayPort, service: SERVICE, concurrency: ENVOY_WORKERS });
   native.pin(envoy.process.child.pid!, ENVOY_CPU);
   const relay = { metricsPort, process: relayProc, kill: (sig: NodeJS.Signals = "SIGTERM") => relayProc.kill(sig) } as unknown as RelayHandle;
   const s = { key: `lockstep-${N}`, label: "", port: envoy.listenerPort, replicas: N, envoy, relay };

@@ -1,9 +1,10 @@
-// lockstep's benchmark suite (issue 5): latency, bulk throughput, many connections and
-// failover, for direct / plain Envoy tcp_proxy / Envoy + lockstep with 0..3 replicas, in one run.
+// lockstep's benchmark suite (issues 5 and 10): latency, bulk throughput, connection rate, many
+// connections and failover, for direct / plain Envoy tcp_proxy / Envoy + lockstep with 0..3
+// replicas, in one run.
 //
 //   npm run bench                 full mode, for people (about 10-15 minutes)
 //   npm run bench -- --quick      quick mode: proves the harness in seconds (CI runs it)
-//   npx tsx bench/run.ts [--quick] [--only latency,bulk,conns,failover] [--out DIR] [--conns 1000,10000]
+//   npx tsx bench/run.ts [--quick] [--only latency,bulk,conns-rate,conns,failover] [--out DIR] [--conns 1000,10000]
 //
 // Progress goes to stderr; the results (results.md, results.svg, results.json) go to
 // bench/results/ in full mode, bench/results/quick/ in quick mode and bench/results/partial/
@@ -16,8 +17,8 @@ import { parseArgs } from "node:util";
 import { findEnvoy, PROJECT_ROOT } from "../scripts/envoy-binary.ts";
 import * as native from "./suite/native.ts";
 import { loadAverage } from "./suite/procfs.ts";
-import { bulkSection, connsSection, failoverSection, latencySection, placementCheck, type Progress } from "./suite/sections.ts";
-import { ENVOY_CPU, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
+import { bulkSection, connsSection, failoverSection, latencySection, placementCheck, rateSection, type Progress } from "./suite/sections.ts";
+import { ENVOY_CPU, ENVOY_WORKERS, envoyWorkers, LOAD_CPU, startAll, stopSetup, type Setup } from "./suite/setups.ts";
 import { renderMarkdown, renderSvg, type Results } from "./suite/report.ts";
 
 export interface SuiteOptions {
@@ -32,8 +33,10 @@ export interface SuiteOptions {
 /** The sizes of each mode. Full mode is what docs/BENCHMARKS.md reports; quick mode only proves the harness. */
 export function modeSettings(quick: boolean) {
   return quick
-    ? { latencyExchanges: 2000, latencyRounds: 2, bulkBytes: 32 * 2 ** 20, bulkRounds: 1, connCounts: [100, 300], connRounds: 1, failover: { kill: 2, stop: 1 }, placementExchanges: 0 }
-    : { latencyExchanges: 20000, latencyRounds: 5, bulkBytes: 2 ** 30, bulkRounds: 3, connCounts: [1000, 10000], connRounds: 3, failover: { kill: 30, stop: 10 }, placementExchanges: 10000 };
+    ? { latencyExchanges: 2000, latencyRounds: 2, bulkBytes: 32 * 2 ** 20, bulkRounds: 1, connCounts: [100, 300], connRounds: 1, failover: { kill: 2, stop: 1 }, placementExchanges: 0,
+        rate: { clients: 16, size: 64, seconds: 1, rounds: 1, warmupSeconds: 0.2, drainLimitS: 30 } }
+    : { latencyExchanges: 20000, latencyRounds: 5, bulkBytes: 2 ** 30, bulkRounds: 3, connCounts: [1000, 10000], connRounds: 3, failover: { kill: 30, stop: 10 }, placementExchanges: 10000,
+        rate: { clients: 16, size: 64, seconds: 10, rounds: 3, warmupSeconds: 1, drainLimitS: 120 } };
 }
 
 export async function runSuite(options: SuiteOptions): Promise<{ results: Results; files: string[] }> {
@@ -66,7 +69,8 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
       cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
       envoy: execFileSync(findEnvoy(), ["--version"]).toString().trim().split("\n").pop()!.replace(/^.*version: /, ""),
       node: process.version, fileLimit, requestedConnCounts,
-      placement: `Envoy (--concurrency 1) on CPU ${ENVOY_CPU}; load generator, backends, relay and runner on CPU ${LOAD_CPU} (taskset); the failover stack (bench/failover.ts) unpinned`,
+      envoyWorkers: ENVOY_WORKERS,
+      placement: `Envoy (${ENVOY_WORKERS} workers, Envoy's default as scripts/run.ts runs it) on CPU ${ENVOY_CPU}; load generator, backends (one process each), relay and runner on CPU ${LOAD_CPU} (taskset); the failover stack (bench/failover.ts) unpinned`,
     },
   };
 
@@ -84,9 +88,13 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
   const replicaServers = await native.startServers(3, LOAD_CPU);
   let setups: Setup[] = [];
   try {
-    if (want("latency") || want("bulk")) {
+    if (want("latency") || want("bulk") || want("conns-rate")) {
       progress("bench: starting direct, tcp_proxy and lockstep with 0-3 replicas");
       setups = await startAll(primary, replicaServers, 3);
+      for (const s of setups) {
+        const workers = s.envoy ? await envoyWorkers(s.envoy) : ENVOY_WORKERS;
+        if (workers !== ENVOY_WORKERS) throw new Error(`${s.key}: Envoy runs ${workers} workers, not the ${ENVOY_WORKERS} of its default`);
+      }
     }
     if (want("latency")) {
       results.latency = [];
@@ -94,6 +102,8 @@ export async function runSuite(options: SuiteOptions): Promise<{ results: Result
       if (m.placementExchanges) results.placement = await placementCheck(setups, [primary, replicaServers], m.placementExchanges, progress);
     }
     if (want("bulk")) results.bulk = await section("bulk", () => bulkSection(setups, m.bulkBytes, m.bulkRounds, progress));
+    // Last on these set-ups: churn can leave a relay slow to drain (the section waits for it).
+    if (want("conns-rate")) results.connRate = await section("conns-rate", () => rateSection(setups.filter((s) => !s.key.endsWith("-nocheck")), m.rate, progress));
     for (const s of setups) await stopSetup(s);
     setups = [];
     if (want("conns")) results.conns = await section("conns", () => connsSection(primary, replicaServers, m.connCounts, 2, m.connRounds, progress));

@@ -2,8 +2,8 @@
 // [lockstep wasm filter] -> tcp_proxy -> primary, and an HTTP/2 cluster for the mirror relay.
 // The files in envoy/ are this function's output for the demo (a test keeps them in step).
 import type { LockstepConfig } from "./lockstep-config.ts";
+import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
-
 
 /** Envoy's default circuit breaker allows 1,024 connections per cluster: the 1,025th client
  *  would be closed at once. tcp_proxy holds one upstream connection per client. */
@@ -55,15 +55,17 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
   return lines.split("\n").map((l) => indent + l).join("\n");
 }
 
-function staticCluster(name: string, address: string, extra: string): string {
-  const { host, port } = splitHostPort(address);
+function staticCluster(name: string, addresses: string | readonly string[], extra: string): string {
+  const endpoints = [addresses].flat().map((a) => {
+    const { host, port } = splitHostPort(a);
+    return `\n        - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
+  });
   return `  - name: ${name}
     type: STATIC
 ${extra}    load_assignment:
       cluster_name: ${name}
       endpoints:
-      - lb_endpoints:
-        - endpoint: { address: { socket_address: { address: ${host}, port_value: ${port} } } }`;
+      - lb_endpoints:${endpoints.join("")}`;
 }
 
 const hex = (text: string) => Buffer.from(text, "latin1").toString("hex");
@@ -76,7 +78,7 @@ const NEVER_HEALTHY_AGAIN = 1_000_000_000;
  *  primary at priority 0, the designated successor at 1, other standbys below. Envoy itself
  *  detects a dead primary and moves new connections to the successor: every default that
  *  slows that down is overridden here (docs/notes/xds-transport.md measured the result). */
-function edsCluster(c: LockstepConfig, name: string, controller: string): string {
+function edsCluster(c: LockstepConfig, name: string, controller: string | readonly string[]): string {
   const h = c.healthCheck;
   const payload = h.send ? `{ send: { text: "${hex(h.send)}" }${h.expect ? `, receive: [{ text: "${hex(h.expect)}" }]` : ""} }` : "{}";
   return `  - name: ${name}
@@ -123,9 +125,53 @@ ${staticCluster("lockstep_controller", controller, "    connect_timeout: 0.25s\n
 export interface BootstrapOptions {
   /** false: the same listener without the lockstep filter (plain tcp_proxy, the benchmarks' baseline). */
   mirror?: boolean;
-  /** "host:port" of the controller's xDS: the primary cluster comes from its EDS instead of the
-   *  config. Default: the config's `controller` section, if any. */
-  controller?: string;
+  /** "host:port" of the controller's xDS (or of every controller sharing one etcd store: Envoy
+   *  asks any of them): the primary cluster comes from its EDS instead of the config. Default:
+   *  the config's `controller` section, if any. */
+  controller?: string | readonly string[];
+  /** The open-file limit Envoy will run with (default: this process's, which Envoy inherits when
+   *  started from here): the downstream connection limit is derived from it, unless the config
+   *  sets `envoy.maxDownstreamConnections`. */
+  openFileLimit?: number;
+}
+
+/** This process's soft open-file limit (Node raises it to the hard limit at start-up; children
+ *  inherit it), or undefined where /proc is missing. */
+export function openFileLimit(): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? (m[1] === "unlimited" ? Number.MAX_SAFE_INTEGER : Number(m[1])) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Envoy aborts when socket(2) or accept(2) fails with EMFILE ("envoy bug failure"). Its overload
+ *  manager refuses client connections past a count instead (counted in the listener's
+ *  downstream_global_cx_overflow). Each client connection holds two descriptors, the client's and
+ *  the primary's (the relay's streams share a few HTTP/2 connections); a quarter of the limit, at
+ *  most 1,024, is kept for Envoy's own: admin, xDS, relay and health-check connections, files. */
+export function downstreamConnectionLimit(openFiles: number): number {
+  const reserve = Math.min(1024, Math.floor(openFiles / 4));
+  return Math.max(1, Math.floor((openFiles - reserve) / 2));
+}
+
+function overloadManager(c: LockstepConfig, options: BootstrapOptions): string {
+  const files = options.openFileLimit ?? openFileLimit();
+  const limit = c.envoy.maxDownstreamConnections ?? (files === undefined ? 1_000_000 : downstreamConnectionLimit(files));
+  const why = c.envoy.maxDownstreamConnections !== undefined ? "envoy.maxDownstreamConnections in the lockstep config"
+    : files === undefined ? "no open-file limit known: raise or set envoy.maxDownstreamConnections"
+    : `derived from an open-file limit of ${files}: raise both together`;
+  return `# Past this many client connections Envoy refuses new ones (counted in the listener's
+# downstream_global_cx_overflow) instead of aborting when it runs out of file descriptors
+# (${why}).
+overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: ${limit}
+`;
 }
 
 /** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
@@ -149,7 +195,9 @@ ${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s
         explicit_http_config: { http2_protocol_options: {} }
     # One gRPC stream per client connection: lift the default limit of 1024 requests.
 ${UNLIMITED_CONNECTIONS}`)}
-admin:
+${overloadManager(c, options)}admin:
+  # The admin port stays reachable past the connection limit.
+  ignore_global_conn_limit: true
   address:
     socket_address: { address: 127.0.0.1, port_value: ${c.envoy.adminPort} }
 `;

@@ -27,8 +27,17 @@ export interface ControllerSpec {
   readonly apiPort: number;
   /** Where Envoy fetches endpoints (REST long-poll EDS). */
   readonly xdsPort: number;
-  /** The embedded store (one JSON file, replaced atomically). */
+  /** The embedded store (one JSON file, replaced atomically), unless `etcd` is set. */
   readonly store: string;
+  /** `"store": {"etcd": {...}}` in the file: several controllers share the state in etcd, one
+   *  elected to decide (docs/FLEET.md). */
+  readonly etcd?: { readonly endpoints: readonly string[]; readonly prefix: string; readonly leaseTtlSeconds: number };
+  /** With etcd: this controller's API base URL as the others give it to clients (default
+   *  http://<address>:<apiPort>). */
+  readonly advertise?: string;
+  /** The HTTP (metrics and control) address of every relay of the service, one per Envoy
+   *  (empty, the default: this config's relay, <relay.address>:<relay.metricsPort>). */
+  readonly relays: readonly string[];
   /** Admin addresses of the Envoys running the service (default: this config's Envoy,
    *  127.0.0.1:<envoy.adminPort>): the controller reads their filters' evidence and their
    *  health-check verdicts there. */
@@ -56,7 +65,13 @@ export interface LockstepConfig {
      *  from a caller holding it, and the controller sends it. Without one the relay refuses them. */
     readonly controlToken?: string;
   };
-  readonly envoy: { readonly adminPort: number; readonly wasmPath: string };
+  readonly envoy: {
+    readonly adminPort: number;
+    readonly wasmPath: string;
+    /** Client connections Envoy accepts at once (the overload manager's limit); default derived
+     *  from the open-file limit Envoy runs with (config/envoy-bootstrap.ts). */
+    readonly maxDownstreamConnections?: number;
+  };
   readonly limits: {
     /** Filter: bytes sent to the relay and not yet acknowledged, per connection. */
     readonly maxInflightBytesPerConnection: number;
@@ -138,10 +153,37 @@ function parseHealthCheck(raw: unknown): HealthCheckSpec {
   return Object.freeze(spec);
 }
 
+/** Lease of the elected controller: a dead leader keeps the others from deciding this long. */
+export const DEFAULT_LEASE_TTL_SECONDS = 3;
+
+function parseEtcd(raw: unknown): NonNullable<ControllerSpec["etcd"]> {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("controller.store.etcd", "must be an object {endpoints, prefix, leaseTtlSeconds?}");
+  const e = raw as Record<string, unknown>;
+  const known = ["endpoints", "prefix", "leaseTtlSeconds"];
+  for (const k of Object.keys(e)) if (!known.includes(k)) fail(`controller.store.etcd.${k}`, `is not a known field (known: ${known.join(", ")})`);
+  if (!Array.isArray(e.endpoints) || e.endpoints.length === 0 || e.endpoints.length > 16
+    || e.endpoints.some((u) => typeof u !== "string" || !/^https?:\/\/[^/\s]+$/.test(u))) {
+    fail("controller.store.etcd.endpoints", 'must be a list of 1 to 16 etcd client URLs ("http://10.0.0.1:2379")');
+  }
+  const prefix = text(e.prefix, "controller.store.etcd.prefix", "/lockstep/", 256);
+  if (!prefix) fail("controller.store.etcd.prefix", "must not be empty");
+  return Object.freeze({
+    endpoints: Object.freeze([...(e.endpoints as string[])]), prefix,
+    // etcd grants no lease shorter than about 2 s (its election timeout's multiple).
+    leaseTtlSeconds: whole(e.leaseTtlSeconds, "controller.store.etcd.leaseTtlSeconds", DEFAULT_LEASE_TTL_SECONDS, 2, 60),
+  });
+}
+
 function parseController(raw: unknown, service: string, envoyAdminPort: number): ControllerSpec {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("controller", "must be an object");
   const c = raw as Record<string, unknown>;
-  const known = ["address", "apiPort", "xdsPort", "store", "envoyAdmins"];
+  const known = ["address", "apiPort", "xdsPort", "store", "envoyAdmins", "relays", "advertise"];
+  if (c.relays !== undefined && (!Array.isArray(c.relays) || c.relays.length === 0 || c.relays.length > 64)) {
+    fail("controller.relays", 'must be a list of 1 to 64 "ip:port" (each relay\'s metrics and control address)');
+  }
+  if (c.advertise !== undefined && (typeof c.advertise !== "string" || !/^https?:\/\/[^/\s]+$/.test(c.advertise))) fail("controller.advertise", 'must be a base URL ("http://10.0.0.5:9100")');
+  const etcd = typeof c.store === "object" && c.store !== null ? c.store as Record<string, unknown> : undefined;
+  if (etcd && (Array.isArray(etcd) || Object.keys(etcd).join() !== "etcd")) fail("controller.store", 'must be a file path or {"etcd": {endpoints, prefix}}');
   if (c.envoyAdmins !== undefined && (!Array.isArray(c.envoyAdmins) || c.envoyAdmins.length === 0 || c.envoyAdmins.length > 64)) {
     fail("controller.envoyAdmins", 'must be a list of 1 to 64 "ip:port" (each Envoy\'s admin address)');
   }
@@ -150,7 +192,10 @@ function parseController(raw: unknown, service: string, envoyAdminPort: number):
     address: ip(c.address, "controller.address", "127.0.0.1"),
     apiPort: port(c.apiPort, "controller.apiPort", 9100),
     xdsPort: port(c.xdsPort, "controller.xdsPort", 9102),
-    store: text(c.store, "controller.store", `.cache/controller/${service}.json`, 4096),
+    store: text(etcd ? undefined : c.store, "controller.store", `.cache/controller/${service}.json`, 4096),
+    ...(etcd ? { etcd: parseEtcd(etcd.etcd) } : {}),
+    ...(c.advertise === undefined ? {} : { advertise: c.advertise as string }),
+    relays: Object.freeze(c.relays === undefined ? [] : (c.relays as unknown[]).map((a, i) => endpoint(a, `controller.relays[${i}]`))),
     envoyAdmins: Object.freeze(c.envoyAdmins === undefined ? [`127.0.0.1:${envoyAdminPort}`]
       : (c.envoyAdmins as unknown[]).map((a, i) => endpoint(a, `controller.envoyAdmins[${i}]`))),
   });
@@ -211,7 +256,11 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
     ...(r.controller === undefined ? {} : { controller: parseController(r.controller, service, port(envoy.adminPort, "envoy.adminPort", 9901)) }),
     replicas: Object.freeze(replicas),
     relay: parseRelay(relay),
-    envoy: Object.freeze({ adminPort: port(envoy.adminPort, "envoy.adminPort", 9901), wasmPath: envoy.wasmPath ?? "build/lockstep.wasm" }),
+    envoy: Object.freeze({
+      adminPort: port(envoy.adminPort, "envoy.adminPort", 9901),
+      wasmPath: envoy.wasmPath ?? "build/lockstep.wasm",
+      ...(envoy.maxDownstreamConnections === undefined ? {} : { maxDownstreamConnections: whole(envoy.maxDownstreamConnections, "envoy.maxDownstreamConnections", 0, 1, 100_000_000) }),
+    }),
     limits: Object.freeze({
       maxInflightBytesPerConnection: bound(limits.maxInflightBytesPerConnection, "limits.maxInflightBytesPerConnection", DEFAULT_LIMITS.maxInflightBytesPerConnection),
       maxInflightBytesTotal: bound(limits.maxInflightBytesTotal, "limits.maxInflightBytesTotal", DEFAULT_LIMITS.maxInflightBytesTotal),

@@ -17,6 +17,7 @@
 import { ControllerState, type OutOfSync } from "./state.ts";
 import { bestReplica, primaryOf, standbyCandidates, mirrorTargets, type Member, type Service } from "./model/service.ts";
 import { buildSnapshot, contentVersion, type ServiceEndpoints } from "./xds/snapshot.ts";
+import { orderedVersion } from "./xds/ordered-version.ts";
 import type { XdsRestServer } from "./xds/rest-server.ts";
 import { HealthChecker, type HealthSettings } from "./health/checker.ts";
 import type { Probe } from "./health/probe.ts";
@@ -35,10 +36,22 @@ const SUCCESSOR_SWITCH_AFTER_MS = 2000;
 /** Weight of a new RTT sample in the smoothed RTT. */
 const RTT_SMOOTHING = 0.2;
 
+/** With a replicated store (controller/leader/): only the leader decides, and every controller
+ *  publishes only the stored state. */
+export interface Leadership {
+  /** Whether this process decides now. */
+  isLeader(): boolean;
+  /** Whether the state in memory is the stored one (no decision still waiting for its write). */
+  settled(): boolean;
+  /** The etcd revision of the stored state in memory (orders snapshots across controllers). */
+  revision(): number;
+}
+
 export interface ControllerOptions {
   readonly state: ControllerState;
   readonly xds: XdsRestServer;
-  readonly relay: RelayClient;
+  /** The relay, or every relay (one per Envoy) of the services. */
+  readonly relay: RelayClient | readonly RelayClient[];
   /** Each Envoy's admin port (its filter's evidence and its health checks' verdicts). */
   readonly envoys?: readonly EnvoyAdminClient[];
   readonly probe: Probe;
@@ -49,6 +62,8 @@ export interface ControllerOptions {
   readonly log: (line: string) => void;
   /** Clock (ms), for tests. */
   readonly now?: () => number;
+  /** Without it, this controller alone decides (the file store). */
+  readonly leadership?: Leadership;
 }
 
 export class Controller {
@@ -64,10 +79,28 @@ export class Controller {
   /** Standbys Envoy failed that the controller sees up: re-admitted to Envoy. */
   private readonly readmission = new Readmission();
   private readonly state: ControllerState;
+  private readonly relays: readonly RelayClient[];
 
   constructor(private readonly o: ControllerOptions) {
     this.state = o.state;
+    this.relays = [o.relay].flat();
     this.state.onChange(() => this.publish());
+  }
+
+  /** Whether this process decides now (always, on a file store). */
+  private leads(): boolean { return this.o.leadership?.isLeader() ?? true; }
+
+  /** The stored state changed while the state in memory did not (a write landed): publish it. */
+  refresh(): void { this.publish(); }
+
+  /** This controller was elected: act on what its own probes saw while it followed, and on
+   *  everything the relays and Envoys counted meanwhile. */
+  takeOver(): void {
+    this.publish();
+    for (const s of this.state.list()) {
+      for (const m of s.members) if (m.alive === false) this.onVerdict(s.name, m.name, false, "seen down before this controller was elected");
+    }
+    void this.poll();
   }
 
   start(): void {
@@ -113,15 +146,20 @@ export class Controller {
   /** Standbys in the order Envoy falls back to them: the successor, then the others by name
    *  (a member being re-admitted to Envoy is left out of one snapshot). */
   private standbys(s: Service): Member[] {
-    const candidates = standbyCandidates(s).filter((m) => !this.readmission.isLeaving(s.name, m.name));
+    // Several controllers serve one stored state: the snapshot is a function of it alone.
+    const candidates = this.o.leadership ? s.members.filter((m) => m.role === "replica")
+      : standbyCandidates(s).filter((m) => !this.readmission.isLeaving(s.name, m.name));
     const others = candidates.filter((m) => m.name !== s.successor).sort((a, b) => a.name.localeCompare(b.name));
     return [...candidates.filter((m) => m.name === s.successor), ...others];
   }
 
   /** Turn the state into Envoy's snapshot, the relay's sets and the health targets. */
   private publish(): void {
+    // A decision not stored yet is not published (its write may fail: then it never happened).
+    if (this.o.leadership && !this.o.leadership.settled()) return;
     const endpoints: ServiceEndpoints[] = [];
     for (const s of this.state.list()) {
+      if (!this.leads()) break;
       const successor = this.chooseSuccessor(s);
       // A new successor is stored first; storing it calls publish again, which goes on from there.
       if (successor?.name !== s.successor) return this.state.setSuccessor(s.name, successor?.name);
@@ -133,7 +171,7 @@ export class Controller {
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
       const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive !== false)];
-      if (this.o.relay.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })))) void this.poll();
+      if (this.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })), primary?.name)) void this.poll();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -142,15 +180,20 @@ export class Controller {
       if (this.state.get(name)) continue;
       checker.stop();
       this.checkers.delete(name);
-      if (this.o.relay.want(name, [])) void this.poll();
+      if (this.want(name, [])) void this.poll();
     }
     this.readmission.prune((service, member) => this.state.get(service)?.members.find((m) => m.name === member)?.role === "replica");
-    const version = contentVersion(endpoints);
+    const version = this.o.leadership ? orderedVersion(this.o.leadership.revision(), endpoints) : contentVersion(endpoints);
     this.readmission.published(version);
     if (version !== this.o.xds.version) {
       this.o.xds.publish(buildSnapshot(version, endpoints));
       this.o.log(`xds: snapshot ${version}: ${endpoints.map((e) => `${e.cluster} primary ${e.primary}, standbys [${e.standbys.join(", ")}]`).join("; ")}`);
     }
+  }
+
+  /** Record a service's replica set on every relay; true if it changed. */
+  private want(service: string, targets: { name: string; address: string }[], primary?: string): boolean {
+    return this.relays.map((r) => r.want(service, targets, primary)).some(Boolean);
   }
 
   private checker(service: string): HealthChecker {
@@ -175,6 +218,8 @@ export class Controller {
     if (!s || !m) return;
     this.o.log(`health: ${service}/${member} (${m.role}) is ${healthy ? "up" : "down"}: ${reason}`);
     this.state.observe(service, member, { alive: healthy });
+    // A follower probes for its own view (and to be ready when elected), never decides.
+    if (!this.leads()) return;
     // A replica seen up for the first time may be the candidate a failed primary was waiting for.
     const primary = primaryOf(s);
     if (healthy && m.role === "replica" && primary?.alive === false) this.failover(service, primary.name, "it was already down");
@@ -222,18 +267,26 @@ export class Controller {
   private async pollLoop(): Promise<void> {
     do {
       this.pollAgain = false;
-      const relay = await this.o.relay.poll();
-      this.noteReachable("relay", relay !== undefined, this.o.relay.lastError);
+      // Only the leader sets the relays' sets and acts on what they and Envoy say.
+      if (!this.leads()) return;
+      const relays: RelayView[] = [];
+      for (const r of this.relays) {
+        const view = await r.poll(() => this.leads());
+        this.noteReachable(r.source, view !== undefined, r.lastError);
+        if (view) relays.push(view);
+      }
       const envoys: EnvoyView[] = [];
       for (const e of this.o.envoys ?? []) {
         try { envoys.push(await e.read()); this.noteReachable(e.source, true); }
         catch (err) { this.noteReachable(e.source, false, (err as Error).message); }
       }
-      if (relay) for (const service of relay.changed) this.o.log(`relay: replica set of "${service}" set`);
+      // Leadership may have ended while reading: a deposed leader acts on nothing.
+      if (!this.leads()) return;
+      for (const relay of relays) for (const service of relay.changed) this.o.log(`${relay.reading.source}: replica set of "${service}" set`);
       for (const e of envoys) this.followEnvoy(e);
       this.readmit();
-      this.actOnEvidence(relay, envoys);
-      if (relay) this.observeRelay(relay);
+      this.actOnEvidence(relays, envoys);
+      this.observeRelays(relays);
     } while (this.pollAgain);
   }
 
@@ -260,6 +313,9 @@ export class Controller {
         if (m.role === "primary") this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
         else if (m.role !== "replica") continue;
         else if (m.alive !== true) this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}, and it is not seen up; it is out until it is rejoined`);
+        // Re-admission needs every Envoy to apply a snapshot without the member: not with a
+        // replicated store (docs/FLEET.md), where such a standby stays one Envoy does not use.
+        else if (this.o.leadership) continue;
         else if (this.readmission.failedInEnvoy(s.name, m.name, this.o.now?.() ?? Date.now(), this.settleMs(s.name))) {
           this.o.log(`envoy: ${why}, but it stays up and in sync here: re-admitting ${s.name}/${m.name} to Envoy (one snapshot without it, then with it)`);
           this.publish();
@@ -281,11 +337,14 @@ export class Controller {
   }
 
   /** Take out of sync every replica the evidence says may lack a byte the primary took. */
-  private actOnEvidence(relay: RelayView | undefined, envoys: readonly EnvoyView[]): void {
-    const readings: SourceReading[] = [...(relay ? [relay.reading] : []), ...envoys.map((e) => e.reading)];
+  private actOnEvidence(relays: readonly RelayView[], envoys: readonly EnvoyView[]): void {
+    const readings: SourceReading[] = [...relays.map((r) => r.reading), ...envoys.map((e) => e.reading)];
     if (!readings.length) return;
     const before = this.state.evidence();
     const { evidence, restarted, baselines } = assess(before, readings);
+    // A replica that diverged is also counted as having missed its connection's later bytes:
+    // "diverged" says more, so it is taken first.
+    evidence.sort((a, b) => Number(b.kind === "diverged") - Number(a.kind === "diverged"));
     const changes: OutOfSync[] = [];
     const everyReplica = (service: string, detail: string) => {
       const s = this.state.get(service);
@@ -295,8 +354,9 @@ export class Controller {
     // A restarted relay lost its connections' sessions; a restarted Envoy its connections. The
     // other process counts what that cost, but only if it was watched across the restart.
     const envoySources = (this.o.envoys ?? []).map((e) => e.source);
+    const relaySources = this.relays.map((r) => r.source);
     for (const source of restarted) {
-      const witnesses = source === this.o.relay.source ? envoySources : [this.o.relay.source];
+      const witnesses = relaySources.includes(source) ? envoySources : relaySources;
       if (witnesses.length && witnesses.every((w) => continuous(before, readings, w))) continue;
       this.o.log(`evidence: ${source} restarted and no other process saw what that cost; every replica is out of sync`);
       for (const s of this.state.list()) everyReplica(s.name, `${source} restarted while nothing else watched its connections: losses cannot be ruled out`);
@@ -313,17 +373,22 @@ export class Controller {
       : { service: e.service, member: e.replica, role: "detached", detail: `${e.replica} did not take every client byte on ${n} (${e.source})` });
   }
 
-  /** Lag for the standbys' ranking; joining members the relay has on every open connection
-   *  become replicas; a replica that left connections it could not reach is probed now. */
-  private observeRelay(relay: RelayView): void {
+  /** Lag for the standbys' ranking (summed over the relays); joining members every relay has
+   *  on every open connection become replicas; a replica that left connections it could not
+   *  reach is probed now. */
+  private observeRelays(relays: readonly RelayView[]): void {
+    if (!relays.length) return;
+    const everyRelay = relays.length === this.relays.length;
     for (const s of this.state.list()) {
-      const lag = relay.lagBytes.get(s.name);
-      for (const m of s.members) this.state.observe(s.name, m.name, { lagBytes: lag?.get(m.name) ?? 0 });
-      const without = relay.without.get(s.name);
       for (const m of s.members) {
-        if (m.role === "joining" && m.alive === true && without && without[m.name] === 0) this.state.admit(s.name, m.name);
+        const lagBytes = relays.reduce((sum, r) => sum + (r.lagBytes.get(s.name)?.get(m.name) ?? 0), 0);
+        this.state.observe(s.name, m.name, { lagBytes });
       }
-      if (relay.maybeDead.get(s.name)?.size) void this.checkers.get(s.name)?.round();
+      for (const m of s.members) {
+        const inEveryConnection = everyRelay && relays.every((r) => r.without.get(s.name)?.[m.name] === 0);
+        if (m.role === "joining" && m.alive === true && inEveryConnection) this.state.admit(s.name, m.name);
+      }
+      if (relays.some((r) => r.maybeDead.get(s.name)?.size)) void this.checkers.get(s.name)?.round();
     }
   }
 }

@@ -2,7 +2,8 @@
 //   tsx controller/main.ts --config service.json [--relay http://127.0.0.1:10101] [--api-port N] [--xds-port N] [--store path]
 //                          [--token-file path] [--relay-token-file path]
 // The service file is the lockstep config (config/lockstep-config.ts) with a "controller"
-// section. The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
+// section; its "store" is a file path (one controller) or {"etcd": {...}} (several controllers,
+// one elected to decide: docs/FLEET.md; give them all the same $LOCKSTEP_TOKEN). The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
 // --token-file, else a new random token is written next to the store (mode 0600). The relay's
 // control token comes from --relay-token-file, else $LOCKSTEP_RELAY_TOKEN, else the config's
 // relay.controlToken; without one the relay refuses the controller's replica sets.
@@ -70,7 +71,7 @@ function portFlag(name: "api-port" | "xds-port", fallback: number): number {
 try {
   if (!values.config) throw new ConfigError("usage: controller/main.ts --config service.json (a lockstep config with a \"controller\" section)");
   const c = loadLockstepConfig(values.config);
-  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`] };
+  const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`], relays: [] };
   const storePath = resolve(values.store ?? spec.store);
   const relayControlToken = relayToken(c);
   if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
@@ -80,11 +81,15 @@ try {
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },
     token: token(storePath),
     storePath,
+    ...(spec.etcd ? { etcd: spec.etcd } : {}),
+    ...(spec.advertise ? { advertise: spec.advertise } : {}),
     relay: { url: values.relay ?? `http://${c.relay.address.includes(":") ? `[${c.relay.address}]` : c.relay.address}:${c.relay.metricsPort}`, token: relayControlToken },
+    relays: spec.relays.map((a) => `http://${a}`),
     envoyAdmins: spec.envoyAdmins,
     log,
   });
-  log(`API on http://${spec.address}:${running.apiPort}/v1 (OpenAPI: /v1/openapi.json), xDS on 127.0.0.1:${running.xdsPort}, store ${storePath}`);
+  const store = spec.etcd ? `etcd ${spec.etcd.endpoints.join(",")} under ${spec.etcd.prefix} (one controller decides at a time)` : storePath;
+  log(`API on http://${spec.address}:${running.apiPort}/v1 (OpenAPI: /v1/openapi.json), xDS on 127.0.0.1:${running.xdsPort}, store ${store}`);
   const stop = async () => { log("shutting down"); await running.close(); process.exit(0); };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);

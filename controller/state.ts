@@ -4,7 +4,7 @@
 // controller's own (failover, stale, detach) takes effect at once and is saved, or retried
 // until the store takes it (store/store-writer.ts).
 import type { FileStore } from "./store/file-store.ts";
-import { StoreWriter, type StoreStatus } from "./store/store-writer.ts";
+import { StoreWriter, NotLeaderError, type StoreStatus } from "./store/store-writer.ts";
 import { servicesFromStore, toStoredState, type StoredState } from "./store/stored-state.ts";
 import { parseEndpoint } from "../config/address.ts";
 import { promote, rejoin, admit, markOutOfSync, primaryOf, mirrorTargets, ModelError, type Service, type Member } from "./model/service.ts";
@@ -32,6 +32,19 @@ export interface StateOptions {
   readonly saveRetryMs?: number;
 }
 
+/** Saves stored documents (store/store-writer.ts for the file; leader/replicated-writer.ts for etcd). */
+export interface StateWriter {
+  /** An operator's change: throws if it cannot be saved (or queued for a write that must succeed first). */
+  saveNow(doc: StoredState): void;
+  /** A decision: saved now or later; throws NotLeaderError on a controller that may not decide. */
+  saveEventually(doc: StoredState): void;
+  status(): StoreStatus;
+  stop(): void;
+}
+
+/** A store other than the file: the document it started from, and its writer. */
+export interface ReplicatedStore { readonly path: string; load(): StoredState | undefined; readonly writer: StateWriter }
+
 /** Who made a change: an operator's call is refused if it cannot be saved; the controller's own
  *  decision about the backends stands and is saved as soon as the store allows. */
 type Origin = "operator" | "decision";
@@ -48,14 +61,14 @@ export class ControllerState {
   /** The evidence counters last acted on, per source process (evidence/ledger.ts). */
   private baselines: Baselines = {};
   private readonly listeners: ((services: readonly Service[]) => void)[] = [];
-  private readonly writer?: StoreWriter<StoredState>;
+  private readonly writer?: StateWriter;
   private readonly now: () => Date;
   private readonly log: (line: string) => void;
 
-  constructor(store?: FileStore<StoredState>, options: StateOptions = {}) {
+  constructor(store?: FileStore<StoredState> | ReplicatedStore, options: StateOptions = {}) {
     this.now = options.now ?? (() => new Date());
     this.log = options.log ?? (() => {});
-    this.writer = store && new StoreWriter(store, this.log, options.saveRetryMs);
+    this.writer = store && ("writer" in store ? store.writer : new StoreWriter(store, this.log, options.saveRetryMs));
     const saved = store?.load();
     if (!saved) return;
     const { services, dropped } = servicesFromStore(saved, store!.path);
@@ -68,6 +81,20 @@ export class ControllerState {
   }
 
   onChange(listener: (services: readonly Service[]) => void): void { this.listeners.push(listener); }
+
+  /** Take a stored document as the state (another controller wrote it, or this one's unstored
+   *  decisions are dropped). Live measurements of members still there are kept. */
+  replace(doc: StoredState, path: string): void {
+    const { services } = servicesFromStore(doc, path);
+    const live = (s: string, m: Member) => {
+      const was = this.services.get(s)?.members.find((x) => x.name === m.name && x.address === m.address);
+      return was ? Object.freeze({ ...m, alive: was.alive, lagBytes: was.lagBytes, rttMs: was.rttMs }) : m;
+    };
+    this.services = new Map(services.map((s) => [s.name, Object.freeze({ ...s, members: Object.freeze(s.members.map((m) => live(s.name, m))) })]));
+    this.events = doc.events.slice(-MAX_EVENTS);
+    this.baselines = doc.evidence ?? {};
+    this.notify();
+  }
   list(): Service[] { return [...this.services.values()]; }
   get(name: string): Service | undefined { return this.services.get(name); }
   history(service?: string): ControllerEvent[] { return this.events.filter((e) => !service || e.service === service); }
@@ -171,8 +198,9 @@ export class ControllerState {
       events.push(this.event(c.service, c.role === "detached" ? "detach" : c.role, c.member, c.detail));
     }
     if (!events.length && JSON.stringify(baselines) === JSON.stringify(this.baselines)) return;
+    const before = this.baselines;
     this.baselines = baselines;
-    this.commit([...changed.values()], events, "decision");
+    if (!this.commit([...changed.values()], events, "decision")) this.baselines = before;
   }
 
   addReplica(name: string, member: { name: string; address: string }): Service {
@@ -207,18 +235,26 @@ export class ControllerState {
 
   /** Make `changed` services (and the removal of `removed`) current with `events`. An operator's
    *  change is saved first and does not happen if it cannot be; a decision happens and is saved
-   *  now or later. Throws StoreUnavailableError (operator changes only). */
-  private commit(changed: Service[], events: ControllerEvent[], origin: Origin, removed?: string): void {
+   *  now or later. Throws StoreUnavailableError (operator changes only). False if nothing changed:
+   *  a decision on a controller that may not decide. */
+  private commit(changed: Service[], events: ControllerEvent[], origin: Origin, removed?: string): boolean {
     const services = new Map(this.services);
     for (const s of changed) services.set(s.name, s);
     if (removed !== undefined) services.delete(removed);
     const history = [...this.events, ...events].slice(-MAX_EVENTS);
     const doc = toStoredState(services.values(), history, this.baselines);
-    if (origin === "operator") this.writer?.saveNow(doc); else this.writer?.saveEventually(doc);
+    try {
+      if (origin === "operator") this.writer?.saveNow(doc); else this.writer?.saveEventually(doc);
+    } catch (err) {
+      // A controller that may not decide (a follower) changes nothing; an operator is told.
+      if (err instanceof NotLeaderError && origin === "decision") return false;
+      throw err;
+    }
     this.services = services;
     this.events = history;
     // Listeners publish services (snapshot, relay sets); an event alone changes neither.
     if (changed.length > 0 || removed !== undefined) this.notify();
+    return true;
   }
 
   /** Tell the listeners; one that fails is logged, never thrown at whoever changed the state. */

@@ -9,6 +9,7 @@ export const FRAME_END = 0x03;
 export const FRAME_REPLY_DIGEST = 0x04;
 export const FRAME_REPLY_END = 0x05;
 export const FRAME_ACK = 0x81;
+export const FRAME_CLOSE = 0x82;
 export const WIRE_VERSION = 1;
 /** OPEN flags bit 0: the filter digests the primary's replies on this connection (REPLY_DIGEST,
  *  REPLY_END follow) and the relay compares each replica's replies with them. */
@@ -32,6 +33,11 @@ export interface ReplyDigestFrame { type: "REPLY_DIGEST"; firstWindow: number; c
 export interface ReplyEndFrame { type: "REPLY_END"; totalBytes: number; tailCrc: number; end: ReplyEndKind }
 export interface ReplicaProgress { name: string; queued: number; acked: number; state: ReplicaState; reason: DetachReason }
 export interface AckFrame { type: "ACK"; received: number; replicas: ReplicaProgress[] }
+/** Why the relay asks the filter to close the client connection. */
+export const CLOSE_REASONS = ["NONE", "PRIMARY_DEMOTED"] as const;
+export type CloseReason = (typeof CLOSE_REASONS)[number];
+export interface CloseFrame { type: "CLOSE"; reason: CloseReason }
+export type RelayFrame = AckFrame | CloseFrame;
 export type FilterFrame = OpenFrame | DataFrame | EndFrame | ReplyDigestFrame | ReplyEndFrame;
 
 export class FrameError extends Error {}
@@ -140,6 +146,19 @@ export function encodeAck(received: number, replicas: readonly ReplicaProgress[]
     parts.push(str(r.name), u64(r.queued), u64(r.acked), Buffer.from([REPLICA_STATES.indexOf(r.state), DETACH_REASONS.indexOf(r.reason)]));
   }
   return Buffer.concat(parts);
+}
+
+/** CLOSE: close the client connection (its primary is a primary no more). */
+export function encodeClose(reason: CloseReason): Buffer { return Buffer.from([FRAME_CLOSE, CLOSE_REASONS.indexOf(reason)]); }
+
+/** Decode a frame the relay sends (for tests playing the filter). */
+export function decodeRelayFrame(buf: Buffer): RelayFrame {
+  if (buf[0] !== FRAME_CLOSE) return decodeAck(buf);
+  const r = new Reader(buf, "CLOSE"); r.at = 1;
+  const reason = CLOSE_REASONS[r.u8("reason")];
+  if (!reason || reason === "NONE") throw new FrameError("CLOSE: unknown reason");
+  r.done();
+  return { type: "CLOSE", reason };
 }
 
 export function decodeAck(buf: Buffer): AckFrame {

@@ -27,11 +27,17 @@ function readQueues(): Map<string, number> {
 
 const hexPort = (port: number | undefined) => (port ?? 0).toString(16).toUpperCase().padStart(4, "0");
 
+/** One reading serves every caller within this long (many connections finish at once). */
+const FRESH_MS = 10;
+let cached: { at: number; queues: Map<string, number> } | undefined;
+
 /** Bytes each socket's peer has not acknowledged; absent where the kernel cannot tell (not Linux). */
 export function unacknowledgedBytes(sockets: readonly Socket[]): Map<Socket, number> {
   const out = new Map<Socket, number>();
   if (sockets.length === 0 || process.platform !== "linux") return out;
-  const queues = readQueues();
+  const now = Date.now();
+  if (!cached || now - cached.at > FRESH_MS) cached = { at: now, queues: readQueues() };
+  const queues = cached.queues;
   for (const s of sockets) {
     const n = queues.get(`${hexPort(s.localPort)}:${hexPort(s.remotePort)}`);
     if (n !== undefined) out.set(s, n);

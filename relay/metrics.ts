@@ -8,6 +8,7 @@
 //   lockstep_relay_connections_unmirrored_total{service,reason} counter  streams mirrored nowhere: no_primary (Envoy named
 //                                                      none), no_replica_set (none set within setWaitMs), relay_bound
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
+//   lockstep_relay_connections_closed_demoted_total{service} counter  connections closed because their primary was demoted (switchover)
 //   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections
 //
 // Per-replica series carry the labels {service, replica} (a replica's name is unique within
@@ -60,6 +61,7 @@ export class RelayMetrics {
   readonly streamsLost = this.family("lockstep_relay_streams_lost_total", "counter", "streams reset by Envoy before they finished");
   readonly bytesReceived = this.family("lockstep_relay_bytes_received_total", "counter", "client bytes received from the filter");
   readonly unmirrored = this.family("lockstep_relay_connections_unmirrored_total", "counter", "streams mirrored to no replica (reason: no_primary, no_replica_set, relay_bound)");
+  readonly closedDemoted = this.family("lockstep_relay_connections_closed_demoted_total", "counter", "client connections the relay had closed because their primary was a primary no more (switchover)");
   readonly protocolErrors = this.family("lockstep_relay_protocol_errors_total", "counter", "malformed or out-of-order frames");
   readonly queuedBytes = this.family("lockstep_relay_queued_bytes", "gauge", "bytes held for replicas over all connections");
   readonly replicaActive = this.family("lockstep_relay_replica_connections_active", "gauge", "replica connections open");

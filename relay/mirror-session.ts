@@ -18,7 +18,7 @@
 // Evidence for the controller: when a session ends, every replica that did not provably take
 // all of the connection's client bytes is counted in lockstep_relay_replica_missed_connections_total.
 import { CallStatus, type CallStatusCode, type MirrorCall } from "./mirror-call.ts";
-import { decodeFilterFrame, encodeAck, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
+import { decodeFilterFrame, encodeAck, encodeClose, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
 import { ReplyCheck } from "./reply-check.ts";
 import { unacknowledgedBytes } from "./kernel-queue.ts";
@@ -60,6 +60,7 @@ export class MirrorSession implements OpenConnection {
   private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
   started = false;
+  private demoted = false;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
@@ -166,9 +167,20 @@ export class MirrorSession implements OpenConnection {
     }
   }
 
+  /** Its primary is a primary no more (a planned switchover): ask the filter to close the
+   *  client connection. The stream then finishes as any other. */
+  demote(): void {
+    if (this.demoted || this.state !== "open" || this.call.destroyed) return;
+    this.demoted = true;
+    this.ctx.metrics.closedDemoted.add(1, { service: this.service });
+    this.ctx.log(`connection ${this.openFrame?.connectionId}: its primary ${this.primary} is a primary no more; asking Envoy to close it`);
+    this.call.write(encodeClose("PRIMARY_DEMOTED"));
+  }
+
   private startLinks(targets: readonly ReplicaTarget[]): void {
     const open = this.openFrame!;
     this.started = true;
+    if (this.ctx.sets.isDemoted(open.service, open.primary)) this.demote();
     const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
     if (open.primary !== "") {
       for (const target of targets) {
@@ -268,10 +280,18 @@ export class MirrorSession implements OpenConnection {
       if (link.closed && judged) { link.finish(); continue; }
       if (this.state !== "finishing") continue;
       const deadline = Math.max(this.finishAt, this.deliveredAt.get(link)!) + limits.replyWaitMs;
-      if (now >= deadline) {
-        this.check?.giveUp(link, `its replies did not reach the primary's within ${limits.replyWaitMs} ms of the client's close`);
-        if (!link.terminal) link.finish();
-      } else next = Math.min(next, deadline);
+      if (now < deadline) { next = Math.min(next, deadline); continue; }
+      // Closing a socket whose bytes the replica has not acknowledged could lose them (the
+      // kernel may reset an orphaned connection): wait until it has, while it takes some.
+      const unacknowledged = unacknowledgedBytes([link.tcp]).get(link.tcp);
+      if (unacknowledged !== undefined && unacknowledged > 0) {
+        link.tookBytes(now, unacknowledged);
+        if (now - link.lastProgressAt >= limits.stallTimeoutMs || now >= this.finishAt + limits.finishTimeoutMs) link.detach("STALLED");
+        else next = Math.min(next, now + this.stallCheckMs);
+        continue;
+      }
+      this.check?.giveUp(link, `its replies did not reach the primary's within ${limits.replyWaitMs} ms of the client's close`);
+      if (!link.terminal) link.finish();
     }
     if ((this.state as string) === "done") return; // completed by a link finished above
     if (this.state === "finishing" && this.links.every((l) => l.terminal)) return this.complete();
@@ -351,18 +371,17 @@ export class MirrorSession implements OpenConnection {
   }
 
   /**
-   * The session is over: count, per replica, whether it provably took every client byte of the
-   * connection (the controller reads this). The total is known if the client's stream ended in
-   * order (END, or the filter's half-close after every DATA); a reset stream's total is not (the
-   * primary may have taken bytes that never reached the relay), so a replica then missed bytes
-   * unless END had come and it took all of them.
+   * The session is over: count, per replica, whether it did not provably take every client byte
+   * of the connection (the controller reads this): only a replica CLOSED did, having
+   * acknowledged every byte at the TCP level; any other missed some, unless the connection
+   * carried none (a reset stream's total is unknown: the primary may have taken bytes that
+   * never reached the relay).
    */
   private end(complete: boolean): void {
     const total = complete ? this.received : this.endedAt;
     for (const link of this.links) {
-      if (total < 0 || link.acked < total) {
-        this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
-      }
+      // Only CLOSED proves it: a replica cut loose may not have received what its socket held.
+      if (link.state !== "CLOSED" && total !== 0) this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
     }
     this.state = "done";
     this.stopWaiting?.();

@@ -3,7 +3,10 @@
 // one never borrows another's; its new connections wait for one (MirrorSession). The
 // connections open now are kept per service so the controller can see, per member, how many
 // were opened without it (a member that joined the set takes part only in connections opened
-// after: it is in sync once none of the older ones is still open).
+// after: it is in sync once none of the older ones is still open). The controller also names
+// the service's primary: when it changes (a planned switchover), connections still open on the
+// former primary are closed (their clients reconnect to the new one), so that no write lands
+// on two primaries at once (a mirror lost meanwhile would split the service's data).
 import type { ReplicaTarget } from "./config.ts";
 import { sameEndpoint } from "../config/address.ts";
 
@@ -16,12 +19,16 @@ export interface OpenConnection {
   readonly started: boolean;
   /** Names of the members its bytes are copied to. */
   readonly mirroredTo: readonly string[];
+  /** Its primary is a primary no more: have its client connection closed. */
+  demote(): void;
 }
 
 export interface ServiceView {
   readonly service: string;
   /** null: no set known (connections wait, then go unmirrored). */
   readonly replicas: readonly ReplicaTarget[] | null;
+  /** The member the controller named primary, if it did. */
+  readonly primary: string | null;
   /** Connections open now, and per member of the current set how many of them it is not part
    *  of (opened before it joined; its primary excepted). */
   readonly connections: { readonly open: number; readonly without: Readonly<Record<string, number>> };
@@ -31,6 +38,9 @@ export class ReplicaSets {
   private readonly sets = new Map<string, readonly ReplicaTarget[]>();
   private readonly waiting = new Map<string, Set<(targets: readonly ReplicaTarget[]) => void>>();
   private readonly open = new Map<string, Set<OpenConnection>>();
+  /** Per service: the primary's name as the controller set it, and former primaries' addresses. */
+  private readonly primaries = new Map<string, string>();
+  private readonly demoted = new Map<string, Set<string>>();
 
   constructor(initial: Readonly<Record<string, readonly ReplicaTarget[]>> = {}) {
     for (const [service, targets] of Object.entries(initial)) this.sets.set(service, targets);
@@ -38,9 +48,11 @@ export class ReplicaSets {
 
   get(service: string): readonly ReplicaTarget[] | undefined { return this.sets.get(service); }
 
-  /** Replace a service's set for connections that open from now on; wakes those waiting for it. */
-  set(service: string, targets: readonly ReplicaTarget[]): void {
+  /** Replace a service's set for connections that open from now on; wakes those waiting for it.
+   *  With `primary` (a name in `targets`), connections open on a former primary are closed. */
+  set(service: string, targets: readonly ReplicaTarget[], primary?: string): void {
     this.sets.set(service, targets);
+    if (primary !== undefined) this.setPrimary(service, targets, primary);
     const waiters = this.waiting.get(service);
     this.waiting.delete(service);
     for (const wake of waiters ?? []) wake(targets);
@@ -54,6 +66,35 @@ export class ReplicaSets {
     if (!waiters) this.waiting.set(service, (waiters = new Set()));
     waiters.add(then);
     return () => { waiters!.delete(then); };
+  }
+
+  private setPrimary(service: string, targets: readonly ReplicaTarget[], primary: string): void {
+    const before = this.primaries.get(service);
+    this.primaries.set(service, primary);
+    const demoted = this.demoted.get(service) ?? new Set<string>();
+    this.demoted.set(service, demoted);
+    const address = (name: string | undefined) => targets.find((t) => t.name === name)?.address;
+    const now = address(primary);
+    for (const d of demoted) if (now !== undefined && sameEndpoint(d, now)) demoted.delete(d);
+    // A demotion lasts while the former primary stays in the set (Envoy may still send it a
+    // new connection before it applies the new endpoints); one that left the set (dead, stale)
+    // is no one's to send to, and when it comes back it is not a former primary any more:
+    // closing the connections Envoy sends it then (as a successor) would fail them for nothing.
+    for (const d of demoted) if (!targets.some((t) => sameEndpoint(t.address, d))) demoted.delete(d);
+    const former = before !== undefined && before !== primary ? (this.lastAddresses.get(`${service}|${before}`) ?? address(before)) : undefined;
+    for (const t of targets) this.lastAddresses.set(`${service}|${t.name}`, t.address);
+    if (former === undefined) return;
+    if (targets.some((t) => sameEndpoint(t.address, former))) demoted.add(former);
+    for (const c of this.open.get(service) ?? []) if (c.started && sameEndpoint(former, c.primary)) c.demote();
+  }
+
+  /** Addresses members last had, by "service|name" (a former primary may have left the set). */
+  private readonly lastAddresses = new Map<string, string>();
+
+  /** Whether `primary` (a connection's, as Envoy named it) is a former primary of the service. */
+  isDemoted(service: string, primary: string): boolean {
+    for (const d of this.demoted.get(service) ?? []) if (sameEndpoint(d, primary)) return true;
+    return false;
   }
 
   track(c: OpenConnection): void {
@@ -71,7 +112,7 @@ export class ReplicaSets {
     for (const t of targets ?? []) {
       without[t.name] = open.filter((c) => c.started && !c.mirroredTo.includes(t.name) && !sameEndpoint(t.address, c.primary)).length;
     }
-    return { service, replicas: targets, connections: { open: open.length, without } };
+    return { service, replicas: targets, primary: this.primaries.get(service) ?? null, connections: { open: open.length, without } };
   }
 
   services(): string[] { return [...new Set([...this.sets.keys(), ...this.open.keys()])].sort(); }

@@ -72,8 +72,55 @@ class ReplicaSide {
   /** CRC of the replica's bytes from the last whole window below the primary's total up to that
    *  total, once its stream passed it (needed when the primary's stream was CUT there). */
   tailAtPrimaryTotal?: number;
+  /** While the primary's end is not known: the replica's bytes from the primary's current window
+   *  (the one its end will fall in) on, so the last partial window can be judged even when the
+   *  replica answered past that point first. At most KEPT_WINDOWS windows (32 KiB). */
+  readonly kept = new KeptWindow();
   verdict: Verdict = "open";
   get pendingCount(): number { return this.pending.length - this.head; }
+}
+
+/** Windows of a replica's reply kept while the primary's end is not known. */
+export const KEPT_WINDOWS = 2;
+
+/** A replica's reply bytes from the start of window `window` (the primary's current one, where
+ *  its end will fall) on, at most KEPT_WINDOWS windows: `complete` is false once a byte from the
+ *  window's start went by without being kept (the replica was that far ahead). */
+class KeptWindow {
+  window = 0;
+  complete = true;
+  private bytes = Buffer.alloc(0);
+
+  /** Keep what of `bytes`, which start at reply offset `at`, falls in the kept range. */
+  add(bytes: Buffer, at: number): void {
+    if (!this.complete) return;
+    const from = this.window * W + this.bytes.length; // the next byte to keep
+    const start = Math.max(at, from), end = Math.min(at + bytes.length, (this.window + KEPT_WINDOWS) * W);
+    if (at > from) { this.release(); return; } // a gap: bytes went by unkept
+    if (start < end) this.bytes = Buffer.concat([this.bytes, bytes.subarray(start - at, end - at)]);
+  }
+
+  /** The primary's digests reached window `window`; `seen` is how many reply bytes went by. */
+  moveTo(window: number, seen: number): void {
+    if (window === this.window) return;
+    const drop = (window - this.window) * W;
+    const keptUpTo = this.window * W + this.bytes.length;
+    this.window = window;
+    if (!this.complete) { this.complete = seen <= window * W; this.bytes = Buffer.alloc(0); return; }
+    // Complete if every byte seen from the new window's start is still kept.
+    this.complete = keptUpTo >= Math.min(seen, window * W) && keptUpTo >= seen;
+    this.bytes = this.complete && this.bytes.length > drop ? Buffer.from(this.bytes.subarray(drop)) : Buffer.alloc(0);
+    if (!this.complete) this.complete = seen <= window * W;
+  }
+
+  /** CRC-32 of the window's bytes up to reply offset `total`, or undefined if they were not all kept. */
+  crcUpTo(total: number): number | undefined {
+    const want = total - this.window * W;
+    if (!this.complete || this.bytes.length < want) return undefined;
+    return want === 0 ? 0 : crc32(this.bytes.subarray(0, want));
+  }
+
+  release(): void { this.bytes = Buffer.alloc(0); this.complete = false; }
 }
 
 const range = (window: number) => `bytes ${window * W}-${(window + 1) * W - 1}`;
@@ -108,6 +155,7 @@ export class ReplyCheck<K> {
     if (firstWindow !== this.primaryWindows) throw new FrameError(`REPLY_DIGEST for window ${firstWindow}, expected ${this.primaryWindows}`);
     this.primary.push(...crcs);
     this.primaryWindows += crcs.length;
+    for (const s of this.sides.values()) if (s.verdict === "open") s.kept.moveTo(this.primaryWindows, s.digest.total);
     for (const [k, s] of this.sides) this.advance(k, s);
     if (this.primary.length > MAX_PENDING_WINDOWS) {
       // Replicas this far behind in answering hold the primary's digests: stop checking them.
@@ -129,7 +177,18 @@ export class ReplyCheck<K> {
     }
     this.primaryEnd = { total, tail, end };
     for (const [k, s] of this.sides) {
+      if (s.verdict !== "open") continue;
       if (s.digest.total === total) s.tailAtPrimaryTotal = s.digest.tail;
+      else if (s.digest.total > total) {
+        // It answered past this point before the end was known: the kept window decides.
+        s.tailAtPrimaryTotal = s.kept.crcUpTo(total);
+        if (s.tailAtPrimaryTotal === undefined) {
+          this.settle(k, s, "abandoned");
+          this.events.abandoned(k, `it answered past the primary's end (${total} bytes) more than a window ahead of the primary's digests, so its last partial window cannot be compared`);
+          continue;
+        }
+      }
+      s.kept.release();
       this.advance(k, s);
     }
   }
@@ -139,6 +198,7 @@ export class ReplyCheck<K> {
     const s = this.sides.get(replica);
     if (!s || s.verdict !== "open") return;
     const mark = this.primaryEnd && s.digest.total < this.primaryEnd.total ? this.primaryEnd.total : -1;
+    if (!this.primaryEnd) s.kept.add(bytes, s.digest.total);
     for (const crc of s.digest.push(bytes, mark, (c) => { s.tailAtPrimaryTotal = c; })) s.pending.push(crc);
     if (s.pendingCount > MAX_PENDING_WINDOWS) {
       this.settle(replica, s, "abandoned");
@@ -158,6 +218,7 @@ export class ReplyCheck<K> {
 
   private settle(replica: K, s: ReplicaSide, verdict: Verdict): void {
     s.verdict = verdict;
+    s.kept.release();
     s.pending = [];
     s.head = 0;
     this.trimPrimary();
@@ -194,19 +255,13 @@ export class ReplyCheck<K> {
     if (s.compared >= wholeWindows && s.tailAtPrimaryTotal !== undefined && s.tailAtPrimaryTotal !== pe.tail) {
       return this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe); // the first difference is there
     }
-    if (pe.end === "PRIMARY_CLOSED" && replicaTotal > pe.total) {
-      return this.diverge(replica, s, { offset: pe.total, detail: `the replica answered more than the primary's ${pe.total} bytes (${replicaTotal} so far)` });
-    }
+    // Bytes a replica answered past the primary's end are never judged, whether the primary
+    // closed its side or the connection was cut: a primary that crashed (kill -9 closes its
+    // sockets with a FIN, like a normal close) stops mid-reply while its replicas go on.
     if (replicaTotal >= pe.total && s.compared >= wholeWindows) {
       // Every whole window is matched; the primary's last partial window decides.
-      if (s.tailAtPrimaryTotal === undefined) {
-        // The replica passed the primary's CUT end before REPLY_END arrived: its bytes at that
-        // point are gone, so the last partial window cannot be checked (said in CONSISTENCY.md).
-        if (pe.end === "CUT" && replicaTotal > pe.total) this.finishMatched(replica, s, pe.total);
-        else if (s.ended) this.judgeTail(replica, s, wholeWindows, s.digest.tail, pe);
-        return;
-      }
-      if (pe.end === "CUT" || s.ended) this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal, pe);
+      // At the primary's end exactly, its running CRC is the tail; past it, the CRC taken there.
+      this.judgeTail(replica, s, wholeWindows, s.tailAtPrimaryTotal ?? s.digest.tail, pe);
       return;
     }
     if (s.ended && replicaTotal < pe.total) {

@@ -37,7 +37,7 @@ export interface RelayServer {
   /** Random, new at every start. */
   readonly instance: string;
   /** Replace `service`'s replica set for connections that open from now on. */
-  setReplicas(replicas: unknown, service: string): void;
+  setReplicas(replicas: unknown, service: string, primary?: unknown): void;
   /** The service's set (null if none is known) and its open connections. */
   view(service: string): ServiceView;
   close(): Promise<void>;
@@ -65,10 +65,13 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const instance = randomBytes(8).toString("hex");
   const budget = new ByteBudget(config.limits.maxQueuedBytesTotal, metrics);
   const sets = new ReplicaSets(config.services);
-  const setReplicas = (raw: unknown, service: string) => {
+  const setReplicas = (raw: unknown, service: string, primary?: unknown) => {
     const next: readonly ReplicaTarget[] = parseReplicas(raw);
-    sets.set(service, next);
-    log(`replica set of "${service}" now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}`);
+    if (primary !== undefined && (typeof primary !== "string" || !next.some((r) => r.name === primary))) {
+      throw new RelayConfigError('"primary" must name a member of "replicas" (the service\'s primary, which the relay leaves out of its own connections)');
+    }
+    sets.set(service, next, primary as string | undefined);
+    log(`replica set of "${service}" now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}${primary ? `; primary ${primary}` : ""}`);
   };
   const view = (service: string) => ({ ...sets.view(service), instance });
   const ctx = { config, budget, metrics, log, sets };
@@ -98,8 +101,8 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
       let raw: unknown;
       try { raw = JSON.parse(await readBody(req)); }
       catch (err) { throw new RelayConfigError(err instanceof RelayConfigError ? err.message : `body is not valid JSON: ${(err as Error).message}`); }
-      if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...]}');
-      setReplicas((raw as { replicas: unknown }).replicas, service);
+      if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...], "primary"?: "<name>"}');
+      setReplicas((raw as { replicas: unknown }).replicas, service, (raw as { primary?: unknown }).primary);
       json(res, 200, view(service));
     } catch (err) {
       if (!(err instanceof RelayConfigError)) throw err;

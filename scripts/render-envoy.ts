@@ -6,6 +6,9 @@ import { loadLockstepConfig } from "../config/lockstep-config.ts";
 import { renderBootstrap } from "../config/envoy-bootstrap.ts";
 import { PROJECT_ROOT } from "./envoy-binary.ts";
 
+/** The open-file limit the examples are sized for (`ulimit -n 65536`). */
+export const EXAMPLE_OPEN_FILE_LIMIT = 65_536;
+
 export const ENVOY_EXAMPLES = [
   {
     file: "envoy/demo.yaml",
@@ -26,7 +29,9 @@ export const ENVOY_EXAMPLES = [
 ];
 
 export function renderExample(example: (typeof ENVOY_EXAMPLES)[number]): string {
-  return renderBootstrap(loadLockstepConfig(join(PROJECT_ROOT, example.from)), example.header);
+  // A fixed open-file limit keeps the files the same on every machine; scripts/run.ts renders
+  // its bootstrap from the limit Envoy actually gets.
+  return renderBootstrap(loadLockstepConfig(join(PROJECT_ROOT, example.from)), example.header, { openFileLimit: EXAMPLE_OPEN_FILE_LIMIT });
 }
 
 if (process.argv[1]?.endsWith("render-envoy.ts")) {

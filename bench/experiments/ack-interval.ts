@@ -15,7 +15,7 @@ import { freePorts, waitFor } from "../../test/support/ports.ts";
 import { startProcess } from "../../test/support/processes.ts";
 import * as native from "../suite/native.ts";
 import { spread } from "../suite/stats.ts";
-import { ENVOY_CPU, LOAD_CPU, replicaSpecs, SERVICE, startPlain, stopSetup } from "../suite/setups.ts";
+import { ENVOY_CPU, ENVOY_WORKERS, LOAD_CPU, replicaSpecs, SERVICE, startPlain, stopSetup } from "../suite/setups.ts";
 
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "5" }, exchanges: { type: "string", default: "20000" } } });
 
@@ -29,7 +29,7 @@ async function lockstepWithAckInterval(primaryPort: number, replicas: native.Bac
   const relay = startProcess("relay", process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", config], { cwd: PROJECT_ROOT });
   await waitFor("the relay", async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok, 20_000, 50);
   native.pin(relay.child.pid!, LOAD_CPU);
-  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas: specs, relayPort: port, service: SERVICE });
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas: specs, relayPort: port, service: SERVICE, concurrency: ENVOY_WORKERS });
   native.pin(envoy.process.child.pid!, ENVOY_CPU);
   return { port: envoy.listenerPort, stop: async () => { await envoy.kill(); await relay.kill(); } };
 }

@@ -16,7 +16,7 @@ export function buildLoadgen(): string {
   const dir = join(PROJECT_ROOT, ".cache", "bench");
   mkdirSync(dir, { recursive: true });
   binary = join(dir, "loadgen");
-  execFileSync("cc", ["-O2", "-Wall", "-o", binary, join(PROJECT_ROOT, "bench", "loadgen.c")], { stdio: ["ignore", "inherit", "inherit"] });
+  execFileSync("cc", ["-O2", "-Wall", "-pthread", "-o", binary, join(PROJECT_ROOT, "bench", "loadgen.c")], { stdio: ["ignore", "inherit", "inherit"] });
   return binary;
 }
 
@@ -48,17 +48,29 @@ function firstLine(child: ChildProcess, what: string): Promise<any> {
   });
 }
 
-export interface Backends { ports: number[]; pid: number; kill(): void }
+/** Backends: ports[i] is served by the process pids[i]. */
+export interface Backends { ports: number[]; pids: number[]; kill(): void }
 
-/** Echo/sink servers on `n` free loopback ports, in one process pinned to `cpus`. */
+/** `n` echo/sink servers, each its own process on a free loopback port, pinned to `cpus`: as
+ *  with real replicas, every backend costs its own wake-ups (one process serving them all would
+ *  take the primary's and every replica's bytes in one epoll_wait). */
 export async function startServers(n: number, cpus: string): Promise<Backends> {
-  const child = spawnPinned(cpus, ["serve", String(n)]);
-  const { ports } = await firstLine(child, "serve");
-  return { ports, pid: child.pid!, kill: () => { child.kill("SIGKILL"); } };
+  const children = Array.from({ length: n }, () => spawnPinned(cpus, ["serve", "1"]));
+  const kill = () => { for (const c of children) c.kill("SIGKILL"); };
+  try {
+    const ports = (await Promise.all(children.map((c) => firstLine(c, "serve")))).map((x: { ports: number[] }) => x.ports[0]);
+    return { ports, pids: children.map((c) => c.pid!), kill };
+  } catch (err) { kill(); throw err; }
 }
 
 export interface LatencyRun { p50: number; p99: number; p999: number; mean: number; max: number; count: number; wall_s: number; cpu_s: number }
 export interface BulkRun { bytes: number; wall_s: number; write_s: number; mb_s: number; cpu_s: number }
+export interface RateRun {
+  clients: number; size: number; ok: number; failed: number;
+  /** Failed connections by kind: connect (refused), no_local_port, reset, closed_early (EOF before the echo), timeout (5 s), other. */
+  failures: Record<string, number>;
+  conns_s: number; p50_us: number; p99_us: number; wall_s: number; cpu_s: number;
+}
 
 async function runOnce<T>(cpus: string, args: string[]): Promise<T> {
   const child = spawnPinned(cpus, args);
@@ -71,6 +83,10 @@ export const latency = (port: number, size: number, count: number, warmup: numbe
   runOnce<LatencyRun>(cpus, ["lat", String(port), String(size), String(count), String(warmup)]);
 
 export const bulk = (port: number, bytes: number, cpus: string) => runOnce<BulkRun>(cpus, ["bulk", String(port), String(bytes)]);
+
+/** `clients` threads looping connect, `size`-byte exchange, close for `seconds`. */
+export const rate = (port: number, clients: number, seconds: number, size: number, cpus: string) =>
+  runOnce<RateRun>(cpus, ["rate", String(port), String(clients), String(seconds), String(size)]);
 
 /** Opens `n` connections and holds them until `release()`. */
 export async function holdConnections(port: number, n: number, cpus: string): Promise<{ open_s: number; cpu_s: number; release(): Promise<void> }> {

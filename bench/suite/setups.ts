@@ -4,8 +4,11 @@
 //   lockstep-N  Envoy + the lockstep filter + a relay mirroring to N replicas (N = 0..3), with
 //               the reply check on (the default)
 //   lockstep-2-nocheck  the same with 2 replicas and the reply check off: its cost is the difference
-// Placement on the 2 cores: Envoy (main thread and its one worker) on CPU 0; the load generator,
-// the backends, the relay and this runner on CPU 1.
+// Envoy runs with the workers scripts/run.ts gives it: no --concurrency, so Envoy's default of one
+// worker per hardware thread (ENVOY_WORKERS, 2 on the project's machine).
+// Placement on the 2 cores: Envoy (main thread and all its workers) on CPU 0; the load generator,
+// the backends (one process each), the relay and this runner on CPU 1 (docs/BENCHMARKS.md says why).
+import { cpus } from "node:os";
 import { startEnvoy, type EnvoyHandle } from "../../test/support/envoy.ts";
 import { startRelay, type RelayHandle } from "../../test/support/relay.ts";
 import { freePort } from "../../test/support/ports.ts";
@@ -14,6 +17,9 @@ import { pin, type Backends } from "./native.ts";
 export const ENVOY_CPU = "0";
 export const LOAD_CPU = "1";
 export const SERVICE = "bench";
+/** Envoy's own default for --concurrency (the hardware threads, affinity ignored), which is what
+ *  scripts/run.ts runs: it passes no --concurrency. Every Envoy's /server_info is checked against it. */
+export const ENVOY_WORKERS = cpus().length;
 
 export interface Setup {
   key: string;        // "direct" | "tcp_proxy" | "lockstep-N"
@@ -31,7 +37,7 @@ export function replicaSpecs(replicaServers: Backends, n: number) {
 }
 
 export async function startPlain(primaryPort: number): Promise<Setup> {
-  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, relayPort: await freePort(), mirror: false, service: SERVICE });
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, relayPort: await freePort(), mirror: false, service: SERVICE, concurrency: ENVOY_WORKERS });
   pin(envoy.process.child.pid!, ENVOY_CPU);
   return { key: "tcp_proxy", label: "Envoy tcp_proxy (baseline)", port: envoy.listenerPort, replicas: 0, envoy };
 }
@@ -40,7 +46,7 @@ export async function startLockstep(primaryPort: number, replicaServers: Backend
   const replicas = replicaSpecs(replicaServers, n);
   const relay = await startRelay({ replicas, service: SERVICE });
   pin(relay.process.child.pid!, LOAD_CPU);
-  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas, relayPort: relay.port, service: SERVICE, compareReplies });
+  const envoy = await startEnvoy({ primary: `127.0.0.1:${primaryPort}`, replicas, relayPort: relay.port, service: SERVICE, compareReplies, concurrency: ENVOY_WORKERS });
   pin(envoy.process.child.pid!, ENVOY_CPU);
   return {
     key: `lockstep-${n}${compareReplies ? "" : "-nocheck"}`,
@@ -49,15 +55,30 @@ export async function startLockstep(primaryPort: number, replicaServers: Backend
   };
 }
 
-/** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each, started together. */
+/** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each,
+ *  started one after another (each Envoy compiles the filter once per worker and once on its main
+ *  thread: started all at once on a busy machine they missed their readiness deadline). */
 export async function startAll(primary: Backends, replicaServers: Backends, maxReplicas: number): Promise<Setup[]> {
   const direct: Setup = { key: "direct", label: "direct to backend", port: primary.ports[0], replicas: 0 };
-  const rest = await Promise.all([
-    startPlain(primary.ports[0]),
-    ...Array.from({ length: maxReplicas + 1 }, (_, n) => startLockstep(primary.ports[0], replicaServers, n)),
-    startLockstep(primary.ports[0], replicaServers, Math.min(2, maxReplicas), false),
-  ]);
-  return [direct, ...rest];
+  const starts = [
+    () => startPlain(primary.ports[0]),
+    ...Array.from({ length: maxReplicas + 1 }, (_, n) => () => startLockstep(primary.ports[0], replicaServers, n)),
+    () => startLockstep(primary.ports[0], replicaServers, Math.min(2, maxReplicas), false),
+  ];
+  const out: Setup[] = [direct];
+  try {
+    for (const start of starts) out.push(await start());
+  } catch (err) {
+    for (const s of out) await stopSetup(s);
+    throw err;
+  }
+  return out;
+}
+
+/** The worker count an Envoy runs with, as its admin /server_info reports it. */
+export async function envoyWorkers(envoy: EnvoyHandle): Promise<number> {
+  const info = await (await fetch(`http://127.0.0.1:${envoy.adminPort}/server_info`)).json() as { command_line_options?: { concurrency?: number } };
+  return Number(info.command_line_options?.concurrency);
 }
 
 export async function stopSetup(s: Setup): Promise<void> {

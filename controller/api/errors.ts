@@ -1,7 +1,7 @@
 // Every error the HTTP API returns: a stable code, its HTTP status, and a message. Responses
 // are `{ "error": { "code", "message" } }`. docs and tests read this table.
 import { ModelError } from "../model/service.ts";
-import { StoreUnavailableError } from "../store/store-writer.ts";
+import { StoreUnavailableError, NotLeaderError } from "../store/store-writer.ts";
 
 export const API_ERRORS = {
   UNAUTHORIZED: { status: 401, summary: "missing or wrong bearer token on a mutating call" },
@@ -22,15 +22,17 @@ export const API_ERRORS = {
   DUPLICATE: { status: 409, summary: "a service or member by that name (or a member at that address, in any spelling) exists, or the member is already in that role" },
   DECLARED_IN_CONFIG: { status: 409, summary: "the service comes from the controller's config file: remove it there (it would be declared again at the next start)" },
   STORE_UNAVAILABLE: { status: 503, summary: "the store cannot be written; the call changed nothing (GET /v1/services shows the store's state)" },
+  NOT_LEADER: { status: 421, summary: "with an etcd store, only the elected controller takes changes: the call changed nothing; `error.leader` is the leader's API base URL (null while none leads): send it there" },
   INTERNAL: { status: 500, summary: "a fault of the controller; it is logged with its stack" },
 } as const;
 
 export type ApiErrorCode = keyof typeof API_ERRORS;
 
 export class ApiError extends Error {
-  constructor(readonly code: ApiErrorCode, message: string) { super(message); }
+  /** `detail`: more fields of the error object (NOT_LEADER: `leader`). */
+  constructor(readonly code: ApiErrorCode, message: string, readonly detail: Record<string, unknown> = {}) { super(message); }
   get status(): number { return API_ERRORS[this.code].status; }
-  body() { return { error: { code: this.code, message: this.message } }; }
+  body() { return { error: { code: this.code, message: this.message, ...this.detail } }; }
 }
 
 /** The coded error for what went wrong with a request, or undefined for a fault of the controller.
@@ -40,6 +42,7 @@ export function toApiError(err: unknown, maxBodyBytes: number): ApiError | undef
   if (err instanceof ApiError) return err;
   if (err instanceof ModelError) return new ApiError(err.code, err.message);
   if (err instanceof StoreUnavailableError) return new ApiError("STORE_UNAVAILABLE", err.message);
+  if (err instanceof NotLeaderError) return new ApiError("NOT_LEADER", err.message, { leader: null });
   const e = err as { type?: string; status?: number; code?: string; message?: string };
   if (typeof e?.status !== "number" || e.status < 400 || e.status >= 500) return undefined;
   if (err instanceof URIError) return new ApiError("BAD_PATH", `${e.message}: a path segment must be percent-encoded UTF-8`);

@@ -18,7 +18,7 @@ const anyRequest = ["BAD_REQUEST", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT", "INTE
 const withParams = [...anyRequest, "BAD_PATH", "UNKNOWN_SERVICE"] as const;
 const withBody = ["PAYLOAD_TOO_LARGE", "UNSUPPORTED_ENCODING", "BAD_ENCODING"] as const;
 /** ... a call that changes something. */
-const mutating = [...withParams, "UNAUTHORIZED", "STORE_UNAVAILABLE"] as const;
+const mutating = [...withParams, "UNAUTHORIZED", "STORE_UNAVAILABLE", "NOT_LEADER"] as const;
 const address = { type: "string", maxLength: 64, description: "an IP literal and a port: \"10.0.0.5:7001\" or \"[2001:db8::5]:7001\"; host names are refused (Envoy's EDS takes addresses only). Kept in canonical spelling, so two spellings of one address are one member" };
 
 export const OPENAPI = {
@@ -29,6 +29,7 @@ export const OPENAPI = {
     "/v1/services": {
       get: { summary: "All services with their members, and whether the store can be written", responses: { ...ok("services", { type: "object", properties: {
         store: { type: "object", description: "false while saves fail: the controller serves on from memory, retries, and refuses API changes (503 STORE_UNAVAILABLE)", properties: { ok: { type: "boolean" }, error: { type: ["string", "null"] }, since: { type: ["string", "null"], format: "date-time" } } },
+        leader: { type: ["object", "null"], description: "with an etcd store only: the controller that decides ({id, api, self}), null while none does (etcd unreachable, an election under way): the control plane is degraded, Envoys keep their endpoints, nothing is promoted", properties: { id: { type: "string" }, api: { type: "string" }, self: { type: "boolean" } } },
         services: { type: "array", items: service },
       } }), ...errors(...anyRequest) } },
       post: {
@@ -40,7 +41,7 @@ export const OPENAPI = {
           replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
           healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
         } } } } },
-        responses: { ...ok("the new service", service, "201"), ...errors(...anyRequest, ...withBody, "UNAUTHORIZED", "STORE_UNAVAILABLE", "DUPLICATE") },
+        responses: { ...ok("the new service", service, "201"), ...errors(...anyRequest, ...withBody, "UNAUTHORIZED", "STORE_UNAVAILABLE", "NOT_LEADER", "DUPLICATE") },
       },
     },
     "/v1/services/{service}": {
@@ -76,9 +77,9 @@ export const OPENAPI = {
   components: {
     securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
     schemas: {
-      Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" } } } } },
+      Error: { type: "object", required: ["error"], properties: { error: { type: "object", required: ["code", "message"], properties: { code: { type: "string", enum: Object.keys(API_ERRORS) }, message: { type: "string" }, leader: { type: ["string", "null"], description: "NOT_LEADER only: the leader's API base URL" } } } } },
       NewMember: { type: "object", additionalProperties: false, required: ["name", "address"], properties: { name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" }, address } },
-      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
+      Member: { type: "object", properties: { name: { type: "string" }, address: { type: "string" }, role: { type: "string", enum: ["primary", "replica", "joining", "stale", "detached", "diverged"] }, alive: { type: ["boolean", "null"], description: "up or down by this controller's own health checks; null until they decide (after a start or when added): not promotable before" }, lagBytes: { type: "integer" }, rttMs: { type: ["number", "null"] } } },
       Service: { type: "object", properties: {
         name: { type: "string" }, primary: { type: ["string", "null"] },
         successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },

@@ -80,6 +80,13 @@ export interface ApiOptions {
   configured?: (service: string) => boolean;
   /** Where faults of the controller are logged. */
   log?: (line: string) => void;
+  /** With a replicated store: resolves once every change made so far is stored (a change is
+   *  answered only then; rejects with StoreUnavailableError if it could not be). */
+  durable?: () => Promise<void>;
+  /** With a replicated store: who leads (shown by GET /v1/services). */
+  leader?: () => unknown;
+  /** With a replicated store: why this controller takes no change now (a follower), if so. */
+  refuseChange?: () => ApiError | undefined;
 }
 
 /** Each documented path as a pattern, with the methods it takes (for 405 and its Allow header). */
@@ -93,13 +100,16 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   const requireToken = (req: Request, _res: Response, next: NextFunction) => {
     const got = Buffer.from(req.get("authorization") ?? "");
     if (got.length !== expected.length || !timingSafeEqual(got, expected)) return next(new ApiError("UNAUTHORIZED", "this call needs the header Authorization: Bearer <token>"));
-    next();
+    next(options.refuseChange?.());
   };
+  const stored = async () => { await options.durable?.(); };
   const json = express.json({ limit: MAX_BODY_BYTES, strict: true, type: () => true });
 
   const r = express.Router();
   r.get("/v1/openapi.json", (_req, res) => { res.json(OPENAPI); });
-  r.get("/v1/services", (_req, res) => { res.json({ store: state.storeStatus(), services: state.list().map((s) => view(s, state, options)) }); });
+  r.get("/v1/services", (_req, res) => {
+    res.json({ store: state.storeStatus(), ...(options.leader ? { leader: options.leader() } : {}), services: state.list().map((s) => view(s, state, options)) });
+  });
   r.get("/v1/services/:service", (req, res) => {
     const s = state.get(param(req, "service"));
     if (!s) throw new ApiError("UNKNOWN_SERVICE", `no service "${req.params.service}"`);
@@ -110,7 +120,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     if (service !== undefined && (typeof service !== "string" || !NAME.test(service))) throw new ApiError("BAD_REQUEST", `"service" must be ${NAME_RULE}`);
     res.json({ events: state.history(service) });
   });
-  r.post("/v1/services", requireToken, json, (req, res) => {
+  r.post("/v1/services", requireToken, json, async (req, res) => {
     const b = body(req);
     onlyKeys(b, ["name", "primary", "replicas", "healthCheck"]);
     if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
@@ -125,34 +135,44 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     // Its health settings first: adding the service starts its health checks.
     options.health?.(b.name, health);
     const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
+    await stored();
     res.status(201).json(view(service, state, options));
   });
-  r.delete("/v1/services/:service", requireToken, (req, res) => {
+  r.delete("/v1/services/:service", requireToken, async (req, res) => {
     const name = param(req, "service");
     if (!state.get(name)) throw new ApiError("UNKNOWN_SERVICE", `no service "${name}"`);
     if (options.configured?.(name)) throw new ApiError("DECLARED_IN_CONFIG", `"${name}" comes from the controller's config file; remove it there and restart the controller`);
     state.removeService(name);
+    await stored();
     res.json({ removed: name });
   });
-  r.post("/v1/services/:service/promote", requireToken, json, (req, res) => {
+  r.post("/v1/services/:service/promote", requireToken, json, async (req, res) => {
     const b = body(req);
     onlyKeys(b, ["member"]);
     if (b.member !== undefined && (typeof b.member !== "string" || !NAME.test(b.member))) throw new ApiError("BAD_REQUEST", '"member" must be a member name');
-    res.json(view(state.promote(param(req, "service"), "switchover", b.member as string | undefined), state, options));
+    const service = state.promote(param(req, "service"), "switchover", b.member as string | undefined);
+    await stored();
+    res.json(view(service, state, options));
   });
-  r.post("/v1/services/:service/members", requireToken, json, (req, res) => {
+  r.post("/v1/services/:service/members", requireToken, json, async (req, res) => {
     const b = body(req);
     onlyKeys(b, ["name", "address"]);
     if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
-    res.status(201).json(view(state.addReplica(param(req, "service"), { name: b.name, address: address(b.address, "address") }), state, options));
+    const service = state.addReplica(param(req, "service"), { name: b.name, address: address(b.address, "address") });
+    await stored();
+    res.status(201).json(view(service, state, options));
   });
-  r.delete("/v1/services/:service/members/:member", requireToken, (req, res) => {
-    res.json(view(state.removeMember(param(req, "service"), param(req, "member")), state, options));
+  r.delete("/v1/services/:service/members/:member", requireToken, async (req, res) => {
+    const service = state.removeMember(param(req, "service"), param(req, "member"));
+    await stored();
+    res.json(view(service, state, options));
   });
   r.post("/v1/services/:service/members/:member/rejoin", requireToken, async (req, res) => {
     const [service, member] = [param(req, "service"), param(req, "member")];
     await options.settle?.();
-    res.json(view(state.rejoin(service, member), state, options));
+    const rejoined = state.rejoin(service, member);
+    await stored();
+    res.json(view(rejoined, state, options));
   });
   r.use((req, res, next) => {
     const route = ROUTES.find((x) => x.pattern.test(req.path));

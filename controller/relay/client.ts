@@ -25,25 +25,30 @@ export interface RelayView {
 }
 
 interface Series { labels: Record<string, string>; value: number }
-interface ServiceJson { replicas?: RelayTarget[] | null; connections?: { without?: Record<string, number> } }
+interface ServiceJson { replicas?: RelayTarget[] | null; primary?: string | null; connections?: { without?: Record<string, number> } }
+
+/** A service's set on the relay: its members, and which of them is the primary. */
+interface Desired { readonly targets: readonly RelayTarget[]; readonly primary?: string }
 
 const MAYBE_DEAD = new Set(["REPLICA_CLOSED", "CONNECT_FAILED"]);
 
 export class RelayClient {
-  readonly source = "relay";
-  private readonly desired = new Map<string, readonly RelayTarget[]>();
+  private readonly desired = new Map<string, Desired>();
   /** Detach counters last seen (hints only, so not stored): "<service>|<replica>|<reason>". */
   private detachesSeen?: Map<string, number>;
   reachable = false;
   lastError = "";
 
-  constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000) {}
+  /** `source` names this relay in the evidence (one relay: "relay"; several: "relay <address>"). */
+  constructor(private readonly baseUrl: string, private readonly token?: string, private readonly timeoutMs = 1000, readonly source = "relay") {}
 
-  /** Record the replica set `service` must have (sent by the next poll). True if it changed. */
-  want(service: string, targets: readonly RelayTarget[]): boolean {
+  /** Record the replica set `service` must have, and its primary (the relay closes connections
+   *  still open on a former primary), sent by the next poll. True if it changed. */
+  want(service: string, targets: readonly RelayTarget[], primary?: string): boolean {
     const before = this.desired.get(service);
-    this.desired.set(service, targets);
-    return JSON.stringify(before) !== JSON.stringify(targets);
+    const next: Desired = primary === undefined ? { targets } : { targets, primary };
+    this.desired.set(service, next);
+    return JSON.stringify(before) !== JSON.stringify(next);
   }
 
   private headers(): Record<string, string> {
@@ -55,14 +60,15 @@ export class RelayClient {
   }
 
   /** Make the relay's sets match the desired ones; returns what the relay says of each. */
-  private async reconcile(changed: string[]): Promise<Map<string, Readonly<Record<string, number>>>> {
+  private async reconcile(changed: string[], mayChange: () => boolean): Promise<Map<string, Readonly<Record<string, number>>>> {
     const without = new Map<string, Readonly<Record<string, number>>>();
-    for (const [service, targets] of this.desired) {
+    for (const [service, { targets, primary }] of this.desired) {
       const path = `/v1/services/${service}/replicas`;
       let view = await (await this.call(path)).json() as ServiceJson;
-      const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address]));
-      if (!same) {
-        const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets }) });
+      const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address])) &&
+        (view.primary ?? undefined) === primary;
+      if (!same && mayChange()) {
+        const res = await this.call(path, { method: "PUT", body: JSON.stringify(primary === undefined ? { replicas: targets } : { replicas: targets, primary }) });
         if (res.status === 401 || res.status === 403) {
           throw new Error(`relay refused the replica set of "${service}" (${res.status} ${(await res.text()).trim()}): ` +
             "give the controller the relay's controlToken (relay.controlToken in the config, LOCKSTEP_RELAY_TOKEN or --relay-token-file)");
@@ -76,11 +82,12 @@ export class RelayClient {
     return without;
   }
 
-  /** Reconcile, then read the relay. Undefined (and `reachable` false) if it cannot be reached. */
-  async poll(): Promise<RelayView | undefined> {
+  /** Reconcile (while `mayChange` says this controller decides), then read the relay.
+   *  Undefined (and `reachable` false) if it cannot be reached. */
+  async poll(mayChange: () => boolean = () => true): Promise<RelayView | undefined> {
     try {
       const changed: string[] = [];
-      const without = await this.reconcile(changed);
+      const without = await this.reconcile(changed, mayChange);
       const stats = await (await this.call("/stats")).json() as { instance?: string } & Record<string, Series[]>;
       if (typeof stats.instance !== "string" || !stats.instance) throw new Error("the relay's /stats has no instance id (an older relay?)");
       this.reachable = true;

@@ -8,6 +8,9 @@ import type { FileStore } from "./file-store.ts";
 
 export class StoreUnavailableError extends Error {}
 
+/** A replicated store takes writes from the elected controller only (controller/leader/). */
+export class NotLeaderError extends Error {}
+
 export interface StoreStatus {
   readonly ok: boolean;
   /** Why the last save failed (null while saves succeed). */

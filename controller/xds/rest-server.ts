@@ -21,6 +21,9 @@ export interface XdsRestOptions {
   holdMs?: number;
   /** Called once per cluster and rejected version. */
   onRejected?: (rejection: XdsRejection) => void;
+  /** Whether version `a` is newer than `b`, when versions are ordered (several controllers
+   *  serve one store: controller/xds/ordered-version.ts); by default they are not. */
+  newer?: (a: string, b: string) => boolean;
 }
 
 export interface XdsRejection { readonly cluster: string; readonly version: string; readonly message: string }
@@ -43,6 +46,7 @@ export class XdsRestServer {
   /** Per connection from Envoy: the version last sent for each set of resource names. */
   private readonly sent = new WeakMap<Socket, Map<string, string>>();
   private readonly reports = new Map<string, ClusterReport>();
+  private encodings: { snapshot?: Snapshot; bodies: Map<string, string> } = { bodies: new Map() };
   readonly holdMs: number;
   /** Requests answered, those answered because a new snapshot was published, and rejections seen. */
   readonly counters = { requests: 0, pushes: 0, rejections: 0 };
@@ -50,13 +54,13 @@ export class XdsRestServer {
   constructor(private readonly options: XdsRestOptions = {}) { this.holdMs = options.holdMs ?? 4000; }
 
   get version(): string | undefined { return this.snapshot?.version; }
+  /** The snapshot served now. */
+  get current(): Snapshot | undefined { return this.snapshot; }
 
   /** Make `snapshot` current and answer every held request with it. */
   publish(snapshot: Snapshot): void {
     this.snapshot = snapshot;
-    const held = [...this.waiting];
-    this.waiting.clear();
-    for (const answer of held) answer();
+    for (const push of [...this.waiting]) push();
   }
 
   status(cluster: string): XdsStatus {
@@ -89,7 +93,10 @@ export class XdsRestServer {
     const sentHere = this.sent.get(req.socket) ?? new Map<string, string>();
     this.sent.set(req.socket, sentHere);
     const lastSent = sentHere.get(key);
-    const rejected = body.error_detail ? lastSent ?? this.snapshot?.version : lastSent !== undefined && body.version_info !== lastSent ? lastSent : undefined;
+    // A version newer than the one sent here came from another controller: not a rejection.
+    const fromElsewhere = !!body.version_info && lastSent !== undefined && !!this.options.newer?.(body.version_info, lastSent);
+    const rejected = body.error_detail ? lastSent ?? this.snapshot?.version
+      : lastSent !== undefined && body.version_info !== lastSent && !fromElsewhere ? lastSent : undefined;
     if (rejected !== undefined) this.rejected(body, rejected);
     else if (body.version_info) this.accepted(body, body.version_info);
 
@@ -98,22 +105,49 @@ export class XdsRestServer {
       this.counters.requests++;
       const snap = this.snapshot;
       if (!snap) { res.status(503).json({ message: "no snapshot published yet" }); return; }
-      const names = body.resource_names?.length ? body.resource_names : [...snap.endpoints.keys()];
+      sentHere.set(key, snap.version);
+      res.type("application/json").send(this.encoded(snap, key, body.resource_names));
+    };
+    // Held while there is nothing newer than what this Envoy has or just rejected, and while
+    // this controller is behind the Envoy (it has a version from another controller that this
+    // one has not seen yet: answering would take the Envoy back).
+    const behind = () => !!body.version_info && !!this.snapshot && !!this.options.newer?.(body.version_info, this.snapshot.version);
+    const hold = () => !!this.snapshot && (this.snapshot.version === (rejected ?? body.version_info) || behind());
+    if (!hold()) return answer();
+    let timer: NodeJS.Timeout | undefined;
+    const push = () => {
+      if (hold()) return;
+      clearTimeout(timer);
+      this.waiting.delete(push);
+      this.counters.pushes++;
+      answer();
+    };
+    timer = setTimeout(() => {
+      this.waiting.delete(push);
+      if (behind()) { res.status(503).json({ message: "this controller has not seen the version the request holds yet; ask again" }); return; }
+      answer();
+    }, this.holdMs);
+    this.waiting.add(push);
+    // The response's close (not the request's, which fires once the body is read): Envoy went away.
+    res.on("close", () => { clearTimeout(timer); this.waiting.delete(push); });
+  }
+
+  /** The response for `names` ("*": all) from `snap`, encoded once per snapshot and set of
+   *  names: many subscribers of one snapshot cost one serialization, not one each. */
+  private encoded(snap: Snapshot, key: string, requested: string[] | undefined): string {
+    if (this.encodings.snapshot !== snap) this.encodings = { snapshot: snap, bodies: new Map() };
+    let text = this.encodings.bodies.get(key);
+    if (text === undefined) {
+      const names = requested?.length ? requested : [...snap.endpoints.keys()];
       const response: DiscoveryResponse = {
         version_info: snap.version,
         type_url: TYPE_URL.ENDPOINTS,
         resources: names.flatMap((n) => (snap.endpoints.has(n) ? [snap.endpoints.get(n)!] : [])),
       };
-      sentHere.set(key, snap.version);
-      res.json(response);
-    };
-    // Held while there is nothing newer than what this Envoy has or just rejected.
-    if (!this.snapshot || this.snapshot.version !== (rejected ?? body.version_info)) return answer();
-    const timer = setTimeout(() => { this.waiting.delete(push); answer(); }, this.holdMs);
-    const push = () => { clearTimeout(timer); this.counters.pushes++; answer(); };
-    this.waiting.add(push);
-    // The response's close (not the request's, which fires once the body is read): Envoy went away.
-    res.on("close", () => { clearTimeout(timer); this.waiting.delete(push); });
+      text = JSON.stringify(response);
+      this.encodings.bodies.set(key, text);
+    }
+    return text;
   }
 
   private clustersOf(body: DiscoveryRequest): string[] {

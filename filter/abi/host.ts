@@ -75,6 +75,11 @@ export function setEffectiveContext(contextId: u32): bool {
   return env.proxy_set_effective_context(contextId) == Status.OK;
 }
 
+/** Close the effective connection's client side (what was written to it is flushed first). */
+export function closeDownstream(): bool {
+  return env.proxy_close_stream(StreamType.DOWNSTREAM) == Status.OK;
+}
+
 /** Resume the client→upstream direction of the effective connection after a PAUSE. */
 export function continueDownstream(): bool {
   return env.proxy_continue_stream(StreamType.DOWNSTREAM) == Status.OK;

@@ -34,6 +34,11 @@ export declare function proxy_get_property(pathData: usize, pathSize: usize, ret
 @external("env", "proxy_continue_stream")
 export declare function proxy_continue_stream(streamType: u32): u32;
 
+/** Stream control: close the effective connection (Downstream = 2 closes the client's
+ *  connection, flushing what was written to it). */
+@external("env", "proxy_close_stream")
+export declare function proxy_close_stream(streamType: u32): u32;
+
 /** Context lifecycle: act for `contextId` from a root callback (gRPC, tick). */
 @external("env", "proxy_set_effective_context")
 export declare function proxy_set_effective_context(contextId: u32): u32;

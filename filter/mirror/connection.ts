@@ -302,7 +302,9 @@ export class MirrorConnection {
    */
   private countMissed(complete: bool): void {
     if (this.taken == 0 || this.withoutReplicas) return;
-    if (this.replicas.length == 0) { this.countUnmirrored(); return; }
+    // The relay names every replica of the connection in each ACK: a stream it ended normally
+    // without naming any had none (a service with no replica); one lost first reached none.
+    if (this.replicas.length == 0) { if (!complete) this.countUnmirrored(); return; }
     for (let i = 0; i < this.replicas.length; i++) {
       const v = this.replicas[i];
       if (v.missed || v.state == REPLICA_CLOSED) continue;

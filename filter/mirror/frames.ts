@@ -8,6 +8,7 @@
 //   REPLY_DIGEST 0x04 | first_window u64 | count u16 | count x crc32 u32     (the primary's reply windows)
 //   REPLY_END    0x05 | total_bytes u64 | tail_crc u32 | end u8             (the primary's reply stream ended)
 //   ACK   0x81 | received u64 | count u8 | count x ( name str | queued u64 | acked u64 | state u8 | reason u8 )
+//   CLOSE 0x82 | reason u8                                                  (close the client connection)
 
 export const FRAME_OPEN: u8 = 0x01;
 export const FRAME_DATA: u8 = 0x02;
@@ -15,6 +16,9 @@ export const FRAME_END: u8 = 0x03;
 export const FRAME_REPLY_DIGEST: u8 = 0x04;
 export const FRAME_REPLY_END: u8 = 0x05;
 export const FRAME_ACK: u8 = 0x81;
+export const FRAME_CLOSE: u8 = 0x82;
+/** CLOSE reason: the connection's primary is a primary no more (a planned switchover). */
+export const CLOSE_PRIMARY_DEMOTED: u8 = 1;
 export const WIRE_VERSION: u8 = 1;
 /** Bytes in front of a DATA frame's payload (fits in abi/memory's HOST_BUFFER_HEADROOM). */
 export const DATA_HEADER_BYTES: usize = 9;
@@ -95,6 +99,13 @@ export class ReplicaProgress {
 export class Ack {
   received: u64 = 0;
   replicas: ReplicaProgress[] = [];
+}
+
+/** The reason of a CLOSE frame, or 0 if the bytes are not a valid CLOSE. */
+export function decodeClose(frame: ArrayBuffer): u8 {
+  const base = changetype<usize>(frame);
+  if (frame.byteLength != 2 || load<u8>(base) != FRAME_CLOSE || load<u8>(base + 1) != CLOSE_PRIMARY_DEMOTED) return 0;
+  return load<u8>(base + 1);
 }
 
 /** Decode an ACK. Returns null and sets `lastDecodeError` if the bytes are not a valid ACK. */

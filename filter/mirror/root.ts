@@ -6,7 +6,7 @@ import { RootContext, NetworkContext } from "../abi/context";
 import { BufferType, GrpcStatus } from "../abi/constants";
 import * as host from "../abi/host";
 import { parseMirrorConfig, MirrorConfig } from "./config";
-import { decodeAck, lastDecodeError, Ack } from "./frames";
+import { decodeAck, decodeClose, lastDecodeError, Ack, FRAME_CLOSE } from "./frames";
 import { MirrorStats } from "./stats";
 import { MirrorConnection, STATE_IDLE, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
 import { MirrorFilter } from "./filter";
@@ -198,6 +198,10 @@ export class MirrorRoot extends RootContext {
     if (!this.byToken.has(token)) return;
     const mirror = this.byToken.get(token);
     const raw = host.getBufferBytes(BufferType.GRPC_RECEIVE_BUFFER, 0, size);
+    if (raw !== null && raw.byteLength > 0 && load<u8>(changetype<usize>(raw)) == FRAME_CLOSE && decodeClose(raw) != 0) {
+      this.closeDemoted(mirror);
+      return;
+    }
     let ack: Ack | null = null;
     if (raw !== null) ack = decodeAck(raw);
     const receivedBefore = mirror.received;
@@ -211,6 +215,17 @@ export class MirrorRoot extends RootContext {
       stats.add(stats.relayProtocolErrors, 1);
       this.drop(mirror, true);
     }
+  }
+
+  /** The relay says this connection's primary is a primary no more (a planned switchover):
+   *  close the client connection, so that its writes go to the new primary only. Its stream
+   *  finishes as any other (the relay delivers what it holds). */
+  private closeDemoted(mirror: MirrorConnection): void {
+    if (!host.setEffectiveContext(mirror.contextId)) return; // the connection is gone already
+    host.logInfo("lockstep: connection " + mirror.contextId.toString() + "'s primary is a primary no more (switchover); closing it so the client reconnects to the new one");
+    const stats = changetype<MirrorStats>(this.stats);
+    stats.add(stats.closedDemoted, 1);
+    host.closeDownstream();
   }
 
   onGrpcClose(token: u32, statusCode: u32): void {

@@ -46,6 +46,9 @@ export class MirrorStats {
   connectionsWithoutReplicas: u32;
   /** Bytes sent to the relay and not yet acknowledged, summed over this worker. */
   inflightBytes: u32;
+  /** Client connections closed because their primary was a primary no more (a planned
+   *  switchover): writes go to the new primary only, never to two at once. */
+  closedDemoted: u32;
   /** Frames from the relay that did not decode. */
   relayProtocolErrors: u32;
   /** Primary reply bytes read and digested for the consistency check (0 with compare_replies off). */
@@ -69,6 +72,7 @@ export class MirrorStats {
     this.unmirroredConnections = defineMetric(MetricType.COUNTER, p + "unmirrored_connections");
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
+    this.closedDemoted = defineMetric(MetricType.COUNTER, p + "closed_demoted");
     this.replyBytesDigested = defineMetric(MetricType.COUNTER, p + "reply_bytes_digested");
   }
 

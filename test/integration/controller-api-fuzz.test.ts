@@ -11,13 +11,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startController, type RunningController } from "../../controller/server.ts";
-import { HEALTH_DEFAULTS } from "../../controller/health/checker.ts";
 import type { ProbeResult } from "../../controller/health/probe.ts";
 import { parseEndpoint } from "../../config/address.ts";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { ApiFuzzer, check, send, type FuzzRequest } from "../support/api-fuzz.ts";
 import { startProcess, type Managed } from "../support/processes.ts";
 import { freePorts, waitFor } from "../support/ports.ts";
+import { kvService } from "../support/kv-service.ts";
 
 const SEED = Number(process.env.LOCKSTEP_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const TOKEN = "fuzz-token-0123456789";
@@ -95,11 +95,7 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
     const probes = new Map<string, ProbeResult>();
     beforeAll(async () => {
       controller = await startController({
-        services: [{ service: { name: "kv", members: [
-          { name: "p", address: "127.0.0.1:7001", role: "primary", lagBytes: 0 },
-          { name: "a", address: "127.0.0.1:7002", role: "replica", lagBytes: 0 },
-          { name: "b", address: "127.0.0.1:7003", role: "replica", lagBytes: 0 },
-        ] }, health: { ...HEALTH_DEFAULTS, intervalMs: 20 } }],
+        services: [kvService()],
         api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN,
         storePath: join(mkdtempSync(join(tmpdir(), "lockstep-fuzz-")), "controller.json"),
         relay: { url: "http://127.0.0.1:1" },
@@ -205,8 +201,14 @@ describe(`controller API fuzz (seed ${SEED})`, () => {
       expect(failures).toEqual([]);
       expect(proc.exited()).toBe(false);
       expect(proc.output()).not.toContain("api: "); // no fault logged
-      const view = await a.get("/v1/services/kv");
-      const target = view.members.find((m: any) => m.role === "replica" && m.alive === true);
+      // The fuzz may have left no live in-sync replica (removed, marked out of sync): add one, as an operator would.
+      let target = (await a.get("/v1/services/kv")).members.find((m: any) => m.role === "replica" && m.alive === true);
+      if (!target) {
+        const used = new Set((await a.get("/v1/services/kv")).members.map((m: any) => m.address));
+        const address = spare.find((x) => !used.has(x));
+        expect((await a.call("POST", "/v1/services/kv/members", { name: "after-fuzz", address })).status).toBe(201);
+        target = await waitFor("the added replica up", async () => (await a.get("/v1/services/kv")).members.find((m: any) => m.name === "after-fuzz" && m.alive === true));
+      }
       expect((await a.call("POST", "/v1/services/kv/promote", { member: target.name })).status).toBe(200);
       expect((await a.get("/v1/services/kv")).primary).toBe(target.name);
     });

@@ -1,7 +1,8 @@
-// Planned switchover through the API (the DVS "service migration"): connections open on the
-// old primary finish there, new ones go to the promoted replica, the old primary becomes a
-// replica, and every backend receives every connection's bytes exactly once, checked byte by
-// byte (SHA-256 per connection on each backend).
+// Planned switchover through the API (the DVS "service migration"): new connections go to the
+// promoted replica, connections still open on the old primary are closed (their clients
+// reconnect to the new one: no write ever lands on two primaries at once), the old primary
+// becomes a replica, and every backend receives every connection's bytes exactly once,
+// checked byte by byte (SHA-256 per connection on each backend).
 import { describe, it, expect, afterAll } from "vitest";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
@@ -20,15 +21,16 @@ const TOKEN = "switchover-token";
 const perLine = (chunk: Buffer) => { const n = chunk.toString("latin1").split("\n").length - 1; return n ? Buffer.from("+\n".repeat(n)) : null; };
 const HEALTH = { send: "PING\n", expect: "+", intervalMs: 100, timeoutMs: 250 };
 
-interface Client { id: string; socket: Socket; sent: Buffer[]; closed: Promise<void> }
+interface Client { id: string; socket: Socket; sent: Buffer[]; closed: Promise<void>; connected?: boolean }
 
 function open(port: number, id: string): Promise<Client> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, "127.0.0.1", () => resolve(client));
     socket.on("data", () => {});
-    socket.on("error", reject);
+    socket.on("error", (err) => { if (!client.connected) reject(err); });
+    socket.on("connect", () => { client.connected = true; });
     const closed = new Promise<void>((r) => socket.on("close", () => r()));
-    const client: Client = { id, socket, sent: [], closed };
+    const client: Client = { id, socket, sent: [], closed, connected: false };
   });
 }
 
@@ -50,7 +52,7 @@ describe("planned switchover through the API", () => {
     for (const b of backends) await b.kill();
   });
 
-  it("moves new connections to the promoted replica, lets old ones finish on the old primary, and gives every backend every byte exactly once", async () => {
+  it("moves new connections to the promoted replica, closes the ones still open on the old primary, and gives every backend every byte exactly once", async () => {
     backends = await startBackends(["m0", "m1", "m2"], { reply: perLine, farewell: null });
     relay = await startRelay({}); // the controller sets the replica set
     const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, lagBytes: 0 });
@@ -102,9 +104,12 @@ describe("planned switchover through the API", () => {
       send(c, Buffer.concat([Buffer.from(c.id), lines(20)]));
       fresh.push(c);
     }
-    for (const c of old) send(c, lines(20)); // the old connections go on, on the old primary
-    for (const c of [...old, ...fresh]) c.socket.end();
-    await Promise.all([...old, ...fresh].map((c) => c.closed));
+    // The old primary's connections are closed for their clients (Envoy, asked by the relay).
+    await Promise.race([Promise.all(old.map((c) => c.closed)), new Promise((_, reject) => setTimeout(() => reject(new Error("the old primary's connections were not closed")), 5_000))]);
+    for (const c of fresh) c.socket.end();
+    await Promise.all(fresh.map((c) => c.closed));
+    expect(await relay.metric("lockstep_relay_connections_closed_demoted_total", { service: "kv" })).toBe(10);
+    expect(await envoy.stat("wasmcustom.lockstep.kv.closed_demoted")).toBe(10);
 
     // Old connections were served by m0, new ones by m1 (Envoy's own per-host counts).
     expect(await hostConnections()).toEqual({ m0: 10, m1: 10, m2: 0 });

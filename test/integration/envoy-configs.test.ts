@@ -9,7 +9,9 @@ import { join } from "node:path";
 import { findEnvoy, PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { ENVOY_EXAMPLES, renderExample } from "../../scripts/render-envoy.ts";
 import { parseLockstepConfig } from "../../config/lockstep-config.ts";
-import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { downstreamConnectionLimit, renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { connect, type Socket } from "node:net";
+import { startRelay } from "../support/relay.ts";
 import { startBackends } from "../support/backends.ts";
 import { startEnvoy } from "../support/envoy.ts";
 import { freePort, freePorts } from "../support/ports.ts";
@@ -90,5 +92,39 @@ describe("Envoy configs and binary", () => {
     expect(envoy.output()).toContain("Function: proxy_on_downstream_data failed");
     await envoy.kill();
     await primary.kill();
+  });
+
+  it("refuses client connections past its share of the open-file limit instead of aborting", async () => {
+    // Envoy with 256 descriptors: 96 client connections (two descriptors each) are let in, the
+    // rest refused and counted. Without the overload manager's limit Envoy ran out of
+    // descriptors at ~110 connections and aborted ("envoy bug failure ... Too many open files").
+    const [primary, replica] = await startBackends(["primary", "replica"]);
+    const replicas = [{ name: replica.name, address: replica.address }];
+    const relay = await startRelay({ replicas });
+    const envoy = await startEnvoy({ primary: primary.address, replicas, relayPort: relay.port, openFileLimit: 256 });
+    const limit = downstreamConnectionLimit(256);
+    expect(limit).toBe(96);
+    const sockets: Socket[] = [];
+    const answered = await Promise.all(Array.from({ length: 200 }, () => new Promise<boolean>((resolve) => {
+      const s = connect(envoy.listenerPort, "127.0.0.1", () => s.write("hello"));
+      sockets.push(s);
+      s.once("data", () => resolve(true));
+      s.once("close", () => resolve(false));
+      s.once("error", () => resolve(false));
+      setTimeout(() => resolve(false), 10_000);
+    })));
+    expect(envoy.process.exited()).toBe(false);
+    expect(answered.filter(Boolean).length).toBe(limit);
+    expect(await envoy.stat(`listener.127.0.0.1_${envoy.listenerPort}.downstream_global_cx_overflow`)).toBe(200 - limit);
+    for (const s of sockets) s.destroy();
+    // Once the clients leave, new ones are served again.
+    await waitFor("the connections to close", async () => (await envoy.stat(`listener.127.0.0.1_${envoy.listenerPort}.downstream_cx_active`)) === 0, 10_000);
+    const after = await runClient(envoy.listenerPort, randomPlan(1024, 2, 1));
+    expect(after.error).toBeUndefined();
+    expect(envoy.process.exited()).toBe(false);
+    await envoy.kill();
+    await relay.kill();
+    await primary.kill();
+    await replica.kill();
   });
 });

@@ -33,8 +33,9 @@ export interface StartEnvoyOptions {
   mirror?: boolean;
   /** Envoy worker threads (each has its own wasm VM and root context); default 1. */
   concurrency?: number;
-  /** "host:port" of an xDS controller serving the primary cluster's endpoints. */
-  controller?: string;
+  /** "host:port" of an xDS controller serving the primary cluster's endpoints (or of each of
+   *  several sharing one etcd store). */
+  controller?: string | readonly string[];
   /** The consistency check (lockstep config `compareReplies`). Off unless asked for here:
    *  RecordingBackend's answers name the backend, so replicas legitimately answer differently. */
   compareReplies?: boolean;
@@ -42,6 +43,8 @@ export interface StartEnvoyOptions {
   extra?: Record<string, unknown>;
   /** The admin port (a free one if not given): a controller told of it beforehand reads it. */
   adminPort?: number;
+  /** Run Envoy with this open-file limit (prlimit), its bootstrap rendered for it. */
+  openFileLimit?: number;
 }
 
 export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandle> {
@@ -60,8 +63,10 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
   });
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
   const bootstrap = join(dir, "envoy.yaml");
-  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller }));
-  const proc = startProcess("envoy", findEnvoy(), [
+  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller, openFileLimit: options.openFileLimit }));
+  const limit = options.openFileLimit === undefined ? [] : ["prlimit", `--nofile=${options.openFileLimit}:${options.openFileLimit}`, "--"];
+  const [command, ...prefix] = [...limit, findEnvoy()];
+  const proc = startProcess("envoy", command, [...prefix,
     "-c", bootstrap, "--concurrency", String(options.concurrency ?? 1), "--base-id", String(baseId++),
     "--log-level", "warn", "--component-log-level", "wasm:debug",
   ]);

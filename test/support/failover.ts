@@ -91,8 +91,11 @@ export async function failoverTrial(stack: Stack, kind: "kill" | "stop", reseed:
   await reseed(victim.port);
   const rejoin = await stack.api("POST", `/v1/services/${stack.service}/members/${failed}/rejoin`);
   if (rejoin.status !== 200) throw new Error(`rejoin of ${failed} failed: ${JSON.stringify(rejoin.json)}`);
-  await waitFor(`${failed} to be a live replica again`, async () =>
-    (await stack.view()).members.find((m) => m.name === failed)?.alive === true, 10_000, 10);
+  // Joining until no connection opened before the rejoin is open; then a replica again.
+  await waitFor(`${failed} to be a live replica again`, async () => {
+    const m = (await stack.view()).members.find((x) => x.name === failed);
+    return m?.alive === true && m.role === "replica";
+  }, 10_000, 10);
   return {
     kind, failed, successor: promoted, plannedSuccessor: before.successor,
     ms: Number(first.end - t0) / 1e6,

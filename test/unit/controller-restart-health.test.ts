@@ -6,9 +6,9 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startController, type RunningController } from "../../controller/server.ts";
-import { HEALTH_DEFAULTS } from "../../controller/health/checker.ts";
 import type { ProbeResult } from "../../controller/health/probe.ts";
 import { waitFor } from "../support/ports.ts";
+import { kvService } from "../support/kv-service.ts";
 
 const TOKEN = "restart-health-token";
 const UP: ProbeResult = { ok: true, rttMs: 1 };
@@ -37,11 +37,7 @@ describe("promotion after a restart or an addition", () => {
 
   async function start(path: string, backends: Backends): Promise<{ get: (p: string) => Promise<any>; call: (m: string, p: string, b?: unknown) => Promise<{ status: number; json: any }> }> {
     running = await startController({
-      services: [{ service: { name: "kv", members: [
-        { name: "p", address: "127.0.0.1:7001", role: "primary", lagBytes: 0 },
-        { name: "a", address: "127.0.0.1:7002", role: "replica", lagBytes: 0 },
-        { name: "b", address: "127.0.0.1:7003", role: "replica", lagBytes: 0 },
-      ] }, health: { ...HEALTH_DEFAULTS, intervalMs: 20 } }],
+      services: [kvService()],
       api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN, storePath: path,
       relay: { url: "http://127.0.0.1:1" }, probe: backends.probe,
     });

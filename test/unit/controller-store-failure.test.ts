@@ -7,9 +7,9 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startController, type RunningController } from "../../controller/server.ts";
-import { HEALTH_DEFAULTS } from "../../controller/health/checker.ts";
 import type { ProbeResult } from "../../controller/health/probe.ts";
 import { waitFor } from "../support/ports.ts";
+import { kvService } from "../support/kv-service.ts";
 
 const TOKEN = "store-failure-token";
 
@@ -22,11 +22,7 @@ describe("a store that cannot be written", () => {
     const results = new Map<string, ProbeResult>(["7001", "7002", "7003", "7004"].map((p) => [`127.0.0.1:${p}`, { ok: true, rttMs: 1 }]));
     const logs: string[] = [];
     controller = await startController({
-      services: [{ service: { name: "kv", members: [
-        { name: "p", address: "127.0.0.1:7001", role: "primary", lagBytes: 0 },
-        { name: "a", address: "127.0.0.1:7002", role: "replica", lagBytes: 0 },
-        { name: "b", address: "127.0.0.1:7003", role: "replica", lagBytes: 0 },
-      ] }, health: { ...HEALTH_DEFAULTS, intervalMs: 20 } }],
+      services: [kvService()],
       api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 }, token: TOKEN, storePath,
       relay: { url: "http://127.0.0.1:1" }, probe: async (address) => results.get(address)!, log: (l) => logs.push(l),
     });

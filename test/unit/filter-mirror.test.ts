@@ -12,6 +12,7 @@ import { crc32 } from "node:zlib";
 import { join } from "node:path";
 import { createNetworkHost, type NetworkHost } from "../emulator/network-host.ts";
 import { Action, BufferType } from "../emulator/abi-spec.ts";
+import { PeerType } from "../emulator/abi-status.ts";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { encodeAck, decodeFilterFrame, type FilterFrame } from "../../relay/frames.ts";
 import { fixtureBytes, fixture, DIGEST_VECTORS, vectorBytes } from "../support/wire-fixtures.ts";
@@ -161,6 +162,21 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stat(host, "bytes_unmirrored")).toBe(7);
     expect(stat(host, "replica.r1.detaches")).toBe(1);
     expect(stat(host, "inflight_bytes")).toBe(0);
+  });
+
+  it("closes the client connection when the relay says its primary is a primary no more (CLOSE fixture), and finishes the stream as usual", () => {
+    const { host } = load(build);
+    const conn = fixtureConnection(host);
+    conn.downstreamData("SET a 1\n");
+    const [stream] = host.grpcStreams.values();
+    host.grpcReceive(stream.token, fixtureBytes("close-demoted"));
+    expect(conn.closeRequests).toEqual(["downstream"]);
+    expect(stat(host, "closed_demoted")).toBe(1);
+    expect(stat(host, "relay_protocol_errors")).toBe(0);
+    expect(stream.closedByModule).toBeNull(); // the stream ends with the connection
+    conn.closeDownstream(PeerType.LOCAL); conn.done();
+    expect(stream.closedByModule).toBe("close");
+    expect(host.violations).toEqual([]);
   });
 
   it("cuts the mirror on a malformed or impossible ACK, not the connection", () => {
@@ -495,6 +511,18 @@ describe.each(BUILDS)("filter (%s)", (build) => {
       conn.downstreamData("late");
       expect(stat(host, "replica.a.missed_connections")).toBe(1);
       expect(stat(host, "unmirrored_connections")).toBe(1);
+    });
+
+    it("counts nothing for a service without replicas when the connection ends before the relay's first answer", () => {
+      const { host } = load(build);
+      const conn = fixtureConnection(host);
+      conn.downstreamData("quick", true);
+      conn.closeDownstream(); conn.done();
+      const [stream] = host.grpcStreams.values();
+      host.grpcReceive(stream.token, fixtureBytes("ack-empty"));
+      host.grpcClose(stream.token, 0);
+      expect(stat(host, "unmirrored_connections")).toBe(0);
+      expect(stat(host, "streams_lost")).toBe(0);
     });
 
     it("counts the connection unmirrored when some of its bytes reached no replica, and not when the relay has none for it", () => {

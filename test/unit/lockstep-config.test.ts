@@ -1,7 +1,7 @@
 // The service description users write: defaults, and a precise error for each kind of mistake.
 import { describe, it, expect } from "vitest";
 import { parseLockstepConfig, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
-import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { downstreamConnectionLimit, renderBootstrap } from "../../config/envoy-bootstrap.ts";
 
 const minimal = { primary: "127.0.0.1:7001", replicas: [{ name: "a", address: "127.0.0.1:7002" }] };
 
@@ -58,9 +58,25 @@ describe("lockstep config", () => {
     expect(parseLockstepConfig({ ...minimal, relay: { controlToken: "a-relay-control-token" } }).relay.controlToken).toBe("a-relay-control-token");
   });
 
+  it("takes an etcd store (several controllers, one elected) with its endpoints, prefix and lease, and every relay's address", () => {
+    const c = parseLockstepConfig({ ...minimal, controller: {
+      store: { etcd: { endpoints: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], prefix: "/ls/" } },
+      relays: ["10.0.0.5:10101", "10.0.0.6:10101"], advertise: "http://10.0.0.7:9100",
+    } });
+    expect(c.controller?.etcd).toEqual({ endpoints: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], prefix: "/ls/", leaseTtlSeconds: 3 });
+    expect(c.controller?.relays).toEqual(["10.0.0.5:10101", "10.0.0.6:10101"]);
+    expect(c.controller?.advertise).toBe("http://10.0.0.7:9100");
+    const bad = (controller: unknown) => () => parseLockstepConfig({ ...minimal, controller });
+    expect(bad({ store: { etcd: { endpoints: [] } } })).toThrow(/controller.store.etcd.endpoints/);
+    expect(bad({ store: { etcd: { endpoints: ["10.0.0.1:2379"] } } })).toThrow(/etcd client URLs/);
+    expect(bad({ store: { etcd: { endpoints: ["http://10.0.0.1:2379"], leaseTtlSeconds: 1 } } })).toThrow(/leaseTtlSeconds/);
+    expect(bad({ store: { consul: {} } })).toThrow(/controller.store/);
+    expect(bad({ relays: ["relay.internal:10101"] })).toThrow(/controller.relays\[0\]/);
+  });
+
   it("with a controller section, renders the primary cluster as EDS from it with fast failure detection", () => {
     const c = parseLockstepConfig({ ...minimal, service: "orders", healthCheck: { send: "PING\n", expect: "PONG", timeoutMs: 150 }, controller: { xdsPort: 9555 } });
-    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json", envoyAdmins: ["127.0.0.1:9901"] });
+    expect(c.controller).toEqual({ address: "127.0.0.1", apiPort: 9100, xdsPort: 9555, store: ".cache/controller/orders.json", envoyAdmins: ["127.0.0.1:9901"], relays: [] });
     const yaml = renderBootstrap(c);
     expect(yaml).toContain("type: EDS");
     expect(yaml).toContain("port_value: 9555");
@@ -79,5 +95,15 @@ describe("lockstep config", () => {
     expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 2 << 20, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
     expect(yaml).toContain("cluster: orders_primary");
     expect(yaml).toContain("failure_policy: FAIL_OPEN");
+  });
+
+  it("limits Envoy's client connections to what its open-file limit can hold, or to the config's number", () => {
+    expect([256, 1024, 65_536, 1_048_576].map(downstreamConnectionLimit)).toEqual([96, 384, 32_256, 523_776]);
+    const derived = renderBootstrap(parseLockstepConfig(minimal), "", { openFileLimit: 1024 });
+    expect(derived).toContain("max_active_downstream_connections: 384");
+    expect(derived).toContain("ignore_global_conn_limit: true");
+    const set = renderBootstrap(parseLockstepConfig({ ...minimal, envoy: { maxDownstreamConnections: 5000 } }), "", { openFileLimit: 1024 });
+    expect(set).toContain("max_active_downstream_connections: 5000");
+    expect(() => parseLockstepConfig({ ...minimal, envoy: { maxDownstreamConnections: 0 } })).toThrow(/envoy.maxDownstreamConnections/);
   });
 });

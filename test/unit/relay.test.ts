@@ -6,14 +6,14 @@ import { createHash, randomBytes } from "node:crypto";
 import { makeGenericClientConstructor, credentials, status, type ClientDuplexStream, type Client } from "@grpc/grpc-js";
 import { startRelay, MIRROR_SERVICE, type RelayServer } from "../../relay/server.ts";
 import { parseRelayConfig, RelayConfigError } from "../../relay/config.ts";
-import { encodeOpen, encodeData, encodeEnd, decodeAck, type AckFrame } from "../../relay/frames.ts";
+import { encodeOpen, encodeData, encodeEnd, decodeRelayFrame, type AckFrame, type CloseFrame } from "../../relay/frames.ts";
 import { RecordingBackend, startBackends } from "../support/backends.ts";
 import { waitFor } from "../support/ports.ts";
 
 const MirrorClient = makeGenericClientConstructor(MIRROR_SERVICE, "Mirror");
 const CONTROL_TOKEN = "relay-unit-control-token";
 
-interface Stream { call: ClientDuplexStream<Buffer, Buffer>; acks: AckFrame[]; status: Promise<{ code: number; details: string }> }
+interface Stream { call: ClientDuplexStream<Buffer, Buffer>; acks: AckFrame[]; closes: CloseFrame[]; status: Promise<{ code: number; details: string }> }
 
 describe("mirror relay", () => {
   let relay: RelayServer;
@@ -23,13 +23,14 @@ describe("mirror relay", () => {
   function open(primary = "127.0.0.1:1", connectionId = 1n, service = "t"): Stream {
     const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
     const acks: AckFrame[] = [];
-    call.on("data", (b: Buffer) => acks.push(decodeAck(b)));
+    const closes: CloseFrame[] = [];
+    call.on("data", (b: Buffer) => { const f = decodeRelayFrame(b); if (f.type === "ACK") acks.push(f); else closes.push(f); });
     const statusP = new Promise<{ code: number; details: string }>((resolve) => {
       call.on("status", (s) => resolve({ code: s.code, details: s.details }));
       call.on("error", () => {});
     });
     call.write(encodeOpen({ version: 1, connectionId, flags: 0, service, primary, client: "127.0.0.1:5" }));
-    return { call, acks, status: statusP };
+    return { call, acks, closes, status: statusP };
   }
 
   beforeEach(async () => {
@@ -161,6 +162,47 @@ describe("mirror relay", () => {
     expect(relay.metrics.replicaConnections.get({ service: "t", replica: "rb" })).toBe(1);
     expect(relay.metrics.replicaConnections.get({ replica: "ra" })).toBe(0);
     expect(relay.metrics.replicaLag.get()).toBe(0);
+  });
+
+  it("asks the filter to close connections still open on a former primary when the controller names another (a switchover)", async () => {
+    const [a, b] = replicas;
+    const put = (primary: string) => fetch(`http://127.0.0.1:${relay.metricsPort}/v1/services/t/replicas`, {
+      method: "PUT", headers: { authorization: `Bearer ${CONTROL_TOKEN}` },
+      body: JSON.stringify({ replicas: [{ name: "ra", address: a.address }, { name: "rb", address: b.address }], primary }),
+    });
+    expect((await put("ra")).status).toBe(200);
+    const onA = open(a.address, 21n);
+    const onB = open(b.address, 22n);
+    await waitFor("both streams to start", () => onA.acks.length > 0 && onB.acks.length > 0);
+    expect((await put("rb")).status).toBe(200); // rb is the primary now
+    await waitFor("a CLOSE on the connection whose primary was ra", () => onA.closes.length === 1);
+    expect(onA.closes).toEqual([{ type: "CLOSE", reason: "PRIMARY_DEMOTED" }]);
+    const late = open(a.address, 23n); // Envoy had not taken the switch yet
+    await waitFor("a CLOSE on a new connection to the former primary", () => late.closes.length === 1);
+    expect(onB.closes).toEqual([]);
+    expect(relay.metrics.closedDemoted.get({ service: "t" })).toBe(2);
+    expect((await put("nobody")).status).toBe(400);
+    for (const s of [onA, onB, late]) s.call.end();
+    await Promise.all([onA, onB, late].map((s) => s.status));
+  });
+
+  it("forgets a former primary that left the set (killed): back as a replica and then a successor Envoy falls back to, its connections are not closed", async () => {
+    const [a, b] = replicas;
+    const put = (members: [string, string][], primary: string) => fetch(`http://127.0.0.1:${relay.metricsPort}/v1/services/t/replicas`, {
+      method: "PUT", headers: { authorization: `Bearer ${CONTROL_TOKEN}` },
+      body: JSON.stringify({ replicas: members.map(([name, address]) => ({ name, address })), primary }),
+    });
+    expect((await put([["ra", a.address], ["rb", b.address]], "ra")).status).toBe(200);
+    expect((await put([["rb", b.address]], "rb")).status).toBe(200); // ra died: rb promoted, ra out of the set
+    expect((await put([["rb", b.address], ["ra", a.address]], "rb")).status).toBe(200); // ra reseeded and rejoined
+    // rb dies; Envoy falls back to ra (its successor) before the controller names it primary.
+    const onA = open(a.address, 31n);
+    await waitFor("the stream to start", () => onA.acks.length > 0);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(onA.closes).toEqual([]);
+    expect(relay.metrics.closedDemoted.get({ service: "t" })).toBe(0);
+    onA.call.end();
+    await onA.status;
   });
 
   it("never lends a service's replicas to another: a service without a set waits for one, then goes unmirrored, counted", async () => {

@@ -91,12 +91,13 @@ describe("reply check (pure)", () => {
     expect(seen.diverged.get("a")).toEqual({ offset: W + 3, detail: `the replica answered ${W + 3} bytes, the primary ${2 * W + 10}` });
   });
 
-  it("judges a replica that answers more than the primary's closed stream at once, before its end", () => {
+  it("does not judge what a replica answered past the primary's closed stream (a primary killed with -9 closes with a FIN too, mid-reply)", () => {
     const reply = randomBytes(100);
     const { seen, primary, replica } = setup(["a"]);
     primary(reply);
     replica("a", Buffer.concat([reply, Buffer.from("extra")]), 1000, false);
-    expect(seen.diverged.get("a")).toMatchObject({ offset: 100, detail: "the replica answered more than the primary's 100 bytes (105 so far)" });
+    expect(seen.diverged.size).toBe(0);
+    expect(seen.matched.get("a")).toBe(100);
   });
 
   it("waits for late replica replies: equal bytes that arrive after the primary's end match", () => {
@@ -106,9 +107,7 @@ describe("reply check (pure)", () => {
     replica("a", reply.subarray(0, 2 * W), 999, false);
     expect(check.verdict("a")).toBe("open");
     replica("a", reply.subarray(2 * W), 999, false);
-    expect(check.verdict("a")).toBe("open"); // more could still come: that would be a divergence
-    check.replicaEnded("a");
-    expect(seen.matched.get("a")).toBe(4 * W);
+    expect(seen.matched.get("a")).toBe(4 * W); // every byte the primary said, matched
     expect(seen.compared.get("a")).toBe(4);
   });
 
@@ -132,26 +131,47 @@ describe("reply check (pure)", () => {
     expect(seen.diverged.get("b")).toMatchObject({ offset: W });
   });
 
-  it("with a CUT primary stream, a replica that passed the cut point earlier has its whole windows judged", () => {
+  it("with a CUT primary stream, a replica that passed the cut point windows earlier has its whole windows judged, and is given up, not matched, on the last partial one", () => {
     const reply = randomBytes(2 * W + 700);
     const more = Buffer.concat([reply, randomBytes(100)]);
     const { seen, primary, replica } = setup(["a", "b"]);
     replica("a", more, 4096, false);
     replica("b", flip(more, W + 1), 4096, false);
     primary(reply, "CUT");
-    expect(seen.matched.get("a")).toBe(reply.length);
+    expect(seen.matched.has("a")).toBe(false);
+    expect(seen.abandoned.get("a")).toContain("last partial window cannot be compared");
     expect(seen.diverged.get("b")).toMatchObject({ offset: W });
   });
 
-  it("treats an empty CUT reply as matched and an empty closed one against a talkative replica as diverged", () => {
-    const cut = setup(["a"]);
-    cut.replica("a", Buffer.from("banner"), 10, false);
-    cut.primary(Buffer.alloc(0), "CUT");
-    expect(cut.seen.matched.get("a")).toBe(0);
-    const closed = setup(["a"]);
-    closed.primary(Buffer.alloc(0), "PRIMARY_CLOSED");
-    closed.replica("a", Buffer.from("banner"), 10, false);
-    expect(closed.seen.diverged.get("a")).toMatchObject({ offset: 0 });
+  it("judges the last partial window of a replica that answered past the primary's end before that end was known (a short reply differing in its first bytes is diverged, never matched)", () => {
+    for (const end of ["PRIMARY_CLOSED", "CUT"] as const) {
+      const t = setup(["same", "differs", "bigger"]);
+      t.replica("same", Buffer.from("NIL\nOK\nlater\n"), 3, false);
+      t.replica("differs", Buffer.from("VALUE yes\nOK\n"), 3, false);
+      t.replica("bigger", Buffer.concat([Buffer.alloc(W + 5, 1), Buffer.from("NIL\nOK\nmore")]), 1000, false);
+      t.primary(Buffer.from("NIL\nOK\n"), end);
+      expect(t.seen.matched.get("same"), end).toBe(7);
+      expect(t.seen.diverged.get("differs"), end).toMatchObject({ offset: 0 });
+      expect(t.seen.diverged.get("bigger"), end).toMatchObject({ offset: 0 });
+    }
+    // Past a window boundary too: the replica's bytes of the primary's last window are kept.
+    const reply = randomBytes(W + 300);
+    const t = setup(["same", "differs"]);
+    t.replica("same", Buffer.concat([reply, randomBytes(50)]), 999, false);
+    t.replica("differs", Buffer.concat([flip(reply, W + 299), randomBytes(50)]), 999, false);
+    t.primary(reply, "CUT", W);
+    expect(t.seen.matched.get("same")).toBe(reply.length);
+    expect(t.seen.diverged.get("differs")).toMatchObject({ offset: W });
+  });
+
+  it("treats an empty primary reply, cut or closed, as matched by a talkative replica (nothing of the primary's to compare)", () => {
+    for (const end of ["CUT", "PRIMARY_CLOSED"] as const) {
+      const t = setup(["a"]);
+      t.replica("a", Buffer.from("banner"), 10, false);
+      t.primary(Buffer.alloc(0), end);
+      expect(t.seen.matched.get("a"), end).toBe(0);
+      expect(t.seen.diverged.size).toBe(0);
+    }
   });
 
   it("refuses digests out of order, a second end, and an end that disagrees with the windows", () => {

@@ -2,7 +2,7 @@
 // malformed frames (the filter's side of the same fixtures: filter-mirror.test.ts).
 import { describe, it, expect } from "vitest";
 import { crc32 } from "node:zlib";
-import { decodeFilterFrame, decodeAck, encodeAck, encodeOpen, encodeData, encodeEnd, encodeReplyDigest, encodeReplyEnd, FrameError } from "../../relay/frames.ts";
+import { decodeFilterFrame, decodeRelayFrame, encodeAck, encodeClose, encodeOpen, encodeData, encodeEnd, encodeReplyDigest, encodeReplyEnd, FrameError } from "../../relay/frames.ts";
 import { WindowedDigest } from "../../relay/reply-check.ts";
 import { WIRE_FIXTURES, DIGEST_VECTORS, fixtureBytes, vectorBytes } from "../support/wire-fixtures.ts";
 
@@ -38,8 +38,9 @@ describe("wire format fixtures", () => {
 
   for (const f of WIRE_FIXTURES.filter((x) => x.direction === "relay->filter")) {
     it(`encodes and decodes ${f.name}`, () => {
-      expect(encodeAck(f.decoded.received, f.decoded.replicas).toString("hex")).toBe(f.hex);
-      expect(decodeAck(Buffer.from(f.hex, "hex"))).toEqual(f.decoded);
+      const encoded = f.decoded.type === "CLOSE" ? encodeClose(f.decoded.reason) : encodeAck(f.decoded.received, f.decoded.replicas);
+      expect(encoded.toString("hex")).toBe(f.hex);
+      expect(decodeRelayFrame(Buffer.from(f.hex, "hex"))).toEqual(f.decoded);
     });
   }
 
