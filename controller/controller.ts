@@ -226,6 +226,8 @@ export class Controller {
     if (healthy) return;
     if (m.role === "primary") this.failover(service, member, reason);
     else if (m.role === "replica" || m.role === "joining") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}); it missed what was sent meanwhile`);
+    // Its death broke its relay connections first (detached on that evidence): it is down.
+    else if (m.role === "detached") this.state.markOutOfSync(service, member, "stale", `${member} is down (${reason}), after it missed client bytes`);
   }
 
   /** The primary is down: promote the member Envoy sends new connections to (the designated

@@ -172,6 +172,10 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     await options.settle?.();
     const rejoined = state.rejoin(service, member);
     await stored();
+    // Answered once the relays feed it: a connection opened after this answer reaches it (one
+    // opened before the relay took the new set, after the operator's copy, would not, and its
+    // writes would be in neither).
+    await options.settle?.();
     res.json(view(rejoined, state, options));
   });
   r.use((req, res, next) => {

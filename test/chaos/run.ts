@@ -3,7 +3,7 @@
 // heal (SIGCONT everything, restart what is down), stop the workload, wait for a quiet moment,
 // read every member's data and digest and the controller's view, and check (checker.ts).
 //
-//   npm run chaos -- --seed N --minutes M [--target kv|redis] [--faults kill-relay,switchover,...]
+//   npm run chaos -- --seed N --minutes M [--target kv|redis] [--gap MIN_MS:MAX_MS] [--faults kill-relay,switchover,...]
 //
 // prints the seed first, progress while it runs, every violation with its context, and a
 // verdict line; exits 1 on a violation, 2 if the harness itself failed. A seed replays the same
@@ -61,8 +61,12 @@ function minutes(ms: number): string {
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Milliseconds between faults, drawn between these bounds, unless said otherwise. */
+const DEFAULT_GAP_MS = [2000, 5000] as const;
+
 export function rerunCommand(o: ChaosOptions): string {
-  return `npm run chaos -- --seed ${o.seed} --minutes ${+(o.faultMs / 60_000).toFixed(3)} --target ${o.target}${o.faultKinds ? ` --faults ${o.faultKinds.join(",")}` : ""}`;
+  const gap = o.gapMs && (o.gapMs[0] !== DEFAULT_GAP_MS[0] || o.gapMs[1] !== DEFAULT_GAP_MS[1]) ? ` --gap ${o.gapMs[0]}:${o.gapMs[1]}` : "";
+  return `npm run chaos -- --seed ${o.seed} --minutes ${+(o.faultMs / 60_000).toFixed(3)} --target ${o.target}${gap}${o.faultKinds ? ` --faults ${o.faultKinds.join(",")}` : ""}`;
 }
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
@@ -76,7 +80,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const workload = new Workload({ port: stack.envoy.listenerPort, target, history, seed: o.seed, clients: o.clients ?? 6, meanGapMs: o.meanGapMs ?? 400, replyTimeoutMs: 3000 });
   try {
     const quietPoints = new QuietPoints(history, stack, target, log);
-    const nemesis = new Nemesis({ stack, target, workload, history, prng: new Prng(o.seed, "nemesis"), gapMs: o.gapMs ?? [2000, 5000], kinds: o.faultKinds, atQuiet: () => quietPoints.check() });
+    const nemesis = new Nemesis({ stack, target, workload, history, prng: new Prng(o.seed, "nemesis"), gapMs: o.gapMs ?? DEFAULT_GAP_MS, kinds: o.faultKinds, atQuiet: () => quietPoints.check() });
     const faultsFrom = Date.now();
     const deadline = faultsFrom + o.faultMs;
     const progress = () => {
@@ -138,7 +142,7 @@ async function envoyEndpoints(stack: Stack): Promise<string> {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
-    seed: { type: "string" }, minutes: { type: "string", default: "5" }, target: { type: "string", default: "kv" }, faults: { type: "string" },
+    seed: { type: "string" }, minutes: { type: "string", default: "5" }, target: { type: "string", default: "kv" }, faults: { type: "string" }, gap: { type: "string" },
   } });
   const target = values.target as Backend;
   if (!(target in TARGETS)) throw new Error(`--target must be kv or redis, not ${values.target}`);
@@ -147,9 +151,11 @@ async function main(): Promise<void> {
   const faultKinds = values.faults?.split(",") as FaultKind[] | undefined;
   const unknown = faultKinds?.filter((k) => !FAULT_KINDS.includes(k));
   if (unknown?.length) throw new Error(`unknown fault kind(s) ${unknown.join(", ")}; known: ${FAULT_KINDS.join(", ")}`);
-  if (!Number.isInteger(seed) || seed < 0 || !(faultMs > 0)) throw new Error("usage: npm run chaos -- [--seed N] [--minutes M] [--target kv|redis] [--faults kind,kind...]");
+  if (!Number.isInteger(seed) || seed < 0 || !(faultMs > 0)) throw new Error("usage: npm run chaos -- [--seed N] [--minutes M] [--target kv|redis] [--gap MIN_MS:MAX_MS] [--faults kind,kind...]");
+  const gapMs = values.gap === undefined ? undefined : values.gap.split(":").map(Number) as [number, number];
+  if (gapMs && (gapMs.length !== 2 || !gapMs.every((g) => Number.isInteger(g) && g >= 0) || gapMs[0] > gapMs[1])) throw new Error("--gap must be MIN_MS:MAX_MS");
   const logDir = join(PROJECT_ROOT, ".cache", "chaos", `${target}-seed${seed}-${new Date().toISOString().replace(/[:.]/g, "")}`);
-  const result = await runChaos({ target, seed, faultMs, faultKinds, logDir });
+  const result = await runChaos({ target, seed, faultMs, faultKinds, gapMs, logDir });
   process.exitCode = result.violations.length ? 1 : 0;
 }
 

@@ -126,6 +126,9 @@ describe("three controllers on one etcd, two Envoys with their relays", () => {
       }, 30_000, 20))!.l;
       await waitFor("the new leader's promotion", async () => (await serviceView(fleet, next)).primary === successor, 30_000, 20);
       const successorAddress = fleet.members.get(successor)!.address;
+      // Every Envoy names every controller: one whose fetch went to the frozen one times out and
+      // asks another, so all hold the new leader's endpoints while it is still frozen.
+      await waitFor("both Envoys on the promoted member while the old leader is frozen", async () => (await envoyPrimaries(fleet)).every((a) => a === successorAddress), 20_000, 50);
       const setNow = (await relaySets(fleet))[0];
       frozen.child.kill("SIGCONT");
       // For three seconds after it wakes: Envoys, relays and the store stay as the new leader set them.

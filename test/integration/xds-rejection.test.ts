@@ -69,6 +69,9 @@ describe("Envoy rejecting a snapshot", () => {
     const view = async () => (await fetch(`${api}/v1/services/kv`)).json();
     const rejections = async () => (await (await fetch(`${api}/v1/events?service=kv`)).json()).events.filter((e: any) => e.kind === "xds_rejected");
     await waitFor("Envoy to serve the primary", async () => (await whoServes(envoy!.listenerPort)) === "P");
+    // Both members probed (the successor's endpoint is in the snapshot): no snapshot of the
+    // controller's own replaces the bad one before Envoy fetched it.
+    await waitFor("both members probed, a the successor", async () => { const v = await view(); return v.successor === "a" && v.members.every((m: any) => m.alive === true); });
     await waitFor("Envoy to report the version it applied", async () => { const x = (await view()).xds; return x.acceptedVersion === x.version; });
     const good = (await view()).xds.version;
 

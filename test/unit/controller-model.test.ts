@@ -67,6 +67,14 @@ describe("a primary failure (the controller's failover)", () => {
     expect(state.history("kv").map((e) => e.kind)).toEqual(["no_candidate"]);
   });
 
+  it("shows a member that missed bytes and then went down as stale (a killed replica's relay connections break before its probe fails)", async () => {
+    const { state, fail } = controllerOf([m("p", "primary"), m("a", "replica"), m("b", "detached"), m("c", "diverged")]);
+    await fail("b");
+    await fail("c");
+    expect(roles(state.get("kv")!)).toEqual(["p:primary", "a:replica", "b:stale", "c:diverged"]);
+    expect(state.history("kv").map((e) => `${e.kind} ${e.member}`)).toEqual(["stale b"]);
+  });
+
   it("follows Envoy when its checks failed the primary and every standby: promotes none of them, takes the standbys out, and keeps running", async () => {
     const state = new ControllerState(undefined);
     const members = [m("p", "primary"), m("a", "replica"), m("b", "replica")];
