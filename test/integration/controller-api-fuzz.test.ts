@@ -45,11 +45,19 @@ function api(port: number): Api {
 
 type Snapshot = () => Promise<string>;
 
-/** What a refused request must leave as it was: services, members, roles, addresses, events (as the API shows them). */
+/** Events only the controller's own observations make (its probes, the relay's evidence, Envoy):
+ *  they may come at any moment, between a request and the next look (a member the fuzz added at
+ *  an address nobody listens on goes down). */
+const OBSERVED = new Set(["promotion", "stale", "detach", "diverged", "joined", "no_candidate", "xds_rejected"]);
+
+/** What a refused request must leave as it was: services, members, addresses, events made by
+ *  requests (as the API shows them), and roles but those its own observations changed. */
 const snapshotOf = (a: Api): Snapshot => async () => {
   const { services } = await a.get("/v1/services");
   const { events } = await a.get("/v1/events");
-  return JSON.stringify([services.map((s: any) => [s.name, s.members.map((m: any) => [m.name, m.address, m.role])]), events.length]);
+  const observed = new Set(events.filter((e: any) => OBSERVED.has(e.kind)).map((e: any) => `${e.service}/${e.member}`));
+  const role = (s: any, m: any) => (observed.has(`${s.name}/${m.name}`) ? "(observed)" : m.role);
+  return JSON.stringify([services.map((s: any) => [s.name, s.members.map((m: any) => [m.name, m.address, role(s, m)])]), events.filter((e: any) => !OBSERVED.has(e.kind)).length]);
 };
 
 /** The same, read from an in-process controller's state (no request of its own in between). */
