@@ -5,9 +5,9 @@
 //     code shows as one object: the split is kernel / Envoy / V8-generated code),
 //   - Envoy's /stats and the relay's /stats are read before and after.
 //
-//   npx tsx bench/profile.ts [--replicas 1] [--mib 512] [--h2-window] [--relay-cpu 0] [--out FILE]
+//   npx tsx bench/profile.ts [--replicas 1] [--mib 512] [--windows STREAM_KIB:CONNECTION_KIB] [--relay-cpu 0] [--out FILE]
 //
-// --h2-window preloads bench/suite/h2-window.cjs into the relay (larger HTTP/2 windows);
+// --windows sets the relay's HTTP/2 receive windows (relay.json http2; default: the relay's own);
 // --relay-cpu moves the relay to another core. Writes bench/results/profile.md (or --out) (the .cpuprofile and perf data go to bench/results/profiles/,
 // not committed).
 import { execFileSync, spawn } from "node:child_process";
@@ -19,15 +19,18 @@ import * as native from "./suite/native.ts";
 import { cpuSeconds } from "./suite/procfs.ts";
 import { ENVOY_CPU, ENVOY_WORKERS, LOAD_CPU, relayStats, replicaSpecs, SERVICE, startPlain, stopSetup, sumFamily } from "./suite/setups.ts";
 import { startEnvoy } from "../test/support/envoy.ts";
+import { RELAY_DEFAULTS } from "../relay/config.ts";
 import type { RelayHandle } from "../test/support/relay.ts";
 import { startProcess } from "../test/support/processes.ts";
 import { freePorts, waitFor } from "../test/support/ports.ts";
 
 const { values } = parseArgs({ options: {
   replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" },
-  "h2-window": { type: "boolean", default: false }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" },
+  windows: { type: "string" }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" },
 } });
 const N = Number(values.replicas);
+const windows = values.windows?.split(":").map((kib) => Number(kib) * 1024);
+const http2 = windows ? { streamWindowBytes: windows[0], connectionWindowBytes: windows[1] } : RELAY_DEFAULTS.http2;
 const BYTES = Number(values.mib) * 2 ** 20;
 const dir = join(PROJECT_ROOT, "bench", "results", "profiles");
 mkdirSync(dir, { recursive: true });
@@ -74,9 +77,8 @@ async function main(): Promise<void> {
   const [relayPort, metricsPort] = await freePorts(2);
   const relayConfig = join(profDir, "relay.json");
   mkdirSync(profDir, { recursive: true });
-  writeFileSync(relayConfig, JSON.stringify({ listen: { host: "127.0.0.1", port: relayPort }, metrics: { host: "127.0.0.1", port: metricsPort }, replicas: replicaSpecs(replicas, N) }));
-  const preload = values["h2-window"] ? ["--require", join(PROJECT_ROOT, "bench", "suite", "h2-window.cjs")] : [];
-  const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, ...preload, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
+  writeFileSync(relayConfig, JSON.stringify({ listen: { host: "127.0.0.1", port: relayPort }, metrics: { host: "127.0.0.1", port: metricsPort }, services: { [SERVICE]: replicaSpecs(replicas, N) }, http2 }));
+  const relayProc = startProcess("relay", process.execPath, ["--cpu-prof", `--cpu-prof-dir=${profDir}`, "--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig], { cwd: PROJECT_ROOT });
   await waitFor("the relay", async () => (await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok, 20_000, 50);
   native.pin(relayProc.child.pid!, values["relay-cpu"]!);
   const envoy = await startEnvoy({ primary: `127.0.0.1:${primary.ports[0]}`, replicas: replicaSpecs(replicas, N), relayPort, service: SERVICE, concurrency: ENVOY_WORKERS });
@@ -113,14 +115,14 @@ async function main(): Promise<void> {
   const d = (name: string) => (envoyAfter.get(name) ?? 0) - (envoyBefore.get(name) ?? 0);
   const envoyDeltas = [...envoyAfter.keys()].filter((k) => /^(wasmcustom\.lockstep\.|cluster\.lockstep_relay\.|cluster\.bench_primary\.(upstream_cx_tx_bytes_total|upstream_flow_control)|tcp\.bench\.)/.test(k))
     .map((k) => [k, d(k)] as const).filter(([, v]) => v !== 0);
-  const relayDeltas = Object.keys(relayAfter).flatMap((name) => {
+  const relayDeltas = Object.keys(relayAfter).filter((name) => Array.isArray(relayAfter[name])).flatMap((name) => { // (not "instance")
     const delta = sumFamily(relayAfter, name) - sumFamily(relayBefore, name);
     return delta ? [[name, delta] as const] : [];
   });
 
   const lines: string[] = [
     `# Bulk mirroring profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
-    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}${values["h2-window"] ? "; relay with 4 MiB/64 MiB HTTP/2 windows (bench/suite/h2-window.cjs)" : "; relay as shipped (Node's 64 KiB HTTP/2 windows)"}.`, "",
+    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}; relay's HTTP/2 windows ${http2.streamWindowBytes / 1024} KiB per stream, ${http2.connectionWindowBytes / 1024} KiB per connection${windows ? "" : " (its defaults)"}.`, "",
     `- throughput: ${run.mb_s.toFixed(0)} MB/s (plain tcp_proxy in the same run: ${plainRun.mb_s.toFixed(0)} MB/s); until the last replica byte: ${wall.toFixed(2)} s`,
     `- Envoy CPU: ${envoyCpu.toFixed(2)} s (${(envoyCpu / wall * 100).toFixed(0)}% of one core over the run); relay CPU: ${relayCpu.toFixed(2)} s (${(relayCpu / wall * 100).toFixed(0)}% of one core)`,
     `- client CPU: ${(run.cpu_s / run.wall_s * 100).toFixed(0)}% of its wall time`, "",

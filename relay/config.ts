@@ -32,12 +32,25 @@ export interface RelayLimits {
   readonly stallTimeoutMs: number;
 }
 
+/** The HTTP/2 receive windows the relay advertises to Envoy on its gRPC port. Envoy sends a
+ *  stream's bytes only within both windows, and a stream the relay holds (not reading: a replica
+ *  is behind) gets its window back only once read, so at most streamWindowBytes of it wait in
+ *  the relay, unacknowledged (the filter's in-flight bound then holds the client). */
+export interface RelayHttp2 {
+  /** Per stream (SETTINGS_INITIAL_WINDOW_SIZE): what one client connection may have in flight to
+   *  the relay. Node's own default, 64 KiB, costs Envoy a round trip every 64 KiB of a bulk upload. */
+  readonly streamWindowBytes: number;
+  /** Per connection from Envoy: what all its streams may have in flight together. */
+  readonly connectionWindowBytes: number;
+}
+
 export interface RelayConfig {
   readonly listen: { readonly host: string; readonly port: number };
   readonly metrics: { readonly host: string; readonly port: number };
   /** Replica sets known at start, by service. */
   readonly services: Readonly<Record<string, readonly ReplicaTarget[]>>;
   readonly limits: RelayLimits;
+  readonly http2: RelayHttp2;
   /** An ACK goes out at least this often while something changed. */
   readonly ackIntervalMs: number;
   /** An ACK goes out at once when `received` grew by this much since the last one. */
@@ -53,6 +66,7 @@ export const RELAY_DEFAULTS = Object.freeze({
   listen: Object.freeze({ host: "127.0.0.1", port: 10100 }),
   metrics: Object.freeze({ host: "127.0.0.1", port: 10101 }),
   limits: Object.freeze({ maxLagBytesPerConnection: 4 << 20, maxQueuedBytesTotal: 256 << 20, connectTimeoutMs: 2000, finishTimeoutMs: 30_000, replyWaitMs: 1000, setWaitMs: 2000, stallTimeoutMs: 500 }),
+  http2: Object.freeze({ streamWindowBytes: 4 << 20, connectionWindowBytes: 64 << 20 }),
   ackIntervalMs: 10,
   ackEveryBytes: 64 << 10,
 });
@@ -107,12 +121,14 @@ function parseServices(raw: unknown): Readonly<Record<string, readonly ReplicaTa
 export function parseRelayConfig(raw: unknown): RelayConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["listen", "metrics", "services", "limits", "ackIntervalMs", "ackEveryBytes", "controlToken"];
+  const known = ["listen", "metrics", "services", "limits", "http2", "ackIntervalMs", "ackEveryBytes", "controlToken"];
   if ("replicas" in r) fail("replicas", 'is gone: give each service its own set, {"services": {"<service>": [{name, address}, ...]}}');
   for (const k of Object.keys(r)) if (!known.includes(k)) fail(k, `is not a known field (known: ${known.join(", ")})`);
   const listen = r.listen ?? {};
   const metrics = r.metrics ?? {};
   const limits = r.limits ?? {};
+  const http2 = r.http2 ?? {};
+  for (const k of Object.keys(http2)) if (!(k in RELAY_DEFAULTS.http2)) fail(`http2.${k}`, `is not a known setting (known: ${Object.keys(RELAY_DEFAULTS.http2).join(", ")})`);
   for (const k of Object.keys(limits)) if (!(k in RELAY_DEFAULTS.limits)) fail(`limits.${k}`, `is not a known limit (known: ${Object.keys(RELAY_DEFAULTS.limits).join(", ")})`);
   const d = RELAY_DEFAULTS;
   return Object.freeze({
@@ -128,6 +144,11 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
       replyWaitMs: int(limits.replyWaitMs, "limits.replyWaitMs", d.limits.replyWaitMs, 0),
       setWaitMs: int(limits.setWaitMs, "limits.setWaitMs", d.limits.setWaitMs, 0),
       stallTimeoutMs: int(limits.stallTimeoutMs, "limits.stallTimeoutMs", d.limits.stallTimeoutMs, 1),
+    }),
+    // HTTP/2 windows: from its initial 65,535 bytes to its largest, 2^31 - 1.
+    http2: Object.freeze({
+      streamWindowBytes: int(http2.streamWindowBytes, "http2.streamWindowBytes", d.http2.streamWindowBytes, 65_535, 2 ** 31 - 1),
+      connectionWindowBytes: int(http2.connectionWindowBytes, "http2.connectionWindowBytes", d.http2.connectionWindowBytes, 65_535, 2 ** 31 - 1),
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
     ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),

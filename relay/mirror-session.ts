@@ -17,8 +17,7 @@
 //
 // Evidence for the controller: when a session ends, every replica that did not provably take
 // all of the connection's client bytes is counted in lockstep_relay_replica_missed_connections_total.
-import type { ServerDuplexStream } from "@grpc/grpc-js";
-import { status as GrpcStatus } from "@grpc/grpc-js";
+import { CallStatus, type CallStatusCode, type MirrorCall } from "./mirror-call.ts";
 import { decodeFilterFrame, encodeAck, encodeClose, FrameError, OPEN_FLAG_REPLY_DIGESTS, type FilterFrame, type OpenFrame } from "./frames.ts";
 import { ReplicaLink } from "./replica-link.ts";
 import { ReplyCheck } from "./reply-check.ts";
@@ -28,8 +27,6 @@ import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
 import type { ReplicaSets, OpenConnection } from "./replica-sets.ts";
 import { sameEndpoint } from "../config/address.ts";
-
-export type MirrorCall = ServerDuplexStream<Buffer, Buffer>;
 
 export interface SessionContext {
   readonly config: RelayConfig;
@@ -90,7 +87,7 @@ export class MirrorSession implements OpenConnection {
       if (f.type === "DATA") {
         if (!this.ctx.budget.take(f.bytes.length)) {
           this.ctx.metrics.unmirrored.add(1, { service: this.service, reason: "relay_bound" });
-          return this.fail(GrpcStatus.RESOURCE_EXHAUSTED, "the relay's memory bound is reached while this connection waits for its replica set");
+          return this.fail(CallStatus.RESOURCE_EXHAUSTED, "the relay's memory bound is reached while this connection waits for its replica set");
         }
         this.earlyBytes += f.bytes.length;
       }
@@ -128,7 +125,7 @@ export class MirrorSession implements OpenConnection {
     this.waitTimer = setTimeout(() => {
       this.stopWaiting?.();
       this.ctx.metrics.unmirrored.add(1, { service: f.service, reason: "no_replica_set" });
-      this.fail(GrpcStatus.UNAVAILABLE, `service "${f.service}" has no replica set on this relay after ${this.ctx.config.limits.setWaitMs} ms ` +
+      this.fail(CallStatus.UNAVAILABLE, `service "${f.service}" has no replica set on this relay after ${this.ctx.config.limits.setWaitMs} ms ` +
         `(the controller sets it; without one nothing is mirrored); the filter counts this connection unmirrored`);
     }, this.ctx.config.limits.setWaitMs);
   }
@@ -363,14 +360,14 @@ export class MirrorSession implements OpenConnection {
     this.ctx.log(`protocol error on connection ${this.openFrame?.connectionId ?? "?"}: ${message}; stream closed`);
     for (const link of this.links) link.detach("PROTOCOL");
     this.sendAck();
-    this.fail(GrpcStatus.INVALID_ARGUMENT, message);
+    this.fail(CallStatus.INVALID_ARGUMENT, message);
   }
 
-  /** End the stream with an error status (grpc-js turns an 'error' event into the call's status). */
-  private fail(code: number, details: string): void {
+  /** End the stream with an error status. */
+  private fail(code: CallStatusCode, details: string): void {
     for (const link of this.links) link.abandon();
     this.end(false);
-    this.call.emit("error", { code, details });
+    this.call.end(code, details);
   }
 
   /**

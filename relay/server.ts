@@ -1,8 +1,7 @@
-// The relay process's parts put together: the gRPC server that accepts one stream per
-// client connection, the shared byte budget, the metrics endpoint, and each service's replica
-// set. Every start has a new instance id (in /stats and the service view): a relay that
+// The relay process's parts put together: the gRPC server (Node's HTTP/2: grpc-h2-server.ts)
+// that accepts one stream per client connection, the shared byte budget, the metrics endpoint,
+// and each service's replica set. Every start has a new instance id (in /stats and the service view): a relay that
 // restarted lost its connections' sessions, and the controller must be able to tell.
-import { Server, ServerCredentials, type ServiceDefinition, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
@@ -10,14 +9,17 @@ import { parseReplicas, RelayConfigError, type RelayConfig, type ReplicaTarget }
 import { ReplicaSets, type ServiceView } from "./replica-sets.ts";
 import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
-import { MirrorSession, type MirrorCall } from "./mirror-session.ts";
+import { MirrorSession } from "./mirror-session.ts";
 import { checkControlAuth } from "./control-auth.ts";
+import { listenGrpcH2, MIRROR_METHOD_PATH } from "./grpc-h2-server.ts";
 
 const identity = (b: Buffer) => b;
-/** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf. */
-export const MIRROR_SERVICE: ServiceDefinition = {
+/** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf, as
+ *  a gRPC library's service definition: what a gRPC client (the tests' @grpc/grpc-js) needs to
+ *  call the relay, or to serve the method in its place. */
+export const MIRROR_SERVICE = {
   Stream: {
-    path: "/lockstep.mirror.v1.Mirror/Stream",
+    path: MIRROR_METHOD_PATH,
     requestStream: true,
     responseStream: true,
     requestSerialize: identity, requestDeserialize: identity,
@@ -74,14 +76,18 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const view = (service: string) => ({ ...sets.view(service), instance });
   const ctx = { config, budget, metrics, log, sets };
 
-  const grpc = new Server({
-    "grpc.max_receive_message_length": MAX_FRAME_BYTES,
-    "grpc.max_send_message_length": MAX_FRAME_BYTES,
+  const grpc = await listenGrpcH2({
+    host: config.listen.host,
+    port: config.listen.port,
+    streamWindowBytes: config.http2.streamWindowBytes,
+    connectionWindowBytes: config.http2.connectionWindowBytes,
+    maxMessageBytes: MAX_FRAME_BYTES,
+    call: (call) => { new MirrorSession(call, ctx); },
+    framingError: (err) => {
+      metrics.protocolErrors.add(1);
+      log(`protocol error: ${err.message}; stream closed`);
+    },
   });
-  const impl: UntypedServiceImplementation = { Stream: (call: MirrorCall) => { new MirrorSession(call, ctx); } };
-  grpc.addService(MIRROR_SERVICE, impl);
-  const grpcPort = await new Promise<number>((resolve, reject) =>
-    grpc.bindAsync(`${config.listen.host}:${config.listen.port}`, ServerCredentials.createInsecure(), (err, port) => err ? reject(err) : resolve(port)));
 
   const json = (res: ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" });
@@ -117,11 +123,11 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const metricsPort = (http.address() as AddressInfo).port;
 
   return {
-    grpcPort, metricsPort, metrics, instance,
+    grpcPort: grpc.port, metricsPort, metrics, instance,
     view,
     setReplicas,
     async close() {
-      await new Promise<void>((resolve) => grpc.tryShutdown(() => resolve()));
+      await grpc.close();
       await new Promise<void>((resolve) => http.close(() => resolve()));
     },
   };

@@ -132,6 +132,16 @@ describe("past the relay's total bound", () => {
     return { id, writes, halfCloseFirst: true };
   };
 
+  /** Connections whose replica reads, one at a time, each once the relay finished the one
+   *  before: one connection's 1 MiB can never reach the 2 MiB total, whereas several at once can,
+   *  however healthy their replica, when the relay takes their bytes in faster than the
+   *  replica's new TCP connections take them (the relay's HTTP/2 windows are 4 MiB). */
+  const oneAtATime = (count: number, tag: string) => pool(count, 1, async () => {
+    const result = await runClient(envoy.listenerPort, plan(tag, 1 << 20));
+    await waitFor("the relay to finish the connection", async () => (await relay.metric("lockstep_relay_streams_active")) === 0);
+    return result;
+  });
+
   beforeAll(async () => {
     primary = await new RecordingBackend("primary").start();
     // One replica, which stops reading the connections marked "stuck" (and reads the others).
@@ -141,7 +151,7 @@ describe("past the relay's total bound", () => {
     envoy = await startEnvoy({ primary: primary.address, replicas, relayPort: relay.port });
     const pid = relay.process.child.pid!;
     // Warm up (code loaded, buffers allocated), then measure from here.
-    await pool(4, 4, () => runClient(envoy.listenerPort, plan("warm", 1 << 20)));
+    await oneAtATime(4, "warm");
     await waitFor("the warm-up to finish", async () => (await relay.metric("lockstep_relay_streams_active")) === 0);
     rssBefore = procKiB(pid, "VmRSS") * 1024;
     writeFileSync(`/proc/${pid}/clear_refs`, "5"); // reset the peak
@@ -149,7 +159,7 @@ describe("past the relay's total bound", () => {
     // The stuck connections, all at once: the replica's queue on each would grow by tens of MiB.
     stuck = await Promise.all(Array.from({ length: STUCK }, () => runClient(envoy.listenerPort, plan("stuck", STUCK_BYTES), undefined, 60_000)));
     // Then connections whose replica reads, while the stuck connections' replica still has not.
-    flowing = await pool(FLOWING, 4, () => runClient(envoy.listenerPort, plan("flow", 1 << 20)));
+    flowing = await oneAtATime(FLOWING, "flow");
     await waitFor("the relay to finish every stream", async () => (await relay.metric("lockstep_relay_streams_active")) === 0, 30_000);
     rssPeak = procKiB(pid, "VmHWM") * 1024;
     // The replica catches up: it reads what the relay wrote to it before the cut, then the end.

@@ -1,0 +1,91 @@
+// gRPC's message framing on an HTTP/2 stream ("Length-Prefixed-Message" in gRPC over HTTP/2):
+// a 1-byte compressed flag, a 4-byte big-endian length, then that many bytes. The decoder
+// takes DATA chunks as HTTP/2 delivers them (a message may span chunks, a chunk may hold
+// several messages) and hands out whole messages: a message that lies within one chunk is a
+// view of it (no copy); only a message spread over chunks is copied, once, into one buffer.
+import { CallStatus, type CallStatusCode } from "./mirror-call.ts";
+
+export const MESSAGE_PREFIX_BYTES = 5;
+
+/** Bad framing from the peer; `code` is the status its stream ends with. */
+export class GrpcFramingError extends Error {
+  constructor(readonly code: CallStatusCode, message: string) { super(message); }
+}
+
+export class GrpcMessageDecoder {
+  /** The prefix being read, when it spans chunks. */
+  private readonly prefix = Buffer.alloc(MESSAGE_PREFIX_BYTES);
+  private prefixBytes = 0;
+  /** Length of the message being read; -1 while reading a prefix. */
+  private messageLength = -1;
+  /** The parts of the message being read, when it spans chunks. */
+  private parts: Buffer[] = [];
+  private partsBytes = 0;
+
+  constructor(private readonly maxMessageBytes: number) {}
+
+  /** Whether the bytes so far end inside a message (a stream that ends here is cut short). */
+  get midMessage(): boolean { return this.prefixBytes > 0 || this.messageLength >= 0; }
+
+  /** Feed one chunk; `message` is called for each message it completes, in order. Throws
+   *  GrpcFramingError on a compressed message or one longer than maxMessageBytes (the
+   *  messages before it in the chunk are handed out first). */
+  push(chunk: Buffer, message: (bytes: Buffer) => void): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.messageLength < 0) {
+        if (this.prefixBytes === 0 && chunk.length - at >= MESSAGE_PREFIX_BYTES) {
+          this.startMessage(chunk[at], chunk.readUInt32BE(at + 1));
+          at += MESSAGE_PREFIX_BYTES;
+        } else {
+          const n = chunk.copy(this.prefix, this.prefixBytes, at, at + MESSAGE_PREFIX_BYTES - this.prefixBytes);
+          this.prefixBytes += n;
+          at += n;
+          if (this.prefixBytes < MESSAGE_PREFIX_BYTES) return;
+          this.prefixBytes = 0;
+          this.startMessage(this.prefix[0], this.prefix.readUInt32BE(1));
+        }
+        if (this.messageLength > 0) continue;
+      }
+      const missing = this.messageLength - this.partsBytes;
+      const available = chunk.length - at;
+      if (this.partsBytes === 0 && available >= missing) {
+        message(chunk.subarray(at, at + missing));
+        at += missing;
+        this.messageLength = -1;
+        continue;
+      }
+      const part = chunk.subarray(at, at + Math.min(missing, available));
+      this.parts.push(part);
+      this.partsBytes += part.length;
+      at += part.length;
+      if (this.partsBytes < this.messageLength) return;
+      const whole = Buffer.concat(this.parts, this.partsBytes);
+      this.parts = [];
+      this.partsBytes = 0;
+      this.messageLength = -1;
+      message(whole);
+    }
+  }
+
+  private startMessage(compressedFlag: number, length: number): void {
+    if (compressedFlag !== 0) {
+      throw new GrpcFramingError(CallStatus.INVALID_ARGUMENT, compressedFlag === 1
+        ? "compressed gRPC message: this relay takes uncompressed messages only (grpc-encoding identity)"
+        : `gRPC message compressed flag is ${compressedFlag}, must be 0`);
+    }
+    if (length > this.maxMessageBytes) {
+      throw new GrpcFramingError(CallStatus.RESOURCE_EXHAUSTED, `gRPC message of ${length} bytes, larger than the ${this.maxMessageBytes} this relay accepts`);
+    }
+    this.messageLength = length;
+  }
+}
+
+/** One message with its prefix (uncompressed), ready to write to the stream. */
+export function frameMessage(message: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES + message.length);
+  out[0] = 0;
+  out.writeUInt32BE(message.length, 1);
+  message.copy(out, MESSAGE_PREFIX_BYTES);
+  return out;
+}

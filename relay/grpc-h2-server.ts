@@ -1,0 +1,85 @@
+// The relay's gRPC endpoint on Node's own HTTP/2 server (h2c: HTTP/2 with prior knowledge, no
+// TLS). It serves exactly one method, POST /lockstep.mirror.v1.Mirror/Stream with content-type
+// application/grpc, and answers anything else as a gRPC server would (UNIMPLEMENTED, or HTTP
+// 415 for a request that is not gRPC). Unlike @grpc/grpc-js it lets the relay choose its
+// HTTP/2 receive windows: the per-stream window (SETTINGS_INITIAL_WINDOW_SIZE) bounds what Envoy
+// may send on a stream the relay is not reading, the connection window how much all streams of
+// one Envoy connection may have in flight together.
+import { createServer, type Http2Session, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { GrpcH2Call, encodeGrpcMessage } from "./grpc-h2-call.ts";
+import type { GrpcFramingError } from "./grpc-framing.ts";
+import type { MirrorCall } from "./mirror-call.ts";
+
+/** The one method served, as gRPC names it on the wire. */
+export const MIRROR_METHOD_PATH = "/lockstep.mirror.v1.Mirror/Stream";
+const UNIMPLEMENTED = 12;
+const GRPC_CONTENT_TYPE = /^application\/grpc($|[+;])/;
+
+export interface GrpcH2ServerOptions {
+  readonly host: string;
+  readonly port: number;
+  /** Each stream's receive window (bytes). */
+  readonly streamWindowBytes: number;
+  /** Each connection's receive window (bytes). */
+  readonly connectionWindowBytes: number;
+  /** A longer message ends its stream with RESOURCE_EXHAUSTED. */
+  readonly maxMessageBytes: number;
+  /** A new call of the method. */
+  call(call: MirrorCall): void;
+  /** A call's bad message framing (the call has already ended with its status). */
+  framingError(error: GrpcFramingError): void;
+}
+
+export interface GrpcH2Server {
+  readonly port: number;
+  /** Stop accepting connections; resolves once open streams have ended and their connections closed. */
+  close(): Promise<void>;
+}
+
+function refuse(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+  if (!GRPC_CONTENT_TYPE.test(String(headers["content-type"] ?? ""))) {
+    stream.respond({ ":status": 415, "content-type": "text/plain" }, { endStream: true });
+    return;
+  }
+  const details = `unknown method ${headers[":method"]} ${headers[":path"]}: this relay serves only POST ${MIRROR_METHOD_PATH}`;
+  stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": String(UNIMPLEMENTED), "grpc-message": encodeGrpcMessage(details) }, { endStream: true });
+}
+
+export async function listenGrpcH2(options: GrpcH2ServerOptions): Promise<GrpcH2Server> {
+  const server = createServer({
+    settings: { initialWindowSize: options.streamWindowBytes },
+    // Node refuses new streams once a session's bookkeeping passes maxSessionMemory (10 MB by
+    // default, soon reached with thousands of streams); every byte the relay holds is bounded
+    // by its own limits and the windows instead.
+    maxSessionMemory: Number.MAX_SAFE_INTEGER,
+  });
+  const sessions = new Set<Http2Session>();
+  server.on("session", (session: Http2Session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+    // A broken connection: each of its streams closes and its session hears of it.
+    session.on("error", () => {});
+    session.setLocalWindowSize(options.connectionWindowBytes);
+  });
+  server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+    // A reset by the peer or a broken connection: the stream's 'close' follows and says so.
+    stream.on("error", () => {});
+    if (headers[":method"] !== "POST" || headers[":path"] !== MIRROR_METHOD_PATH || !GRPC_CONTENT_TYPE.test(String(headers["content-type"] ?? ""))) {
+      refuse(stream, headers);
+      return;
+    }
+    options.call(new GrpcH2Call(stream, options.maxMessageBytes, options.framingError));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port, options.host, () => { server.off("error", reject); resolve(); });
+  });
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const session of sessions) session.close();
+    }),
+  };
+}
