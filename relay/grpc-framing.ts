@@ -82,6 +82,14 @@ export class GrpcMessageDecoder {
 }
 
 /** One message with its prefix (uncompressed), ready to write to the stream. */
+/** The 5-byte prefix of a message of `length` bytes (`flag` 1: compressed, which the relay refuses). */
+export function messagePrefix(length: number, flag = 0): Buffer {
+  const b = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES);
+  b[0] = flag;
+  b.writeUInt32BE(length, 1);
+  return b;
+}
+
 export function frameMessage(message: Buffer): Buffer {
   const out = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES + message.length);
   out[0] = 0;

@@ -4,31 +4,17 @@
 import { describe, it, expect } from "vitest";
 import express from "express";
 import type { Server } from "node:http";
-import { createServer, connect } from "node:net";
 import { buildSnapshot } from "../../controller/xds/snapshot.ts";
 import { XdsRestServer } from "../../controller/xds/rest-server.ts";
 import { startEnvoy } from "../support/envoy.ts";
 import { freePort, waitFor } from "../support/ports.ts";
+import { taggedServer, whoServes } from "../support/backends.ts";
 
-async function tagged(tag: string): Promise<{ address: string; close: () => void }> {
-  const server = createServer((s) => { s.end(tag); s.on("error", () => {}); });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, close: () => server.close() };
-}
 
-function whoServes(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    let got = "";
-    const s = connect(port, "127.0.0.1");
-    s.on("data", (d) => (got += d));
-    s.on("close", () => resolve(got || "(closed)"));
-    s.on("error", () => resolve("(error)"));
-  });
-}
 
 describe("controller EDS on real Envoy", () => {
   it("switches new connections to the new priority-0 endpoint, and keeps the last config without the controller", async () => {
-    const [a, b] = [await tagged("A"), await tagged("B")];
+    const [a, b] = [await taggedServer("A"), await taggedServer("B")];
     const xds = new XdsRestServer();
     xds.publish(buildSnapshot("1", [{ cluster: "itest_primary", primary: a.address, standbys: [b.address] }]));
     const app = express();

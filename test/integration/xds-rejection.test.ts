@@ -4,7 +4,6 @@
 // refresh_delay (1 ms): the controller must notice the rejection, say so once (log, event, the
 // service's view), not answer it again in a hot loop, and get the next good snapshot to Envoy.
 import { describe, it, expect, afterAll } from "vitest";
-import { createServer, connect, type Server } from "node:net";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,24 +13,11 @@ import { TYPE_URL } from "../../controller/xds/resources.ts";
 import type { Snapshot } from "../../controller/xds/snapshot.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { freePort, waitFor } from "../support/ports.ts";
+import { taggedServer, whoServes } from "../support/backends.ts";
 
 const TOKEN = "xds-rejection-token";
 
-async function tagged(tag: string): Promise<{ address: string; server: Server }> {
-  const server = createServer((s) => { s.on("error", () => {}); s.end(tag); });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, server };
-}
 
-function whoServes(port: number): Promise<string> {
-  return new Promise((resolve) => {
-    let got = "";
-    const s = connect(port, "127.0.0.1");
-    s.on("data", (d) => (got += d));
-    s.on("close", () => resolve(got || "(closed)"));
-    s.on("error", () => resolve("(error)"));
-  });
-}
 
 /** Endpoints Envoy refuses: a host name where EDS takes an IP address. */
 function rejectedByEnvoy(version: string, port: number): Snapshot {
@@ -44,7 +30,7 @@ function rejectedByEnvoy(version: string, port: number): Snapshot {
 describe("Envoy rejecting a snapshot", () => {
   let controller: RunningController | undefined;
   let envoy: EnvoyHandle | undefined;
-  const servers: Server[] = [];
+  const servers: { close: () => void }[] = [];
   afterAll(async () => {
     await envoy?.kill();
     await controller?.close();
@@ -52,8 +38,8 @@ describe("Envoy rejecting a snapshot", () => {
   });
 
   it("is logged once, shown in the service and the events, not answered in a hot loop, and the next good snapshot is applied", async () => {
-    const [p, a] = [await tagged("P"), await tagged("A")];
-    servers.push(p.server, a.server);
+    const [p, a] = [await taggedServer("P"), await taggedServer("A")];
+    servers.push(p, a);
     const logs: string[] = [];
     controller = await startController({
       services: [{ service: { name: "kv", members: [

@@ -2,7 +2,7 @@
 // connection, the bytes it received and sent (SHA-256 and count), answers with bytes of its
 // own, and can be killed, or told to stop reading, mid-test.
 import { createHash, type Hash } from "node:crypto";
-import { createServer, type Server, type Socket } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 
 export interface ConnectionRecord {
   /** First bytes received: tests put a connection id there. */
@@ -115,4 +115,22 @@ function pace(socket: Socket, bytesPerSecond: number): void {
 /** Start several backends; close them all with `killAll`. */
 export async function startBackends(names: string[], options: BackendOptions = {}): Promise<RecordingBackend[]> {
   return Promise.all(names.map((n) => new RecordingBackend(n, options).start()));
+}
+
+/** A server that answers every connection with `tag` and closes it: who served a connection. */
+export async function taggedServer(tag: string): Promise<{ address: string; close: () => void }> {
+  const server = createServer((s) => { s.on("error", () => {}); s.end(tag); });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, close: () => server.close() };
+}
+
+/** Connect to `port` and read until closed: a taggedServer's tag, "(closed)" or "(error)". */
+export function whoServes(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    let got = "";
+    const s = connect(port, "127.0.0.1");
+    s.on("data", (d) => (got += d));
+    s.on("close", () => resolve(got || "(closed)"));
+    s.on("error", () => resolve("(error)"));
+  });
 }

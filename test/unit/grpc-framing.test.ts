@@ -3,7 +3,7 @@
 // with the status its stream ends with.
 import { describe, it, expect } from "vitest";
 import { randomBytes } from "node:crypto";
-import { frameMessage, GrpcFramingError, GrpcMessageDecoder } from "../../relay/grpc-framing.ts";
+import { frameMessage, messagePrefix, GrpcFramingError, GrpcMessageDecoder } from "../../relay/grpc-framing.ts";
 import { CallStatus } from "../../relay/mirror-call.ts";
 
 function decodeAll(chunks: Buffer[], max = 1 << 20): Buffer[] {
@@ -14,12 +14,6 @@ function decodeAll(chunks: Buffer[], max = 1 << 20): Buffer[] {
   return out;
 }
 
-function prefix(flag: number, length: number): Buffer {
-  const b = Buffer.alloc(5);
-  b[0] = flag;
-  b.writeUInt32BE(length, 1);
-  return b;
-}
 
 function refusal(chunks: Buffer[], max = 1 << 20): { error: GrpcFramingError; before: Buffer[] } {
   const decoder = new GrpcMessageDecoder(max);
@@ -82,14 +76,14 @@ describe("gRPC message framing", () => {
 
   it("knows a stream cut inside a prefix or a body", () => {
     const decoder = new GrpcMessageDecoder(1024);
-    decoder.push(prefix(0, 4).subarray(0, 3), () => {});
+    decoder.push(messagePrefix(4, 0).subarray(0, 3), () => {});
     expect(decoder.midMessage).toBe(true);
-    decoder.push(Buffer.concat([prefix(0, 4).subarray(3), Buffer.from("ab")]), () => {});
+    decoder.push(Buffer.concat([messagePrefix(4, 0).subarray(3), Buffer.from("ab")]), () => {});
     expect(decoder.midMessage).toBe(true);
   });
 
   it("refuses a compressed message with INVALID_ARGUMENT, after the messages before it", () => {
-    const { error, before } = refusal([Buffer.concat([frameMessage(Buffer.from("ok")), prefix(1, 3), Buffer.from("zip")])]);
+    const { error, before } = refusal([Buffer.concat([frameMessage(Buffer.from("ok")), messagePrefix(3, 1), Buffer.from("zip")])]);
     expect(error.code).toBe(CallStatus.INVALID_ARGUMENT);
     expect(error.message).toContain("compressed");
     expect(before.map(String)).toEqual(["ok"]);
@@ -102,10 +96,10 @@ describe("gRPC message framing", () => {
   });
 
   it("refuses a message longer than the maximum with RESOURCE_EXHAUSTED before reading (or allocating) it", () => {
-    const { error } = refusal([prefix(0, 0xffff_ffff)], 64 << 20);
+    const { error } = refusal([messagePrefix(0xffff_ffff, 0)], 64 << 20);
     expect(error.code).toBe(CallStatus.RESOURCE_EXHAUSTED);
     expect(error.message).toContain("4294967295 bytes");
     expect(decodeAll([frameMessage(Buffer.alloc(1024))], 1024)).toHaveLength(1); // the maximum itself is fine
-    expect(refusal([prefix(0, 1025)], 1024).error.code).toBe(CallStatus.RESOURCE_EXHAUSTED);
+    expect(refusal([messagePrefix(1025, 0)], 1024).error.code).toBe(CallStatus.RESOURCE_EXHAUSTED);
   });
 });

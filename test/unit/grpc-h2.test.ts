@@ -9,7 +9,7 @@ import { connect, createServer, type ClientHttp2Session, type ClientHttp2Stream,
 import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import { listenGrpcH2, MIRROR_METHOD_PATH, type GrpcH2Server } from "../../relay/grpc-h2-server.ts";
 import { encodeGrpcMessage, GrpcH2Call } from "../../relay/grpc-h2-call.ts";
-import { frameMessage, GrpcMessageDecoder, type GrpcFramingError } from "../../relay/grpc-framing.ts";
+import { frameMessage, messagePrefix, GrpcMessageDecoder, type GrpcFramingError } from "../../relay/grpc-framing.ts";
 import { CallStatus, type MirrorCall } from "../../relay/mirror-call.ts";
 import { waitFor } from "../support/ports.ts";
 
@@ -30,12 +30,6 @@ function reply(stream: ClientHttp2Stream): Reply {
   return r;
 }
 
-function prefix(flag: number, length: number): Buffer {
-  const b = Buffer.alloc(5);
-  b[0] = flag;
-  b.writeUInt32BE(length, 1);
-  return b;
-}
 
 const ping = (client: ClientHttp2Session) => new Promise<void>((resolve, reject) => client.ping((err) => (err ? reject(err) : resolve())));
 
@@ -91,8 +85,8 @@ describe("gRPC over Node's HTTP/2: the server", () => {
   });
 
   it.each([
-    ["a compressed message", Buffer.concat([frameMessage(Buffer.from("fine")), prefix(1, 2), Buffer.from("zz")]), CallStatus.INVALID_ARGUMENT, "compressed"],
-    ["a message longer than the maximum", Buffer.concat([frameMessage(Buffer.from("fine")), prefix(0, 1025)]), CallStatus.RESOURCE_EXHAUSTED, "1025 bytes"],
+    ["a compressed message", Buffer.concat([frameMessage(Buffer.from("fine")), messagePrefix(2, 1), Buffer.from("zz")]), CallStatus.INVALID_ARGUMENT, "compressed"],
+    ["a message longer than the maximum", Buffer.concat([frameMessage(Buffer.from("fine")), messagePrefix(1025, 0)]), CallStatus.RESOURCE_EXHAUSTED, "1025 bytes"],
   ])("ends a stream with %s with its status, counts it, and keeps serving", async (_what, bytes, code, detail) => {
     const s = request();
     const r = reply(s);
