@@ -38,9 +38,10 @@ export class ReplicaSets {
   private readonly sets = new Map<string, readonly ReplicaTarget[]>();
   private readonly waiting = new Map<string, Set<(targets: readonly ReplicaTarget[]) => void>>();
   private readonly open = new Map<string, Set<OpenConnection>>();
-  /** Per service: the primary's name as the controller set it, and former primaries' addresses. */
+  /** Per service: the primary's name as the controller set it, and former primaries' addresses
+   *  (with whether each has left the set since). */
   private readonly primaries = new Map<string, string>();
-  private readonly demoted = new Map<string, Set<string>>();
+  private readonly demoted = new Map<string, Map<string, boolean>>();
 
   constructor(initial: Readonly<Record<string, readonly ReplicaTarget[]>> = {}) {
     for (const [service, targets] of Object.entries(initial)) this.sets.set(service, targets);
@@ -71,20 +72,25 @@ export class ReplicaSets {
   private setPrimary(service: string, targets: readonly ReplicaTarget[], primary: string): void {
     const before = this.primaries.get(service);
     this.primaries.set(service, primary);
-    const demoted = this.demoted.get(service) ?? new Set<string>();
+    const demoted = this.demoted.get(service) ?? new Map<string, boolean>();
     this.demoted.set(service, demoted);
     const address = (name: string | undefined) => targets.find((t) => t.name === name)?.address;
     const now = address(primary);
-    for (const d of demoted) if (now !== undefined && sameEndpoint(d, now)) demoted.delete(d);
-    // A demotion lasts while the former primary stays in the set (Envoy may still send it a
-    // new connection before it applies the new endpoints); one that left the set (dead, stale)
-    // is no one's to send to, and when it comes back it is not a former primary any more:
-    // closing the connections Envoy sends it then (as a successor) would fail them for nothing.
-    for (const d of demoted) if (!targets.some((t) => sameEndpoint(t.address, d))) demoted.delete(d);
+    for (const d of demoted.keys()) if (now !== undefined && sameEndpoint(d, now)) demoted.delete(d);
+    // A demotion lasts until the former primary is primary again, or comes back into the set
+    // after it left it (an operator reseeded and rejoined it): until then Envoy may still send it
+    // a new connection (a frozen primary wakes up with connections Envoy sent it before it
+    // applied the new endpoints), and those are closed. Once rejoined it is a replica like any
+    // other: a connection Envoy sends it as a successor is not closed.
+    const inSet = (address: string) => targets.some((t) => sameEndpoint(t.address, address));
+    for (const [d, left] of demoted) {
+      if (!inSet(d)) demoted.set(d, true);
+      else if (left) demoted.delete(d);
+    }
     const former = before !== undefined && before !== primary ? (this.lastAddresses.get(`${service}|${before}`) ?? address(before)) : undefined;
     for (const t of targets) this.lastAddresses.set(`${service}|${t.name}`, t.address);
     if (former === undefined) return;
-    if (targets.some((t) => sameEndpoint(t.address, former))) demoted.add(former);
+    demoted.set(former, !inSet(former));
     for (const c of this.open.get(service) ?? []) if (c.started && sameEndpoint(former, c.primary)) c.demote();
   }
 
@@ -93,7 +99,7 @@ export class ReplicaSets {
 
   /** Whether `primary` (a connection's, as Envoy named it) is a former primary of the service. */
   isDemoted(service: string, primary: string): boolean {
-    for (const d of this.demoted.get(service) ?? []) if (sameEndpoint(d, primary)) return true;
+    for (const d of this.demoted.get(service)?.keys() ?? []) if (sameEndpoint(d, primary)) return true;
     return false;
   }
 

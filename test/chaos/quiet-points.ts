@@ -4,7 +4,7 @@
 // so after the faults injected since the one before. A long run's report says when each
 // violation appeared and which faults are the suspects, even when later faults pile on.
 import type { Stack } from "../support/stack.ts";
-import { check, type Violation } from "./checker.ts";
+import { check, formatViolations, timeline, type Violation } from "./checker.ts";
 import { describeFault, seconds, type History } from "./history.ts";
 import { readSnapshot } from "./snapshot.ts";
 import type { Target } from "./target.ts";
@@ -24,16 +24,24 @@ export class QuietPoints {
     const point: QuietPoint = { at: this.history.now(), previous: this.previous };
     const violations = check(this.history, await readSnapshot(this.stack, this.target, false));
     const fresh: string[] = [];
+    const freshViolations: Violation[] = [];
     for (const v of violations) {
       const seen = this.seen.get(key(v)) ?? new Map<string, QuietPoint>();
       this.seen.set(key(v), seen);
       const added = v.evidence.filter((e) => !seen.has(e));
       for (const e of added) seen.set(e, point);
-      if (added.length) fresh.push(`(${v.check}) ${v.kind} on ${v.member}: ${added.length} new finding(s)`);
+      if (added.length) { fresh.push(`(${v.check}) ${v.kind} on ${v.member}: ${added.length} new finding(s)`); freshViolations.push(v); }
     }
     this.count++;
     this.previous = point.at;
     this.log(`chaos: quiet point at ${seconds(point.at)}: ${fresh.length ? fresh.join("; ") : "no new violation"}`);
+    // A long run shows a new violation's context at once (the final report repeats it).
+    if (freshViolations.length) {
+      const events = (await this.stack.api("GET", `/v1/events?service=${this.stack.service}`).catch(() => ({ json: { events: [] } }))).json.events ?? [];
+      const since = point.previous - 10_000;
+      const lines = timeline({ faults: this.history.faults.filter((f) => f.at >= since), toRunTime: (d: string) => this.history.toRunTime(d) } as unknown as History, events.filter((e: { at: string }) => this.history.toRunTime(e.at) >= since));
+      this.log(`${formatViolations(freshViolations, (v) => this.dating(v))}\n  faults and controller events from ${seconds(Math.max(0, since))}:\n${lines.join("\n")}`);
+    }
   }
 
   /** When a violation of the final check was first seen, and the faults before that. */
