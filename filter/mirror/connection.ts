@@ -315,6 +315,26 @@ export class MirrorConnection {
     }
   }
 
+  /**
+   * The client reset its connection (it closed without half-closing first) after bytes went on
+   * to the primary. Envoy then closes the primary's connection abruptly: a primary behind in
+   * reading loses what its socket still held (a reset discards it), an amount nobody can know,
+   * while the replicas may have read further. No replica provably holds exactly what the primary
+   * took: true if the stream must be reset (the relay then resets the replica connections, and
+   * cancel() counts every replica on the connection missed, so the controller takes them out
+   * of sync).
+   */
+  resetByClient(): bool {
+    if (this.taken == 0 || this.endSent || this.withoutReplicas) return false;
+    if (this.state != STATE_STREAMING && this.state != STATE_CLOSING) return false;
+    this.stats.add(this.stats.clientResets, 1);
+    this.paused = false; // bytes Envoy held go nowhere: the connection is gone
+    this.heldBytes = 0;
+    host.logInfo("lockstep: connection " + this.connectionId.toString() + " was reset by its client after " + this.taken.toString() +
+      " bytes went on to the primary; what the primary consumed is unknown: its replicas are counted missed");
+    return true;
+  }
+
   /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream. */
   cancel(): void {
     if (this.state == STATE_STREAMING || this.state == STATE_CLOSING || this.state == STATE_NO_REPLICAS) host.grpcCancel(this.token);

@@ -3,17 +3,20 @@
 // process, never a replica) is behind by more than the in-flight bound, for at most the
 // stall timeout, and then mirrors nothing until the bytes go on; never pauses the primary's replies.
 import { NetworkContext } from "../abi/context";
-import { Action } from "../abi/constants";
+import { Action, PeerType } from "../abi/constants";
 import { MirrorConnection } from "./connection";
 import { MirrorRoot } from "./root";
 
 export class MirrorFilter extends NetworkContext {
   private finished: bool = false;
+  /** The client half-closed (its end of stream went by). */
+  private clientEnded: bool = false;
   constructor(contextId: u32, private readonly mirrorRoot: MirrorRoot, private readonly mirror: MirrorConnection) {
     super(contextId, mirrorRoot);
   }
 
   onDownstreamData(size: usize, endOfStream: bool): u32 {
+    if (endOfStream) this.clientEnded = true;
     if (this.mirrorRoot.mustAwaitStream(this.mirror)) {
       // Too many mirrors of closed connections are still finishing in the relay: this connection
       // waits (its bytes held in Envoy) until one ends, so replica connections never pile up.
@@ -41,7 +44,12 @@ export class MirrorFilter extends NetworkContext {
     return Action.CONTINUE;
   }
 
-  onDownstreamConnectionClose(peerType: u32): void { this.finish(); }
+  onDownstreamConnectionClose(peerType: u32): void {
+    // Closed by the client without a half-close first: a reset (Envoy's own closes, for a
+    // primary that went away or a switchover, are LOCAL).
+    if (peerType == PeerType.REMOTE && !this.clientEnded && !this.finished && this.mirror.resetByClient()) this.mirrorRoot.drop(this.mirror, true);
+    this.finish();
+  }
   onUpstreamConnectionClose(peerType: u32): void {}
   onDelete(): void { this.finish(); }
 

@@ -49,6 +49,9 @@ export class MirrorStats {
   /** Client connections closed because their primary was a primary no more (a planned
    *  switchover): writes go to the new primary only, never to two at once. */
   closedDemoted: u32;
+  /** Client connections reset by the client (no half-close first) after bytes went on to the
+   *  primary: what the primary consumed is unknown, so every replica on it is counted missed. */
+  clientResets: u32;
   /** Frames from the relay that did not decode. */
   relayProtocolErrors: u32;
   /** Primary reply bytes read and digested for the consistency check (0 with compare_replies off). */
@@ -73,6 +76,7 @@ export class MirrorStats {
     this.inflightBytes = defineMetric(MetricType.GAUGE, p + "inflight_bytes");
     this.relayProtocolErrors = defineMetric(MetricType.COUNTER, p + "relay_protocol_errors");
     this.closedDemoted = defineMetric(MetricType.COUNTER, p + "closed_demoted");
+    this.clientResets = defineMetric(MetricType.COUNTER, p + "client_resets");
     this.replyBytesDigested = defineMetric(MetricType.COUNTER, p + "reply_bytes_digested");
   }
 

@@ -16,6 +16,8 @@ export class QuietPoints {
   /** Evidence already seen, by violation (key below), and at which quiet point first. */
   private readonly seen = new Map<string, Map<string, QuietPoint>>();
   count = 0;
+  /** Every violation a quiet point found (with the findings new there), repaired since or not. */
+  readonly found: Violation[] = [];
 
   constructor(private readonly history: History, private readonly stack: Stack, private readonly target: Target, private readonly log: (line: string) => void) {}
 
@@ -30,7 +32,7 @@ export class QuietPoints {
       this.seen.set(key(v), seen);
       const added = v.evidence.filter((e) => !seen.has(e));
       for (const e of added) seen.set(e, point);
-      if (added.length) { fresh.push(`(${v.check}) ${v.kind} on ${v.member}: ${added.length} new finding(s)`); freshViolations.push(v); }
+      if (added.length) { fresh.push(`(${v.check}) ${v.kind} on ${v.member}: ${added.length} new finding(s)`); freshViolations.push(v); this.found.push(v); }
     }
     this.count++;
     this.previous = point.at;

@@ -130,6 +130,33 @@ describe("mirroring under connection churn, resets and slow replicas (issue 8)",
     }
   });
 
+  it("counts the replicas of a connection its client reset missed: a primary behind in reading loses what its socket held (Envoy resets it), so replicas may hold more", async () => {
+    const primary = await new RecordingBackend("primary", { reply: () => null, farewell: null, readBytesPerSecond: 4 << 20 }).start();
+    const replica = await new RecordingBackend("replica", { reply: () => null, farewell: null }).start();
+    const { relay, envoy } = await start(primary, [replica]);
+    const chunk = randomBytes(64 << 10);
+    const UPLOADS = 8;
+    for (let i = 0; i < UPLOADS; i++) {
+      await new Promise<void>((resolve) => {
+        const s = connect(envoy.listenerPort, "127.0.0.1", () => {
+          s.write(randomBytes(16));
+          for (let n = 0; n < 48; n++) s.write(chunk); // 3 MiB handed over at once
+          setTimeout(() => { s.resetAndDestroy(); resolve(); }, 300);
+        });
+        s.on("error", () => {});
+      });
+    }
+    await waitFor("every replica connection to close", async () => (await replicaConnectionsOpen(relay)) === 0, 30_000, 20);
+    await waitFor("the primary's connections to end", () => primary.connections.length === UPLOADS && primary.connections.every((c) => c.closed), 30_000, 20);
+    const ahead = primary.connections.filter((p) => (replica.byHead().get(hex(p.head))?.received ?? 0) > p.received).length;
+    const resets = await envoy.stat("wasmcustom.lockstep.itest.client_resets");
+    const missed = await envoy.stat("wasmcustom.lockstep.itest.replica.replica.missed_connections");
+    console.log(`${UPLOADS} uploads reset with the primary behind: the primary took ${primary.connections.map((c) => c.received).join(", ")} bytes; ` +
+      `the replica was ahead on ${ahead}; client resets ${resets}, the replica counted missed on ${missed}`);
+    expect(resets).toBe(UPLOADS);
+    expect(missed).toBe(UPLOADS); // out of sync, whether or not it ended up ahead this time
+  });
+
   it("holds a connection to a healthy replica reading steadily at 2 MB/s instead of detaching it as stalled (defect 6)", async () => {
     const primary = await new RecordingBackend("primary", { reply: () => null, farewell: null }).start();
     const steady = await new RecordingBackend("steady", { reply: () => null, farewell: null, readBytesPerSecond: 2 << 20 }).start();

@@ -119,7 +119,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
   it("half-closes the stream when the connection ends and counts a complete mirror", () => {
     const { host } = load(build);
     const conn = fixtureConnection(host);
-    conn.downstreamData("SET a 1\n");
+    conn.downstreamData("SET a 1\n", true); // the client half-closes, then the connection ends
     conn.closeDownstream();
     conn.done();
     const [stream] = host.grpcStreams.values();
@@ -233,11 +233,36 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     conn.closeDownstream(); // the client reset: Envoy drops the 700 held bytes
     conn.done();
     const [stream] = host.grpcStreams.values();
-    expect(shape(host)).toEqual([["DATA", 0, 1500], ["REPLY_END"]]);
-    expect(stream.closedByModule).toBe("close");
+    expect(shape(host)).toEqual([["DATA", 0, 1500]]);
     expect(Buffer.concat(conn.toUpstream).length).toBe(1500);
     expect(stat(host, "bytes_sent")).toBe(1500);
-    expect(stat(host, "bytes_unmirrored")).toBe(0);
+    // What the primary consumed of the 1500 bytes before Envoy reset its connection is unknown:
+    // the stream is reset too (the relay resets the replica connections), and counted.
+    expect(stream.closedByModule).toBe("cancel");
+    expect(stat(host, "client_resets")).toBe(1);
+  });
+
+  it("counts every replica of a connection its client reset after bytes went on missed (what the primary consumed is unknown), but not one the client half-closed first, nor one Envoy closed", () => {
+    const { host } = load(build);
+    const r = (name: string, acked: number) => ({ name, queued: acked, acked, state: "LIVE" as const, reason: "NONE" as const });
+    const run = (end: (c: ReturnType<typeof fixtureConnection>) => void) => {
+      const conn = fixtureConnection(host);
+      conn.downstreamData(Buffer.alloc(100, 7));
+      const stream = [...host.grpcStreams.values()].at(-1)!;
+      host.grpcReceive(stream.token, encodeAck(100, [r("a", 100), r("b", 100)]));
+      end(conn);
+      conn.done();
+      return stream;
+    };
+    const reset = run((c) => c.closeDownstream(PeerType.REMOTE));
+    expect(reset.closedByModule).toBe("cancel");
+    expect(stat(host, "replica.a.missed_connections")).toBe(1); // even though it had acked every byte
+    expect(stat(host, "replica.b.missed_connections")).toBe(1);
+    const halfClosed = run((c) => { c.downstreamData("", true); c.closeDownstream(PeerType.REMOTE); });
+    const byEnvoy = run((c) => c.closeDownstream(PeerType.LOCAL)); // the primary went away, or a switchover
+    for (const s of [halfClosed, byEnvoy]) expect(s.closedByModule).toBe("close");
+    expect(stat(host, "client_resets")).toBe(1);
+    expect(stat(host, "replica.a.missed_connections")).toBe(1);
   });
 
   it("sends END after the held bytes when the client half-closed while they were held", () => {
@@ -594,7 +619,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
   it("ends the reply as CUT when the connection closes before the primary ends it", () => {
     const { host } = load(build);
     const conn = fixtureConnection(host);
-    conn.downstreamData("PING\r\n");
+    conn.downstreamData("PING\r\n", true);
     conn.upstreamData("+OK\r\n");
     conn.closeDownstream();
     conn.done();
@@ -663,7 +688,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     const run = (n: number) => {
       for (let i = 0; i < n; i++) {
         const conn = host.newConnection({ source: "127.0.0.1:1", upstream: "127.0.0.1:2" });
-        conn.downstreamData(Buffer.alloc(512, i));
+        conn.downstreamData(Buffer.alloc(512, i), true);
         conn.upstreamData(Buffer.alloc(20000 + (i % 7), i)); // a window and a partial one digested
         const stream = [...host.grpcStreams.values()].at(-1)!;
         host.grpcReceive(stream.token, encodeAck(512, [{ name: "r", queued: 512, acked: 512, state: "LIVE", reason: "NONE" }]));
