@@ -106,11 +106,10 @@ class KeptWindow {
     const drop = (window - this.window) * W;
     const keptUpTo = this.window * W + this.bytes.length;
     this.window = window;
-    if (!this.complete) { this.complete = seen <= window * W; this.bytes = Buffer.alloc(0); return; }
-    // Complete if every byte seen from the new window's start is still kept.
-    this.complete = keptUpTo >= Math.min(seen, window * W) && keptUpTo >= seen;
-    this.bytes = this.complete && this.bytes.length > drop ? Buffer.from(this.bytes.subarray(drop)) : Buffer.alloc(0);
-    if (!this.complete) this.complete = seen <= window * W;
+    // Complete if nothing of the new window went by yet, or every byte that did is kept.
+    const nothingSeen = seen <= window * W;
+    this.complete = nothingSeen || (this.complete && keptUpTo >= seen);
+    this.bytes = !nothingSeen && this.complete ? Buffer.from(this.bytes.subarray(drop)) : Buffer.alloc(0);
   }
 
   /** CRC-32 of the window's bytes up to reply offset `total`, or undefined if they were not all kept. */

@@ -225,11 +225,11 @@ function checkApplied(history: History, member: string, state: State, at: Positi
   return violations;
 }
 
-/** Every fault and every controller event of the run, in time order. */
-export function timeline(history: History, events: readonly ControllerEvent[]): string[] {
+/** Every fault and every controller event of the run (from run time `sinceMs` on), in time order. */
+export function timeline(history: History, events: readonly ControllerEvent[], sinceMs = -Infinity): string[] {
   const lines = history.faults.map((f) => ({ at: f.at, text: `fault ${describeFault(f)}` }));
   for (const e of events) lines.push({ at: history.toRunTime(e.at), text: `controller ${seconds(history.toRunTime(e.at))} ${e.kind} ${e.member}: ${e.detail}` });
-  return lines.sort((a, b) => a.at - b.at).map((l) => `  ${l.text}`);
+  return lines.filter((l) => l.at >= sinceMs).sort((a, b) => a.at - b.at).map((l) => `  ${l.text}`);
 }
 
 /** The violations as text; `dating` adds lines saying when each first appeared (quiet-points.ts). */

@@ -41,7 +41,7 @@ export class QuietPoints {
     if (freshViolations.length) {
       const events = (await this.stack.api("GET", `/v1/events?service=${this.stack.service}`).catch(() => ({ json: { events: [] } }))).json.events ?? [];
       const since = point.previous - 10_000;
-      const lines = timeline({ faults: this.history.faults.filter((f) => f.at >= since), toRunTime: (d: string) => this.history.toRunTime(d) } as unknown as History, events.filter((e: { at: string }) => this.history.toRunTime(e.at) >= since));
+      const lines = timeline(this.history, events, since);
       this.log(`${formatViolations(freshViolations, (v) => this.dating(v))}\n  faults and controller events from ${seconds(Math.max(0, since))}:\n${lines.join("\n")}`);
     }
   }
