@@ -70,6 +70,7 @@ export const OPENAPI = {
     } },
     "/v1/services/{service}/members/{member}/rejoin": { post: {
       summary: "Take back a stale, detached or diverged member as a replica, after reseeding it from the primary's state",
+      description: "The member joins: it answers once every relay the controller reaches feeds it, so a connection opened after the answer reaches it; it is a replica (promotable) once no connection opened before is still open.",
       security: secured, parameters: [serviceParam, memberParam],
       responses: { ...ok("the service with the member as a replica", service), ...errors(...mutating, "NO_SUCH_MEMBER", "DUPLICATE") },
     } },
