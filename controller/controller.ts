@@ -25,6 +25,7 @@ import type { RelayClient, RelayView } from "./relay/client.ts";
 import type { EnvoyAdminClient, EnvoyView } from "./evidence/envoy-admin.ts";
 import { assess, continuous, type Evidence, type SourceReading } from "./evidence/ledger.ts";
 import { Readmission } from "./readmission.ts";
+import { PrimaryContinuity } from "./primary-continuity.ts";
 
 /** The designated successor is replaced only by a replica clearly better (no churn on noise):
  *  less lag by more than this, or a lower RTT by more than both margins below. */
@@ -64,6 +65,10 @@ export interface ControllerOptions {
   readonly now?: () => number;
   /** Without it, this controller alone decides (the file store). */
   readonly leadership?: Leadership;
+  /** The id of the controller's open probe connection to a member (PersistentProbe.connection):
+   *  the proof that a primary Envoy failed is still the same process. Without it, a primary Envoy
+   *  failed is never re-admitted. */
+  readonly connectionOf?: (address: string) => number | undefined;
 }
 
 export class Controller {
@@ -76,8 +81,9 @@ export class Controller {
   private readonly reachable = new Map<string, boolean>();
   /** Services whose failed primary has no member to take over (recorded once, until one does). */
   private readonly withoutCandidate = new Set<string>();
-  /** Standbys Envoy failed that the controller sees up: re-admitted to Envoy. */
+  /** Standbys Envoy failed that the controller sees up (and a primary nobody can replace): re-admitted to Envoy. */
   private readonly readmission = new Readmission();
+  private readonly continuity = new PrimaryContinuity();
   private readonly state: ControllerState;
   private readonly relays: readonly RelayClient[];
 
@@ -166,7 +172,7 @@ export class Controller {
     }
     for (const s of this.state.list()) {
       const primary = primaryOf(s);
-      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: primary.address, standbys: this.standbys(s).map((m) => m.address) });
+      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: this.readmission.isLeaving(s.name, primary.name) ? null : primary.address, standbys: this.standbys(s).map((m) => m.address) });
       // The primary and every live member in sync or joining: the relay leaves out whichever one
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
@@ -182,12 +188,12 @@ export class Controller {
       this.checkers.delete(name);
       if (this.want(name, [])) void this.poll();
     }
-    this.readmission.prune((service, member) => this.state.get(service)?.members.find((m) => m.name === member)?.role === "replica");
+    this.readmission.prune((service, member) => ["replica", "primary"].includes(this.state.get(service)?.members.find((m) => m.name === member)?.role ?? ""));
     const version = this.o.leadership ? orderedVersion(this.o.leadership.revision(), endpoints) : contentVersion(endpoints);
     this.readmission.published(version);
     if (version !== this.o.xds.version) {
       this.o.xds.publish(buildSnapshot(version, endpoints));
-      this.o.log(`xds: snapshot ${version}: ${endpoints.map((e) => `${e.cluster} primary ${e.primary}, standbys [${e.standbys.join(", ")}]`).join("; ")}`);
+      this.o.log(`xds: snapshot ${version}: ${endpoints.map((e) => `${e.cluster} primary ${e.primary ?? "(none: re-admitted next)"}, standbys [${e.standbys.join(", ")}]`).join("; ")}`);
     }
   }
 
@@ -286,6 +292,7 @@ export class Controller {
       if (!this.leads()) return;
       for (const relay of relays) for (const service of relay.changed) this.o.log(`${relay.reading.source}: replica set of "${service}" set`);
       for (const e of envoys) this.followEnvoy(e);
+      if (envoys.length === (this.o.envoys ?? []).length) this.watchPrimaries(envoys);
       this.readmit();
       this.actOnEvidence(relays, envoys);
       this.observeRelays(relays);
@@ -312,8 +319,10 @@ export class Controller {
         const m = s?.members.find((x) => x.address === address);
         if (!s || !m) continue;
         const why = `Envoy's health check (${e.reading.source}) failed it`;
-        if (m.role === "primary") this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
-        else if (m.role !== "replica") continue;
+        if (m.role === "primary") {
+          this.failover(s.name, m.name, `${why}: Envoy sends new connections to the successor`, failed);
+          if (primaryOf(this.state.get(name)!)?.name === m.name) this.readmitPrimary(s.name, m, why);
+        } else if (m.role !== "replica") continue;
         else if (m.alive !== true) this.state.markOutOfSync(s.name, m.name, "stale", `${m.name}: ${why}, and it is not seen up; it is out until it is rejoined`);
         // Re-admission needs every Envoy to apply a snapshot without the member: not with a
         // replicated store (docs/FLEET.md), where such a standby stays one Envoy does not use.
@@ -324,6 +333,29 @@ export class Controller {
         }
       }
     }
+  }
+
+  /** Nobody could take over from a primary Envoy failed. If it is still the process Envoy used
+   *  (PrimaryContinuity), up and answering the controller's probes, it comes back into Envoy
+   *  like a standby: it holds every byte it took, and without it the service has no member. */
+  private readmitPrimary(service: string, m: Member, why: string): void {
+    if (this.o.leadership || m.alive !== true) return;
+    if (!this.continuity.unbroken(service, m.name, this.o.connectionOf?.(m.address), this.settleMs(service))) return;
+    if (!this.readmission.failedInEnvoy(service, m.name, this.o.now?.() ?? Date.now(), this.settleMs(service))) return;
+    this.o.log(`envoy: ${why}, but nobody can take over and it is the same process, up on the controller's probe connection: re-admitting primary ${service}/${m.name} to Envoy (one snapshot without it, then with it)`);
+    this.state.recordReadmission(service, m.name, `${why}; nobody could take over, and ${m.name} stayed up on the controller's probe connection (the same process): Envoy sends it connections again`);
+    this.publish();
+  }
+
+  /** Note the probe connection to each primary while every Envoy uses it. */
+  private watchPrimaries(envoys: readonly EnvoyView[]): void {
+    const now = this.o.now?.() ?? Date.now();
+    for (const s of this.state.list()) {
+      const p = primaryOf(s);
+      if (!p || envoys.some((e) => e.failedHosts.get(`${s.name}_primary`)?.has(p.address))) continue;
+      this.continuity.inUse(s.name, p.name, this.o.connectionOf?.(p.address), now);
+    }
+    this.continuity.prune((service) => { const s = this.state.get(service); return s && primaryOf(s)?.name; });
   }
 
   /** How long a standby Envoy failed must stay up on the controller's own probes before it is

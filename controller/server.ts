@@ -120,6 +120,7 @@ async function assemble(settings: ControllerSettings, log: (line: string) => voi
     healthOf: (service) => health.get(service) ?? HEALTH_DEFAULTS,
     relayPollMs: settings.relayPollMs ?? 200,
     log,
+    connectionOf: persistent ? (address) => persistent.connection(address) : undefined,
   });
 
   const api = express();

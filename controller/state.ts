@@ -14,7 +14,8 @@ export interface ControllerEvent {
   readonly at: string;
   readonly service: string;
   readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "joined" | "member_added" | "member_removed"
-    | "service_added" | "service_removed" | "no_candidate" | "xds_rejected";
+    | "service_added" | "service_removed" | "no_candidate" | "xds_rejected"
+    | "readmitted";
   readonly member: string;
   readonly detail: string;
 }
@@ -128,6 +129,11 @@ export class ControllerState {
   /** Record that no member could take over (kept in the history; nothing else changes). */
   recordNoCandidate(name: string, member: string, detail: string): void {
     this.commit([], [this.event(this.require(name).name, "no_candidate", member, detail)], "decision");
+  }
+
+  /** Record that a primary Envoy's health check failed is given back to Envoy (nothing else changes). */
+  recordReadmission(name: string, member: string, detail: string): void {
+    this.commit([], [this.event(this.require(name).name, "readmitted", member, detail)], "decision");
   }
 
   /** Record that Envoy rejected a snapshot for a service (kept in the history; nothing else changes). */

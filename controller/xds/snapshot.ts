@@ -8,7 +8,9 @@ import { parseEndpoint } from "../../config/address.ts";
 export interface ServiceEndpoints {
   /** The Envoy cluster tcp_proxy routes to (EDS service name). */
   readonly cluster: string;
-  readonly primary: string;
+  /** null: none for one version (a primary Envoy failed, re-admitted: Envoy forgets the failed
+   *  host, and takes it as a new one in the next version). Priority 0 is then empty. */
+  readonly primary: string | null;
   /** Members that may take over, best first; never stale or diverged ones. Each gets its own
    *  priority (1, 2, ...), so when the primary fails Envoy sends every new connection to the
    *  first, the designated successor, and never spreads them over several standbys. */
@@ -32,7 +34,7 @@ function assignment(s: ServiceEndpoints): ClusterLoadAssignment {
     "@type": TYPE_URL.ENDPOINTS,
     cluster_name: s.cluster,
     endpoints: [
-      { priority: PRIMARY_PRIORITY, lb_endpoints: [{ endpoint: { address: socketAddress(s.primary) } }] },
+      { priority: PRIMARY_PRIORITY, lb_endpoints: s.primary === null ? [] : [{ endpoint: { address: socketAddress(s.primary) } }] },
       ...s.standbys.slice(0, MAX_STANDBYS).map((a, i) => ({ priority: STANDBY_PRIORITY + i, lb_endpoints: [{ endpoint: { address: socketAddress(a) } }] })),
     ],
   };
@@ -44,10 +46,10 @@ export function buildSnapshot(version: string, services: readonly ServiceEndpoin
   const endpoints = new Map<string, ClusterLoadAssignment>();
   for (const s of services) {
     if (endpoints.has(s.cluster)) throw new SnapshotError(`cluster "${s.cluster}" appears twice`);
-    for (const a of [s.primary, ...s.standbys]) {
+    for (const a of [...(s.primary === null ? [] : [s.primary]), ...s.standbys]) {
       try { parseEndpoint(a); } catch (err) { throw new SnapshotError(`cluster "${s.cluster}": ${(err as Error).message}`); }
     }
-    if (s.standbys.includes(s.primary)) throw new SnapshotError(`cluster "${s.cluster}": the primary ${s.primary} is also listed as a standby`);
+    if (s.primary !== null && s.standbys.includes(s.primary)) throw new SnapshotError(`cluster "${s.cluster}": the primary ${s.primary} is also listed as a standby`);
     if (new Set(s.standbys).size !== s.standbys.length) throw new SnapshotError(`cluster "${s.cluster}": a standby is listed twice`);
     endpoints.set(s.cluster, Object.freeze(assignment(s)));
   }

@@ -48,7 +48,7 @@ type Snapshot = () => Promise<string>;
 /** Events only the controller's own observations make (its probes, the relay's evidence, Envoy):
  *  they may come at any moment, between a request and the next look (a member the fuzz added at
  *  an address nobody listens on goes down). */
-const OBSERVED = new Set(["promotion", "stale", "detach", "diverged", "joined", "no_candidate", "xds_rejected"]);
+const OBSERVED = new Set(["promotion", "stale", "detach", "diverged", "joined", "no_candidate", "xds_rejected", "readmitted"]);
 
 /** What a refused request must leave as it was: services, members, addresses, events made by
  *  requests (as the API shows them), and roles but those its own observations changed. */

@@ -5,7 +5,9 @@
 //   taken back: the successor stays primary and every acknowledged write reads back;
 // - replicas that missed bytes (the relay killed under writes, with the controller up or down
 //   at that moment) are not promotable: when the primary then dies, nobody is promoted, rather
-//   than a member that lacks acknowledged writes.
+//   than a member that lacks acknowledged writes;
+// - a primary Envoy's check failed while nobody could take over comes back if it stalled (the
+//   same process), never if it restarted empty.
 import { describe, it, expect, afterEach } from "vitest";
 import { join } from "node:path";
 import { startStack, kvExchange, type Stack } from "../support/stack.ts";
@@ -140,6 +142,51 @@ describe("failover safety under faults (issue 8)", () => {
     await s.members.get(before.primary)!.process.kill("SIGKILL");
     await waitFor("the controller to promote the standby", async () => (await s.view()).primary === standby.name, 10_000);
     expect(await s.whoServes()).toBe(standby.name);
+  });
+
+  it("re-admits a primary Envoy's check failed while nobody could take over (frozen past the check timeout), and never one that restarted empty", async () => {
+    stack = await startStack({ replicas: 1, extra: { compareReplies: false }, healthCheck: { send: "PING\n", expect: "PONG", intervalMs: 100, timeoutMs: 250 } });
+    const s = stack;
+    const { primary, successor } = await s.view();
+    const victim = s.members.get(primary)!;
+    // The only replica dies: nobody can take over from here on.
+    await s.members.get(successor!)!.process.kill("SIGKILL");
+    await waitFor("the replica to be stale", async () => (await roles(s))[successor!] === "stale", 10_000);
+    expect((await kvExchange(s.envoy.listenerPort, ["SET before-freeze 1"], 2000))[0]).toBe("OK");
+    const primaryHost = async () => {
+      const clusters = await (await fetch(`http://127.0.0.1:${s.envoy.adminPort}/clusters?format=json`)).json() as any;
+      const h = clusters.cluster_statuses.find((c: any) => c.name === `${s.service}_primary`).host_statuses
+        .find((x: any) => x.address.socket_address.port_value === victim.port);
+      return h === undefined ? "absent" : h.health_status.failed_active_health_check ? "failed" : "healthy";
+    };
+    const events = async () => (await s.api("GET", "/v1/events")).json.events.map((e: any) => e.kind) as string[];
+    // The controller proves continuity from a probe connection it saw open while Envoy used the
+    // primary, for longer than a crash would take to show in Envoy (here 450 ms).
+    await sleep(1000);
+    // A stall longer than Envoy's check timeout (a slow request), then it goes on.
+    victim.process.child.kill("SIGSTOP");
+    await waitFor("Envoy's health check to fail the frozen primary", async () => (await primaryHost()) === "failed", 5_000, 10);
+    await sleep(600);
+    expect(await s.whoServes(1000)).toBe("FAILED");
+    victim.process.child.kill("SIGCONT");
+    await waitFor("Envoy to take the primary back, re-admitted by the controller", async () => (await primaryHost()) === "healthy", 10_000, 20)
+      .catch((err) => { throw new Error(`${err.message}\n--- controller ---\n${s.controller.output().slice(-4000)}`); });
+    expect(await s.whoServes()).toBe(primary);
+    expect((await kvExchange(s.envoy.listenerPort, ["GET before-freeze"], 2000))[0]).toBe("VALUE 1");
+    expect(await events()).toContain("readmitted");
+    expect((await roles(s))[primary]).toBe("primary");
+    // Now a crash and a supervisor's restart, empty, 100 ms later: never taken back.
+    const readmissions = (await events()).filter((k) => k === "readmitted").length;
+    const restarted = startProcess(`kv ${victim.name} (restart)`, process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "test", "fixtures", "quick-restart.ts"),
+      "--port", String(victim.port), "--name", victim.name, "--delay-ms", "100"], { cwd: PROJECT_ROOT });
+    await waitFor("the standby process", () => restarted.output().includes("standing by"), 20_000);
+    await victim.process.kill("SIGKILL");
+    victim.process = restarted;
+    await waitFor("the restarted server", () => restarted.output().includes("restarted on"), 5_000);
+    await sleep(3000); // many polls, far past the settling time
+    expect(await primaryHost()).not.toBe("healthy");
+    expect(await s.whoServes(1000)).toBe("FAILED");
+    expect((await events()).filter((k) => k === "readmitted").length).toBe(readmissions);
   });
 
   it.each([

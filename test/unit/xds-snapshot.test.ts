@@ -19,6 +19,11 @@ describe("xDS snapshots", () => {
     expect(Object.isFrozen(snap) && Object.isFrozen(cla)).toBe(true);
   });
 
+  it("keeps priority 0 empty for a version without the primary (a re-admission), standbys where they were", () => {
+    const cla = buildSnapshot("1", [{ ...svc, primary: null }]).endpoints.get("kv_primary")!;
+    expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.length])).toEqual([[0, 0], [1, 1], [2, 1]]);
+  });
+
   it("leaves standbys after the 128th out, as Envoy rejects priorities above 128", () => {
     const standbys = Array.from({ length: 130 }, (_, i) => `127.0.0.1:${8000 + i}`);
     const priorities = buildSnapshot("1", [{ ...svc, standbys }]).endpoints.get("kv_primary")!.endpoints.map((e) => e.priority);
