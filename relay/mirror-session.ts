@@ -60,7 +60,8 @@ export class MirrorSession implements OpenConnection {
   private stallTimer?: NodeJS.Timeout;
   private state: "open" | "finishing" | "done" = "open";
   started = false;
-  private demoted = false;
+  /** The former primary this connection was on, once it was demoted (switchover). */
+  private demoted: string | undefined;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
@@ -168,10 +169,13 @@ export class MirrorSession implements OpenConnection {
   }
 
   /** Its primary is a primary no more (a planned switchover): ask the filter to close the
-   *  client connection. The stream then finishes as any other. */
-  demote(): void {
+   *  client connection. The stream then finishes as any other. Envoy closes the connection to
+   *  the former primary without flushing (tcp_proxy on a local close), so what it had not yet
+   *  written to it is lost, while the replicas, the new primary among them, got every byte: the
+   *  former primary is counted as having missed this connection (`end`), unless it carried none. */
+  demote(former: string): void {
     if (this.demoted || this.state !== "open" || this.call.destroyed) return;
-    this.demoted = true;
+    this.demoted = former;
     this.ctx.metrics.closedDemoted.add(1, { service: this.service });
     this.ctx.log(`connection ${this.openFrame?.connectionId}: its primary ${this.primary} is a primary no more; asking Envoy to close it`);
     this.call.write(encodeClose("PRIMARY_DEMOTED"));
@@ -180,7 +184,8 @@ export class MirrorSession implements OpenConnection {
   private startLinks(targets: readonly ReplicaTarget[]): void {
     const open = this.openFrame!;
     this.started = true;
-    if (this.ctx.sets.isDemoted(open.service, open.primary)) this.demote();
+    const former = this.ctx.sets.demotedMember(open.service, open.primary);
+    if (former !== undefined) this.demote(former);
     const check = open.flags & OPEN_FLAG_REPLY_DIGESTS ? this.startCheck(open) : undefined;
     if (open.primary !== "") {
       for (const target of targets) {
@@ -383,6 +388,7 @@ export class MirrorSession implements OpenConnection {
       // Only CLOSED proves it: a replica cut loose may not have received what its socket held.
       if (link.state !== "CLOSED" && total !== 0) this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
     }
+    if (this.demoted && this.received !== 0) this.ctx.metrics.replicaMissed.add(1, { service: this.service, replica: this.demoted });
     this.state = "done";
     this.stopWaiting?.();
     if (this.openFrame) this.ctx.sets.untrack(this);

@@ -19,8 +19,8 @@ export interface OpenConnection {
   readonly started: boolean;
   /** Names of the members its bytes are copied to. */
   readonly mirroredTo: readonly string[];
-  /** Its primary is a primary no more: have its client connection closed. */
-  demote(): void;
+  /** Its primary (named `former`) is a primary no more: have its client connection closed. */
+  demote(former: string): void;
 }
 
 export interface ServiceView {
@@ -91,16 +91,21 @@ export class ReplicaSets {
     for (const t of targets) this.lastAddresses.set(`${service}|${t.name}`, t.address);
     if (former === undefined) return;
     demoted.set(former, !inSet(former));
-    for (const c of this.open.get(service) ?? []) if (c.started && sameEndpoint(former, c.primary)) c.demote();
+    for (const c of this.open.get(service) ?? []) if (c.started && sameEndpoint(former, c.primary)) c.demote(before!);
   }
 
   /** Addresses members last had, by "service|name" (a former primary may have left the set). */
   private readonly lastAddresses = new Map<string, string>();
 
-  /** Whether `primary` (a connection's, as Envoy named it) is a former primary of the service. */
-  isDemoted(service: string, primary: string): boolean {
-    for (const d of this.demoted.get(service)?.keys() ?? []) if (sameEndpoint(d, primary)) return true;
-    return false;
+  /** The name of the former primary of the service that `primary` (a connection's, as Envoy
+   *  named it) is, if it is one. */
+  demotedMember(service: string, primary: string): string | undefined {
+    if (![...this.demoted.get(service)?.keys() ?? []].some((d) => sameEndpoint(d, primary))) return undefined;
+    for (const [key, address] of this.lastAddresses) {
+      const [s, name] = [key.slice(0, key.indexOf("|")), key.slice(key.indexOf("|") + 1)];
+      if (s === service && sameEndpoint(address, primary)) return name;
+    }
+    return primary; // never set by name: the address stands for it
   }
 
   track(c: OpenConnection): void {

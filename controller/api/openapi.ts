@@ -54,7 +54,7 @@ export const OPENAPI = {
     },
     "/v1/events": { get: { summary: "Event history (promotions, switchovers, detaches, rejoins, membership changes, Envoy's rejections)", parameters: [{ name: "service", in: "query", required: false, schema: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" } }], responses: { ...ok("events, oldest first", { type: "object", properties: { events: { type: "array", items: { $ref: "#/components/schemas/Event" } } } }), ...errors(...anyRequest) } } },
     "/v1/services/{service}/promote": { post: {
-      summary: "Planned switchover: promote a replica (the best one if none is named); the old primary becomes a replica",
+      summary: "Planned switchover: promote a replica (the best one if none is named); the old primary becomes a replica, and is taken out of sync (detached) once its client connections that carried bytes are closed (Envoy does not flush them to it)",
       security: secured, parameters: [serviceParam],
       requestBody: { required: false, content: { "application/json": { schema: { type: "object", additionalProperties: false, properties: { member: { type: "string" } } } } } },
       responses: { ...ok("the service after the switchover", service), ...errors(...mutating, ...withBody, "NO_SUCH_MEMBER", "NOT_PROMOTABLE", "IS_PRIMARY", "NO_CANDIDATE") },

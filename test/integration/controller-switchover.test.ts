@@ -2,14 +2,16 @@
 // promoted replica, connections still open on the old primary are closed (their clients
 // reconnect to the new one: no write ever lands on two primaries at once), the old primary
 // becomes a replica, and every backend receives every connection's bytes exactly once,
-// checked byte by byte (SHA-256 per connection on each backend).
-import { describe, it, expect, afterAll } from "vitest";
+// checked byte by byte (SHA-256 per connection on each backend). Envoy closes the old
+// primary's connections without flushing what it had not written to it yet: the old primary is
+// then counted as having missed them, and is out of sync until reseeded.
+import { describe, it, expect, afterEach } from "vitest";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect, type Socket } from "node:net";
-import { startBackends, type RecordingBackend } from "../support/backends.ts";
+import { startBackends, RecordingBackend } from "../support/backends.ts";
 import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { waitFor } from "../support/ports.ts";
@@ -45,15 +47,20 @@ describe("planned switchover through the API", () => {
   let relay: RelayHandle | undefined;
   let envoy: EnvoyHandle | undefined;
   let controller: RunningController | undefined;
-  afterAll(async () => {
+  afterEach(async () => {
     await envoy?.kill();
     await controller?.close();
     await relay?.kill();
     for (const b of backends) await b.kill();
+    envoy = controller = relay = undefined;
+    backends = [];
   });
 
-  it("moves new connections to the promoted replica, closes the ones still open on the old primary, and gives every backend every byte exactly once", async () => {
-    backends = await startBackends(["m0", "m1", "m2"], { reply: perLine, farewell: null });
+  /** m0 (primary), m1, m2 behind the controller, the relay and Envoy; `slow` reads m0 slowly. */
+  async function start(slow?: { readBytesPerSecond: number }) {
+    backends = slow
+      ? [await new RecordingBackend("m0", { reply: perLine, farewell: null, ...slow }).start(), ...await startBackends(["m1", "m2"], { reply: perLine, farewell: null })]
+      : await startBackends(["m0", "m1", "m2"], { reply: perLine, farewell: null });
     relay = await startRelay({}); // the controller sets the replica set
     const member = (b: RecordingBackend, role: "primary" | "replica") => ({ name: b.name, address: b.address, role, lagBytes: 0 });
     controller = await startController({
@@ -77,8 +84,14 @@ describe("planned switchover through the API", () => {
       const text = await (await fetch(`http://127.0.0.1:${envoy!.adminPort}/clusters`)).text();
       return Object.fromEntries(backends.map((b) => [b.name, Number(new RegExp(`^kv_primary::${b.address.replace(/\./g, "\\.")}::cx_total::(\\d+)$`, "m").exec(text)?.[1] ?? 0)]));
     };
+    const role = async (name: string) => (await (await api("GET", "/v1/services/kv")).json()).members.find((m: any) => m.name === name).role as string;
     await waitFor("Envoy to take m0 as primary", async () => (await priority0()) === backends[0].address, 10_000);
     await waitFor("the controller to see every member", async () => (await (await api("GET", "/v1/services/kv")).json()).members.every((m: any) => m.rttMs !== null), 10_000);
+    return { relay, envoy, api, priority0, hostConnections, role };
+  }
+
+  it("moves new connections to the promoted replica, closes the ones still open on the old primary, and gives every backend every byte exactly once", async () => {
+    const { relay, envoy, api, priority0, hostConnections, role } = await start();
 
     // Long-lived connections on the old primary, half their bytes sent before the switchover.
     const old: Client[] = [];
@@ -125,5 +138,31 @@ describe("planned switchover through the API", () => {
       }
     }
     expect((await relay.metricsText()).split("\n").filter((l) => l.startsWith("lockstep_relay_replica_detaches_total"))).toEqual([]);
+    // Envoy closed them without flushing: m0 cannot be shown to hold every byte m1 took.
+    expect(await relay.metric("lockstep_relay_replica_missed_connections_total", { service: "kv", replica: "m0" })).toBe(10);
+    await waitFor("the controller to take m0 out of sync", async () => (await role("m0")) === "detached", 5_000);
+    expect([await role("m1"), await role("m2")]).toEqual(["primary", "replica"]);
+  });
+
+  it("takes the old primary out of sync when Envoy closed a connection it was behind on (a bulk upload to a slow primary)", async () => {
+    const { relay, api, envoy, role } = await start({ readBytesPerSecond: 4 << 20 });
+    const upload = await open(envoy.listenerPort, `bulk-${"0".repeat(11)}`);
+    const chunk = randomBytes(64 << 10);
+    let pumping = true;
+    const pump = () => { while (pumping && !upload.socket.destroyed && upload.socket.write(chunk)) { /* until the socket pushes back */ } };
+    upload.socket.on("drain", pump);
+    upload.socket.write(upload.id);
+    pump();
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await api("POST", "/v1/services/kv/promote", { member: "m1" })).status).toBe(200);
+    await upload.closed;
+    pumping = false;
+    await waitFor("the relay to end the stream", async () => (await relay.metric("lockstep_relay_streams_active")) === 0, 10_000);
+    await new Promise((r) => setTimeout(r, 1000)); // m0 reads on at its pace
+    const got = (b: RecordingBackend) => b.connections.find((c) => c.head.toString().startsWith("bulk-"))?.received ?? 0;
+    console.log(`bulk upload at the switchover: old primary m0 took ${got(backends[0])} bytes, m1 ${got(backends[1])}, m2 ${got(backends[2])}`);
+    expect(got(backends[1])).toBeGreaterThan(0);
+    expect(await relay.metric("lockstep_relay_replica_missed_connections_total", { service: "kv", replica: "m0" })).toBe(1);
+    await waitFor("the controller to take m0 out of sync", async () => (await role("m0")) === "detached", 5_000);
   });
 });
