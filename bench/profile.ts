@@ -6,6 +6,8 @@
 //   - Envoy's /stats and the relay's /stats are read before and after.
 //
 //   npx tsx bench/profile.ts [--replicas 1] [--mib 512] [--windows STREAM_KIB:CONNECTION_KIB] [--relay-cpu 0] [--out FILE]
+//   npx tsx bench/profile.ts --rate SECONDS [--replicas 2] ...   (the connection-rate load instead:
+//       16 clients looping connect, 64 B exchange, close, as the suite's conns-rate section)
 //
 // --windows sets the relay's HTTP/2 receive windows (relay.json http2; default: the relay's own);
 // --relay-cpu moves the relay to another core. Writes bench/results/profile.md (or --out) (the .cpuprofile and perf data go to bench/results/profiles/,
@@ -26,7 +28,7 @@ import { freePorts, waitFor } from "../test/support/ports.ts";
 
 const { values } = parseArgs({ options: {
   replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" },
-  windows: { type: "string" }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" },
+  windows: { type: "string" }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" }, rate: { type: "string" },
 } });
 const N = Number(values.replicas);
 const windows = values.windows?.split(":").map((kib) => Number(kib) * 1024);
@@ -88,20 +90,28 @@ async function main(): Promise<void> {
   const plain = await startPlain(primary.ports[0]);
   const envoyPid = s.envoy!.process.child.pid!;
   const relayPid = s.relay!.process.child.pid!;
-  await native.bulk(s.port, 32 * 2 ** 20, LOAD_CPU); // warm-up
-  const plainRun = await native.bulk(plain.port, BYTES, LOAD_CPU);
+  const RATE_S = values.rate === undefined ? undefined : Number(values.rate);
+  if (RATE_S === undefined) await native.bulk(s.port, 32 * 2 ** 20, LOAD_CPU); // warm-up
+  else await native.rate(s.port, 16, 1, 64, LOAD_CPU);
+  const plainRun = RATE_S === undefined ? await native.bulk(plain.port, BYTES, LOAD_CPU) : undefined;
+  const plainRate = RATE_S === undefined ? undefined : await native.rate(plain.port, 16, RATE_S, 64, LOAD_CPU);
   const envoyBefore = await s.envoy!.stats();
   const relayBefore = await relayStats(s.relay!);
   const e0 = cpuSeconds(envoyPid), r0 = cpuSeconds(relayPid);
   const perfFile = join(dir, "envoy.perf.data");
   const perf = perfAvailable() ? spawn("perf", ["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", String(envoyPid), "-o", perfFile], { stdio: "ignore" }) : null;
   await new Promise((r) => setTimeout(r, 300));
-  log(`profile: streaming ${values.mib} MiB through lockstep with ${N} replica(s)`);
+  log(RATE_S === undefined ? `profile: streaming ${values.mib} MiB through lockstep with ${N} replica(s)` : `profile: connection rate for ${RATE_S} s through lockstep with ${N} replica(s)`);
   const t0 = Date.now();
   const windowStartUs = Number(process.hrtime.bigint() / 1000n);
-  const run = await native.bulk(s.port, BYTES, LOAD_CPU);
-  const want = sumFamily(relayBefore, "lockstep_relay_replica_bytes_acked_total") + BYTES * N;
-  while (sumFamily(await relayStats(s.relay!), "lockstep_relay_replica_bytes_acked_total") < want && Date.now() - t0 < 120_000) await new Promise((r) => setTimeout(r, 20));
+  const run = RATE_S === undefined ? await native.bulk(s.port, BYTES, LOAD_CPU) : undefined;
+  const rateRun = RATE_S === undefined ? undefined : await native.rate(s.port, 16, RATE_S, 64, LOAD_CPU);
+  if (run) {
+    const want = sumFamily(relayBefore, "lockstep_relay_replica_bytes_acked_total") + BYTES * N;
+    while (sumFamily(await relayStats(s.relay!), "lockstep_relay_replica_bytes_acked_total") < want && Date.now() - t0 < 120_000) await new Promise((r) => setTimeout(r, 20));
+  } else {
+    while (sumFamily(await relayStats(s.relay!), "lockstep_relay_streams_active") > 0 && Date.now() - t0 < 120_000) await new Promise((r) => setTimeout(r, 20));
+  }
   const wall = (Date.now() - t0) / 1000;
   const windowEndUs = Number(process.hrtime.bigint() / 1000n);
   const envoyCpu = cpuSeconds(envoyPid) - e0, relayCpu = cpuSeconds(relayPid) - r0;
@@ -120,12 +130,18 @@ async function main(): Promise<void> {
     return delta ? [[name, delta] as const] : [];
   });
 
+  const what = run
+    ? `one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s)`
+    : `16 clients loop connect, 64 B exchange, close for ${RATE_S} s through Envoy + lockstep with ${N} replica(s)`;
   const lines: string[] = [
-    `# Bulk mirroring profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
-    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection streams ${values.mib} MiB through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}; relay's HTTP/2 windows ${http2.streamWindowBytes / 1024} KiB per stream, ${http2.connectionWindowBytes / 1024} KiB per connection${windows ? "" : " (its defaults)"}.`, "",
-    `- throughput: ${run.mb_s.toFixed(0)} MB/s (plain tcp_proxy in the same run: ${plainRun.mb_s.toFixed(0)} MB/s); until the last replica byte: ${wall.toFixed(2)} s`,
+    `# ${run ? "Bulk mirroring" : "Connection rate"} profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
+    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: ${what}; Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}; relay's HTTP/2 windows ${http2.streamWindowBytes / 1024} KiB per stream, ${http2.connectionWindowBytes / 1024} KiB per connection${windows ? "" : " (its defaults)"}.`, "",
+    ...(run
+      ? [`- throughput: ${run.mb_s.toFixed(0)} MB/s (plain tcp_proxy in the same run: ${plainRun!.mb_s.toFixed(0)} MB/s); until the last replica byte: ${wall.toFixed(2)} s`]
+      : [`- connections/s: ${rateRun!.conns_s.toFixed(0)} (plain tcp_proxy in the same run: ${plainRate!.conns_s.toFixed(0)}); ${rateRun!.ok} connections, ${rateRun!.failed} failed; until the relay's last stream ended: ${wall.toFixed(2)} s`,
+         `- per connection: Envoy ${(envoyCpu / rateRun!.ok * 1e6).toFixed(0)} µs CPU, relay ${(relayCpu / rateRun!.ok * 1e6).toFixed(0)} µs CPU`]),
     `- Envoy CPU: ${envoyCpu.toFixed(2)} s (${(envoyCpu / wall * 100).toFixed(0)}% of one core over the run); relay CPU: ${relayCpu.toFixed(2)} s (${(relayCpu / wall * 100).toFixed(0)}% of one core)`,
-    `- client CPU: ${(run.cpu_s / run.wall_s * 100).toFixed(0)}% of its wall time`, "",
+    `- client CPU: ${(((run ?? rateRun)!.cpu_s / (run ?? rateRun)!.wall_s) * 100).toFixed(0)}% of its wall time`, "",
     "## Envoy stats over the run (changed ones)", "", "| stat | delta |", "| --- | ---: |",
     ...envoyDeltas.map(([k, v]) => `| ${k} | ${v} |`), "",
     "## Relay /stats over the run (changed ones)", "", "| metric | delta |", "| --- | ---: |",
