@@ -327,6 +327,9 @@ export class Controller {
         // Re-admission needs every Envoy to apply a snapshot without the member: not with a
         // replicated store (docs/FLEET.md), where such a standby stays one Envoy does not use.
         else if (this.o.leadership) continue;
+        // Not while the primary is being re-admitted: Envoy must not take a standby back while
+        // priority 0 is empty (it would send it new connections the controller does not expect).
+        else if (this.readmission.isLeaving(s.name, primaryOf(s)?.name ?? "")) continue;
         else if (this.readmission.failedInEnvoy(s.name, m.name, this.o.now?.() ?? Date.now(), this.settleMs(s.name))) {
           this.o.log(`envoy: ${why}, but it stays up and in sync here: re-admitting ${s.name}/${m.name} to Envoy (one snapshot without it, then with it)`);
           this.publish();
@@ -340,6 +343,8 @@ export class Controller {
    *  like a standby: it holds every byte it took, and without it the service has no member. */
   private readmitPrimary(service: string, m: Member, why: string): void {
     if (this.o.leadership || m.alive !== true) return;
+    // Not while a standby is being re-admitted: it may be the candidate that takes over.
+    if (this.state.get(service)!.members.some((x) => x !== m && this.readmission.isLeaving(service, x.name))) return;
     if (!this.continuity.unbroken(service, m.name, this.o.connectionOf?.(m.address), this.settleMs(service))) return;
     if (!this.readmission.failedInEnvoy(service, m.name, this.o.now?.() ?? Date.now(), this.settleMs(service))) return;
     this.o.log(`envoy: ${why}, but nobody can take over and it is the same process, up on the controller's probe connection: re-admitting primary ${service}/${m.name} to Envoy (one snapshot without it, then with it)`);
@@ -365,9 +370,12 @@ export class Controller {
     return 2 * h.intervalMs + h.timeoutMs;
   }
 
-  /** Standbys whose snapshot without them Envoy applied come back in the next one. */
+  /** Members whose snapshot without them Envoy applied come back in the next one. */
   private readmit(): void {
-    if (this.readmission.returning((service) => this.o.xds.status(`${service}_primary`).acceptedVersion).length) this.publish();
+    const back = this.readmission.returning((service) => this.o.xds.status(`${service}_primary`).acceptedVersion);
+    // A primary back in Envoy: a later failure without a candidate is recorded again.
+    for (const { service, member } of back) if (primaryOf(this.state.get(service)!)?.name === member) this.withoutCandidate.delete(service);
+    if (back.length) this.publish();
   }
 
   /** Take out of sync every replica the evidence says may lack a byte the primary took. */

@@ -1,5 +1,6 @@
 // Standbys that Envoy's own health check failed while this controller sees them up and in
-// sync (a check that timed out under load, say). Envoy never takes a failed host back by itself
+// sync (a check that timed out under load, say), and a primary it failed while nobody could take
+// over that is provably the same process (controller/primary-continuity.ts). Envoy never takes a failed host back by itself
 // (the bootstrap's healthy_threshold), so the controller re-admits such a member: one snapshot
 // without it and, once Envoy applied that one, the next with it again (a new host passes its
 // first check at once). Only after the member stayed up on the controller's own probe
@@ -41,12 +42,12 @@ export class Readmission {
 
   /** Members one of whose snapshots without them Envoy has applied (`accepted(service)`): they
    *  come back in the next one. */
-  returning(accepted: (service: string) => string | null): string[] {
-    const back: string[] = [];
+  returning(accepted: (service: string) => string | null): { service: string; member: string }[] {
+    const back: { service: string; member: string }[] = [];
     for (const [key, versions] of this.leaving) {
       const [service, member] = key.split("|");
       const v = accepted(service);
-      if (v !== null && versions.has(v)) { this.leaving.delete(key); back.push(member); }
+      if (v !== null && versions.has(v)) { this.leaving.delete(key); back.push({ service, member }); }
     }
     return back;
   }
