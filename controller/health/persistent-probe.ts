@@ -106,8 +106,12 @@ export class PersistentProbe {
         resolve(result);
       };
       const timer = setTimeout(() => {
-        c.unanswered = Date.now() - spec.timeoutMs;
-        finish({ ok: false, error: `no answer within ${spec.timeoutMs} ms` });
+        // Silent: a stall (wait for its answer on this connection). Answered, but not with the
+        // expected text (an error, "-LOADING"): nothing more will come for this probe, so the
+        // next one starts on a new connection.
+        if (c.answer === "") c.unanswered = Date.now() - spec.timeoutMs;
+        else { c.onAnswer = undefined; this.drop(address, c); }
+        finish({ ok: false, error: c.answer === "" ? `no answer within ${spec.timeoutMs} ms` : `answered ${JSON.stringify(c.answer.slice(0, 60))}, not the expected answer` });
       }, spec.timeoutMs);
       c.answer = "";
       c.onAnswer = () => {
@@ -132,7 +136,13 @@ export class PersistentProbe {
     }
     return new Promise((resolve) => {
       const answered = c.onAnswer!;
-      const timer = setTimeout(() => { c.onAnswer = answered; resolve({ ok: false, error: `no answer for ${Date.now() - c.unanswered!} ms (still waiting on the same connection)` }); }, spec.timeoutMs);
+      const timer = setTimeout(() => {
+        c.onAnswer = answered;
+        const error = `no answer for ${Date.now() - c.unanswered!} ms`;
+        // Something came, but not the expected answer: that was the answer; start afresh.
+        if (c.answer !== "") { c.onAnswer = undefined; this.drop(address, c); resolve({ ok: false, error: `${error}, then ${JSON.stringify(c.answer.slice(0, 60))}: a new probe connection next time` }); return; }
+        resolve({ ok: false, error: `${error} (still waiting on the same connection)` });
+      }, spec.timeoutMs);
       c.onAnswer = () => {
         answered();
         if (c.unanswered !== undefined) return;

@@ -14,21 +14,24 @@ import type { Member } from "../../controller/model/service.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A PING/PONG server that can be frozen (answers held back, connections kept) and restarted. */
+/** A PING/PONG server that can be frozen (answers held back, connections kept), restarted, or
+ *  answer with an error instead (a server still loading its data). */
 async function pingServer() {
   let frozen = false;
+  let loading = false;
   const held: Socket[] = [];
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
-    socket.on("data", () => { if (frozen) held.push(socket); else socket.write("PONG\n"); });
+    socket.on("data", () => { if (frozen) held.push(socket); else socket.write(loading ? "-LOADING\n" : "PONG\n"); });
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const port = (server.address() as { port: number }).port;
   return {
     address: `127.0.0.1:${port}`,
     freeze() { frozen = true; },
+    loading(on: boolean) { loading = on; },
     thaw() { frozen = false; for (const s of held.splice(0)) s.write("PONG\n"); },
     /** What a crash and a supervisor's restart look like from outside: every connection closes. */
     restart() { for (const s of sockets) s.destroy(); },
@@ -64,6 +67,18 @@ describe("the persistent probe through a stall", () => {
     expect([after.ok, after.fatal]).toEqual([false, true]);
     expect((await probe.probe(server.address, spec)).ok).toBe(true);
     expect(probe.connection(server.address)).not.toBe(id);
+  });
+
+  it("starts afresh after a wrong answer (a server still loading): no waiting on that connection", async () => {
+    const server = await pingServer();
+    const probe = new PersistentProbe();
+    close = async () => { probe.close(); await server.close(); };
+    server.loading(true);
+    const first = await probe.probe(server.address, spec);
+    expect([first.ok, first.error]).toEqual([false, 'answered "-LOADING\\n", not the expected answer']);
+    expect(probe.connection(server.address)).toBeUndefined();
+    server.loading(false);
+    expect((await probe.probe(server.address, spec)).ok).toBe(true);
   });
 
   it("replaces a connection that stays silent past its bound (the next one is a new connection)", async () => {
