@@ -72,8 +72,8 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
 
 /** An Envoy whose bootstrap names only the controller (`controller`: its xDS "host:port") and
  *  the relay: its listeners and clusters come over LDS and CDS. */
-export async function startDynamicEnvoy(options: { controller: string; relayPort: number; concurrency?: number }): Promise<RunningEnvoy> {
-  const [adminPort] = await freePorts(1);
+export async function startDynamicEnvoy(options: { controller: string | readonly string[]; relayPort: number; adminPort?: number; concurrency?: number }): Promise<RunningEnvoy> {
+  const adminPort = options.adminPort ?? (await freePorts(1))[0];
   const bootstrap = renderDynamicBootstrap({ controller: options.controller, relay: `127.0.0.1:${options.relayPort}`, adminPort, nodeId: `itest-${adminPort}` });
   return launch(bootstrap, adminPort, options);
 }
