@@ -4,22 +4,29 @@
 import type { LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
+import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, restConfigSource } from "./envoy-resources.ts";
+
+/** A value in YAML flow style, as written by hand: `{ a: 1, b: [x] }` (strings that YAML could
+ *  read as something else are quoted). */
+export function flow(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(flow).join(", ")}]`;
+  if (v !== null && typeof v === "object") {
+    const entries = Object.entries(v);
+    return entries.length ? `{ ${entries.map(([k, x]) => `${k}: ${flow(x)}`).join(", ")} }` : "{}";
+  }
+  if (typeof v === "string" && !/^([A-Za-z_][A-Za-z0-9_.-]*|[0-9.]+s)$/.test(v)) return JSON.stringify(v);
+  return String(v);
+}
 
 /** Envoy's default circuit breaker allows 1,024 connections per cluster: the 1,025th client
  *  would be closed at once. tcp_proxy holds one upstream connection per client. */
 const UNLIMITED_CONNECTIONS = `    circuit_breakers:
-      thresholds: [{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }]
+      thresholds: ${flow([UNLIMITED_THRESHOLDS])}
 `;
 
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
 export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
-  const pluginConfig = JSON.stringify({
-    relay_cluster: "lockstep_relay",
-    service: c.service,
-    max_inflight_bytes_per_connection: c.limits.maxInflightBytesPerConnection,
-    max_inflight_bytes_total: c.limits.maxInflightBytesTotal,
-    ...(c.compareReplies ? {} : { compare_replies: false }),
-  });
+  const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies });
   const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.
     - name: envoy.filters.network.wasm
@@ -50,8 +57,8 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
         cluster: ${c.service}_primary
         # A refused connect (primary just died) is retried, on the next priority once the
         # outlier detector ejected it: the client never sees it.
-        max_connect_attempts: 5
-        backoff_options: { base_interval: 0.002s, max_interval: 0.02s }`;
+        max_connect_attempts: ${CONNECT_RETRY.max_connect_attempts}
+        backoff_options: ${flow(CONNECT_RETRY.backoff_options)}`;
   return lines.split("\n").map((l) => indent + l).join("\n");
 }
 
@@ -68,19 +75,12 @@ ${extra}    load_assignment:
       - lb_endpoints:${endpoints.join("")}`;
 }
 
-const hex = (text: string) => Buffer.from(text, "latin1").toString("hex");
-
-/** Successes in a row Envoy would need to take a failed host back: more than it can see in
- *  years of probing, so in practice only the controller (re-)admits a member. */
-const NEVER_HEALTHY_AGAIN = 1_000_000_000;
-
 /** The primary cluster fed by the controller over REST long-poll EDS (controller/xds): the
  *  primary at priority 0, the designated successor at 1, other standbys below. Envoy itself
  *  detects a dead primary and moves new connections to the successor: every default that
  *  slows that down is overridden here (docs/notes/xds-transport.md measured the result). */
 function edsCluster(c: LockstepConfig, name: string, controller: string | readonly string[]): string {
-  const h = c.healthCheck;
-  const payload = h.send ? `{ send: { text: "${hex(h.send)}" }${h.expect ? `, receive: [{ text: "${hex(h.expect)}" }]` : ""} }` : "{}";
+  const hc = healthCheck(c.healthCheck);
   return `  - name: ${name}
     type: EDS
     connect_timeout: 1s
@@ -91,35 +91,27 @@ ${UNLIMITED_CONNECTIONS}    # Reset the clients of a host that fails its health 
     ignore_health_on_host_removal: true
     # Apply endpoint changes at once (default merge window: 1 s); never spread load over a
     # dead priority (default panic threshold: 50%).
-    common_lb_config: { update_merge_window: 0s, healthy_panic_threshold: { value: 0 } }
+    common_lb_config: ${flow(LB_CONFIG)}
     # Probes keep their connection open, so a crash (FIN/RST) is seen at once; one failure is enough.
     # A host that failed is never taken back by Envoy itself (the threshold is never reached):
     # a primary restarted empty 50 ms after a crash must not get connections again. The
     # controller follows Envoy's verdict and re-admits a member by publishing it anew after a
     # rejoin (a new host passes its first check at once).
     health_checks:
-    - timeout: ${h.timeoutMs / 1000}s
-      interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
-      no_traffic_interval: ${Math.max(h.intervalMs / 2, 10) / 1000}s
-      unhealthy_threshold: 1
-      healthy_threshold: ${NEVER_HEALTHY_AGAIN}
-      reuse_connection: true
-      tcp_health_check: ${payload}
+    - timeout: ${hc.timeout}
+      interval: ${hc.interval}
+      no_traffic_interval: ${hc.no_traffic_interval}
+      unhealthy_threshold: ${hc.unhealthy_threshold}
+      healthy_threshold: ${hc.healthy_threshold}
+      reuse_connection: ${hc.reuse_connection}
+      tcp_health_check: ${flow(hc.tcp_health_check)}
     # A refused connect ejects the host at once (the default ejects at most 10% of hosts: none of 1-2).
-    outlier_detection: { consecutive_local_origin_failure: 1, split_external_local_origin_errors: true, max_ejection_percent: 100, interval: 0.1s, base_ejection_time: 1s }
+    outlier_detection: ${flow(OUTLIER_DETECTION)}
     eds_cluster_config:
       service_name: ${name}
       eds_config:
-        resource_api_version: V3
-        api_config_source:
-          api_type: REST
-          transport_api_version: V3
-          cluster_names: [lockstep_controller]
-          # Long-poll: the controller holds each request until something changes, so this
-          # is only the pause between an answer and the next request.
-          refresh_delay: 0.001s
-          request_timeout: 5s
-${staticCluster("lockstep_controller", controller, "    connect_timeout: 0.25s\n")}`;
+${controllerSource("        ")}
+${staticCluster(CONTROLLER_CLUSTER, controller, "    connect_timeout: 0.25s\n")}`;
 }
 
 export interface BootstrapOptions {
@@ -156,10 +148,10 @@ export function downstreamConnectionLimit(openFiles: number): number {
   return Math.max(1, Math.floor((openFiles - reserve) / 2));
 }
 
-function overloadManager(c: LockstepConfig, options: BootstrapOptions): string {
+function overloadManager(maxDownstreamConnections: number | undefined, options: BootstrapOptions): string {
   const files = options.openFileLimit ?? openFileLimit();
-  const limit = c.envoy.maxDownstreamConnections ?? (files === undefined ? 1_000_000 : downstreamConnectionLimit(files));
-  const why = c.envoy.maxDownstreamConnections !== undefined ? "envoy.maxDownstreamConnections in the lockstep config"
+  const limit = maxDownstreamConnections ?? (files === undefined ? 1_000_000 : downstreamConnectionLimit(files));
+  const why = maxDownstreamConnections !== undefined ? "envoy.maxDownstreamConnections in the lockstep config"
     : files === undefined ? "no open-file limit known: raise or set envoy.maxDownstreamConnections"
     : `derived from an open-file limit of ${files}: raise both together`;
   return `# Past this many client connections Envoy refuses new ones (counted in the listener's
@@ -187,18 +179,66 @@ export function renderBootstrap(c: LockstepConfig, header = "", options: Bootstr
 ${renderListener(c, "  ", options.mirror ?? true)}
   clusters:
 ${primaryCluster}
-${staticCluster("lockstep_relay", relay, `    connect_timeout: 0.25s
+${relayCluster(relay)}
+${overloadManager(c.envoy.maxDownstreamConnections, options)}${admin(c.envoy.adminPort)}`;
+}
+
+/** A config source on the controller (REST long-poll), at `indent`. */
+function controllerSource(indent: string): string {
+  const { resource_api_version, api_config_source: a } = restConfigSource();
+  return [`resource_api_version: ${resource_api_version}`, "api_config_source:",
+    `  api_type: ${a.api_type}`, `  transport_api_version: ${a.transport_api_version}`, `  cluster_names: ${flow(a.cluster_names)}`,
+    "  # Long-poll: the controller holds each request until something changes, so this",
+    "  # is only the pause between an answer and the next request.",
+    `  refresh_delay: ${a.refresh_delay}`, `  request_timeout: ${a.request_timeout}`].map((l) => indent + l).join("\n");
+}
+
+/** The mirror relay's cluster (gRPC, HTTP/2 without TLS). */
+function relayCluster(relay: string): string {
+  return staticCluster(RELAY_CLUSTER, relay, `    connect_timeout: 0.25s
     # The relay speaks gRPC: HTTP/2 without TLS.
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http2_protocol_options: {} }
     # One gRPC stream per client connection: lift the default limit of 1024 requests.
-${UNLIMITED_CONNECTIONS}`)}
-${overloadManager(c, options)}admin:
+${UNLIMITED_CONNECTIONS}`);
+}
+
+function admin(port: number): string {
+  return `admin:
   # The admin port stays reachable past the connection limit.
   ignore_global_conn_limit: true
   address:
-    socket_address: { address: 127.0.0.1, port_value: ${c.envoy.adminPort} }
+    socket_address: { address: 127.0.0.1, port_value: ${port} }
 `;
+}
+
+export interface DynamicBootstrapOptions extends BootstrapOptions {
+  /** "host:port" of the controller's xDS, or of each controller sharing one etcd store. */
+  readonly controller: string | readonly string[];
+  /** "host:port" of this Envoy's mirror relay. */
+  readonly relay: string;
+  readonly adminPort: number;
+  /** Names this Envoy to the controller (its node id). */
+  readonly nodeId?: string;
+  readonly maxDownstreamConnections?: number;
+}
+
+/** A bootstrap that names only the controller and the relay: every service's listener and
+ *  primary cluster come from the controller (LDS and CDS, REST long-poll), so a service declared
+ *  or removed through its API reaches this Envoy without a change here. */
+export function renderDynamicBootstrap(o: DynamicBootstrapOptions, header = ""): string {
+  return `${header}node: { id: ${o.nodeId ?? "lockstep"}, cluster: lockstep }
+# Listeners and clusters of the services: from the controller.
+dynamic_resources:
+  lds_config:
+${controllerSource("    ")}
+  cds_config:
+${controllerSource("    ")}
+static_resources:
+  clusters:
+${staticCluster(CONTROLLER_CLUSTER, o.controller, "    connect_timeout: 0.25s\n")}
+${relayCluster(o.relay)}
+${overloadManager(o.maxDownstreamConnections, o)}${admin(o.adminPort)}`;
 }

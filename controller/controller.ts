@@ -69,6 +69,8 @@ export interface ControllerOptions {
    *  the proof that a primary Envoy failed is still the same process. Without it, a primary Envoy
    *  failed is never re-admitted. */
   readonly connectionOf?: (address: string) => number | undefined;
+  /** A service's listener and primary cluster, when the controller serves them (LDS, CDS). */
+  readonly resourcesOf?: (s: Service) => ServiceEndpoints["resources"];
 }
 
 export class Controller {
@@ -172,7 +174,8 @@ export class Controller {
     }
     for (const s of this.state.list()) {
       const primary = primaryOf(s);
-      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: this.readmission.isLeaving(s.name, primary.name) ? null : primary.address, standbys: this.standbys(s).map((m) => m.address) });
+      const resources = this.o.resourcesOf?.(s);
+      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: this.readmission.isLeaving(s.name, primary.name) ? null : primary.address, standbys: this.standbys(s).map((m) => m.address), ...(resources ? { resources } : {}) });
       // The primary and every live member in sync or joining: the relay leaves out whichever one
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).

@@ -1,6 +1,9 @@
 // The controller's command line:
 //   tsx controller/main.ts --config service.json [--relay http://127.0.0.1:10101] [--api-port N] [--xds-port N] [--store path]
-//                          [--token-file path] [--relay-token-file path]
+//                          [--token-file path] [--relay-token-file path] [--dynamic]
+// --dynamic: serve services' listeners and primary clusters to Envoy too (LDS, CDS; the Envoy
+// bootstrap names only the controller and the relay: envoy/dynamic-example.yaml), so services
+// declared through the API with a "listener" need no Envoy change.
 // The service file is the lockstep config (config/lockstep-config.ts) with a "controller"
 // section; its "store" is a file path (one controller) or {"etcd": {...}} (several controllers,
 // one elected to decide: docs/FLEET.md; give them all the same $LOCKSTEP_TOKEN). The bearer token for mutating API calls comes from $LOCKSTEP_TOKEN, else from
@@ -20,7 +23,7 @@ import type { Service } from "./model/service.ts";
 
 const { values } = parseArgs({ options: {
   config: { type: "string" }, relay: { type: "string" }, "api-port": { type: "string" }, "xds-port": { type: "string" },
-  store: { type: "string" }, "token-file": { type: "string" }, "relay-token-file": { type: "string" },
+  store: { type: "string" }, "token-file": { type: "string" }, "relay-token-file": { type: "string" }, dynamic: { type: "boolean" },
 } });
 
 const log = (line: string) => console.log(`${new Date().toISOString()} controller: ${line}`);
@@ -75,8 +78,10 @@ try {
   const storePath = resolve(values.store ?? spec.store);
   const relayControlToken = relayToken(c);
   if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
+  const configured = serviceOf(c);
   const running = await startController({
-    services: [serviceOf(c)],
+    services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}` }) } : configured],
+    ...(values.dynamic ? { dynamic: { wasmPath: resolve(c.envoy.wasmPath), ...c.limits, compareReplies: c.compareReplies } } : {}),
     api: { host: spec.address, port: portFlag("api-port", spec.apiPort) },
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },
     token: token(storePath),

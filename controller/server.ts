@@ -26,6 +26,18 @@ import { HEALTH_DEFAULTS, type HealthSettings } from "./health/checker.ts";
 import type { Probe } from "./health/probe.ts";
 import { PersistentProbe } from "./health/persistent-probe.ts";
 import type { Service } from "./model/service.ts";
+import { listenerResource, primaryClusterResource } from "../config/envoy-resources.ts";
+import { DEFAULT_LIMITS } from "../config/lockstep-config.ts";
+
+/** What the listeners the controller serves are made of (the same for every service). */
+export interface DynamicSettings {
+  /** The filter's .wasm file, as a path Envoy can read. */
+  readonly wasmPath: string;
+  readonly maxInflightBytesPerConnection?: number;
+  readonly maxInflightBytesTotal?: number;
+  /** The reply check (default on). */
+  readonly compareReplies?: boolean;
+}
 
 export interface ControllerSettings {
   /** Services declared at boot (kept as stored if the store already knows them). */
@@ -50,6 +62,9 @@ export interface ControllerSettings {
    *  and health-check verdicts. Without any, a relay restart puts every replica out of sync. */
   readonly envoyAdmins?: readonly string[];
   readonly relayPollMs?: number;
+  /** Serve services' listeners and primary clusters to Envoy too (LDS, CDS): a service declared
+   *  with a "listener" needs no bootstrap change (config/envoy-bootstrap.ts renderDynamicBootstrap). */
+  readonly dynamic?: DynamicSettings;
   readonly probe?: Probe;
   readonly log?: (line: string) => void;
 }
@@ -94,6 +109,8 @@ export async function startController(settings: ControllerSettings): Promise<Run
 async function assemble(settings: ControllerSettings, log: (line: string) => void, fleet: Fleet | undefined, release: () => Promise<void>): Promise<RunningController> {
   const state = new ControllerState(fleet ? fleet.stateStore() : new FileStore<StoredState>(settings.storePath, validateStoredState), { log });
   const health = new Map(settings.services.map((s) => [s.service.name, s.health]));
+  // A service declared through the API keeps its health-check payload in the store.
+  const healthOf = (service: string): HealthSettings => health.get(service) ?? { ...HEALTH_DEFAULTS, ...state.get(service)?.healthCheck };
   const configured = new Set(settings.services.map((s) => s.service.name));
   // With etcd, only the leader declares them (when elected): a follower changes nothing.
   const declareConfigured = () => { for (const { service } of settings.services) state.declare(service); };
@@ -117,7 +134,8 @@ async function assemble(settings: ControllerSettings, log: (line: string) => voi
     relay: relays,
     envoys: (settings.envoyAdmins ?? []).map((a) => new EnvoyAdminClient(a)),
     probe: settings.probe ?? persistent!.probe,
-    healthOf: (service) => health.get(service) ?? HEALTH_DEFAULTS,
+    healthOf,
+    resourcesOf: settings.dynamic && ((s) => resourcesOf(s, settings.dynamic!, healthOf(s.name))),
     relayPollMs: settings.relayPollMs ?? 200,
     log,
     connectionOf: persistent ? (address) => persistent.connection(address) : undefined,
@@ -128,6 +146,7 @@ async function assemble(settings: ControllerSettings, log: (line: string) => voi
   api.use(createApiRouter(state, {
     token: settings.token, log,
     health: (name, h) => health.set(name, h),
+    servesListeners: !!settings.dynamic,
     successor: (name) => controller.successor(name),
     xds: (name) => xds.status(primaryCluster(name)),
     configured: (name) => configured.has(name),
@@ -168,4 +187,15 @@ function notLeader(fleet: Fleet): string {
 async function close(server: Server): Promise<void> {
   server.closeAllConnections();
   await new Promise<void>((r) => server.close(() => r()));
+}
+
+/** The listener and primary cluster Envoy gets for a service that names a listener. */
+function resourcesOf(s: Service, d: DynamicSettings, health: HealthSettings) {
+  if (!s.listener) return undefined;
+  const filter = {
+    service: s.name, compareReplies: d.compareReplies ?? true,
+    maxInflightBytesPerConnection: d.maxInflightBytesPerConnection ?? DEFAULT_LIMITS.maxInflightBytesPerConnection,
+    maxInflightBytesTotal: d.maxInflightBytesTotal ?? DEFAULT_LIMITS.maxInflightBytesTotal,
+  };
+  return { listener: listenerResource(filter, s.listener, d.wasmPath), cluster: primaryClusterResource(s.name, health) };
 }

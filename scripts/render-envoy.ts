@@ -3,7 +3,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadLockstepConfig } from "../config/lockstep-config.ts";
-import { renderBootstrap } from "../config/envoy-bootstrap.ts";
+import { renderBootstrap, renderDynamicBootstrap } from "../config/envoy-bootstrap.ts";
 import { PROJECT_ROOT } from "./envoy-binary.ts";
 
 /** The open-file limit the examples are sized for (`ulimit -n 65536`). */
@@ -26,12 +26,25 @@ export const ENVOY_EXAMPLES = [
       "# relay and the controller next to Envoy (README: \"Your own backends\").\n" +
       "# Generated from config/example-service.json.\n",
   },
+  {
+    file: "envoy/dynamic-example.yaml",
+    from: "config/example-service.json",
+    dynamic: true,
+    header: "# An Envoy that takes every lockstep service from the controller: its listeners and primary\n" +
+      "# clusters arrive over LDS and CDS (run the controller with --dynamic), so a service declared\n" +
+      "# with POST /v1/services and a \"listener\" needs no change here. Only the controller and this\n" +
+      "# Envoy's mirror relay are named. Generated from config/example-service.json.\n",
+  },
 ];
 
 export function renderExample(example: (typeof ENVOY_EXAMPLES)[number]): string {
   // A fixed open-file limit keeps the files the same on every machine; scripts/run.ts renders
   // its bootstrap from the limit Envoy actually gets.
-  return renderBootstrap(loadLockstepConfig(join(PROJECT_ROOT, example.from)), example.header, { openFileLimit: EXAMPLE_OPEN_FILE_LIMIT });
+  const c = loadLockstepConfig(join(PROJECT_ROOT, example.from));
+  if ("dynamic" in example) {
+    return renderDynamicBootstrap({ controller: `127.0.0.1:${c.controller!.xdsPort}`, relay: `${c.relay.address}:${c.relay.port}`, adminPort: c.envoy.adminPort, nodeId: "lockstep", openFileLimit: EXAMPLE_OPEN_FILE_LIMIT }, example.header);
+  }
+  return renderBootstrap(c, example.header, { openFileLimit: EXAMPLE_OPEN_FILE_LIMIT });
 }
 
 if (process.argv[1]?.endsWith("render-envoy.ts")) {

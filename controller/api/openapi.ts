@@ -33,13 +33,14 @@ export const OPENAPI = {
         services: { type: "array", items: service },
       } }), ...errors(...anyRequest) } },
       post: {
-        summary: "Declare a service: its primary and replicas (Envoy needs a listener and the EDS cluster <name>_primary for it: scripts/render-envoy.ts)",
+        summary: "Declare a service: its primary and replicas, and with a controller started with --dynamic its listener (served to Envoy over LDS, with its <name>_primary cluster over CDS); otherwise Envoy needs them in its bootstrap (scripts/render-envoy.ts)",
         security: secured,
         requestBody: { required: true, content: { "application/json": { schema: { type: "object", additionalProperties: false, required: ["name", "primary", "replicas"], properties: {
           name: { type: "string", pattern: "^[A-Za-z0-9_-]{1,64}$" },
           primary: { $ref: "#/components/schemas/NewMember" },
           replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
           healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
+          listener: { type: "string", description: "\"ip:port\" Envoy listens on for the service (LDS); refused by a controller without --dynamic, and when another service has it" },
         } } } } },
         responses: { ...ok("the new service", service, "201"), ...errors(...anyRequest, ...withBody, "UNAUTHORIZED", "STORE_UNAVAILABLE", "NOT_LEADER", "DUPLICATE") },
       },
@@ -84,6 +85,7 @@ export const OPENAPI = {
       Service: { type: "object", properties: {
         name: { type: "string" }, primary: { type: ["string", "null"] },
         successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },
+        listener: { type: ["string", "null"], description: "the address of the listener the controller serves for it (LDS), if any" },
         members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] },
         xds: { type: ["object", "null"], description: "what Envoy did with the service's endpoints: the version served, the version last applied, and the latest rejection (until a later version is applied)", properties: {
           version: { type: ["string", "null"] }, acceptedVersion: { type: ["string", "null"] },

@@ -20,6 +20,7 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
     name: s.name,
     primary: s.members.find((m) => m.role === "primary")?.name ?? null,
     successor: options.successor?.(s.name) ?? null,
+    listener: s.listener ?? null,
     members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive ?? null, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
     xds: options.xds?.(s.name) ?? null,
@@ -76,6 +77,8 @@ export interface ApiOptions {
   settle?: () => Promise<void>;
   /** What Envoy did with the service's latest snapshot. */
   xds?: (service: string) => XdsStatus | undefined;
+  /** Whether services may name a listener (the controller serves listeners and clusters: LDS, CDS). */
+  servesListeners?: boolean;
   /** Whether the service comes from the controller's config file (it cannot be deleted here). */
   configured?: (service: string) => boolean;
   /** Where faults of the controller are logged. */
@@ -122,7 +125,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   });
   r.post("/v1/services", requireToken, json, async (req, res) => {
     const b = body(req);
-    onlyKeys(b, ["name", "primary", "replicas", "healthCheck"]);
+    onlyKeys(b, ["name", "primary", "replicas", "healthCheck", "listener"]);
     if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
     if (!Array.isArray(b.replicas)) throw new ApiError("BAD_REQUEST", '"replicas" must be a list of {"name", "address"}');
     const members = [member(b.primary, "primary", "primary"), ...b.replicas.map((r, i) => member(r, `replicas[${i}]`, "replica"))];
@@ -131,10 +134,17 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
       if (dup) throw new ApiError("BAD_REQUEST", `two members have the ${key} "${dup[key]}"`);
     }
     const health = healthCheck(b.healthCheck);
+    const listener = b.listener === undefined ? undefined : address(b.listener, "listener");
+    if (listener !== undefined && !options.servesListeners) {
+      throw new ApiError("BAD_REQUEST", '"listener": this controller does not serve listeners to Envoy (its config has no "dynamic" section); declare the listener in Envoy\'s bootstrap');
+    }
     if (state.get(b.name)) throw new ApiError("DUPLICATE", `a service named "${b.name}" exists`);
+    const taken = listener === undefined ? undefined : state.list().find((s) => s.listener === listener);
+    if (taken) throw new ApiError("DUPLICATE", `the service "${taken.name}" listens on ${listener}`);
     // Its health settings first: adding the service starts its health checks.
     options.health?.(b.name, health);
-    const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))) }));
+    const given = b.healthCheck === undefined ? {} : { healthCheck: Object.freeze({ ...(health.send ? { send: health.send } : {}), ...(health.expect ? { expect: health.expect } : {}) }) };
+    const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))), ...(listener ? { listener } : {}), ...given }));
     await stored();
     res.status(201).json(view(service, state, options));
   });

@@ -29,6 +29,10 @@ export interface Service {
   /** The member Envoy falls back to first (EDS priority 1), as last decided: stored, so a
    *  restarted controller publishes exactly the endpoints Envoy already has. */
   readonly successor?: string;
+  /** "ip:port" of the service's listener, when the controller serves it to Envoy (LDS/CDS). */
+  readonly listener?: string;
+  /** The health-check payload given through the API (stored: Envoy's cluster is built from it). */
+  readonly healthCheck?: { readonly send?: string; readonly expect?: string };
 }
 
 export class ModelError extends Error {

@@ -13,7 +13,7 @@ import type { ControllerEvent } from "../state.ts";
 import type { Baselines } from "../evidence/ledger.ts";
 
 export interface StoredMember { name: string; address: string; role: Role }
-export interface StoredService { name: string; members: StoredMember[]; successor?: string }
+export interface StoredService { name: string; members: StoredMember[]; successor?: string; listener?: string; healthCheck?: { send?: string; expect?: string } }
 export interface StoredState {
   schema: 1;
   services: StoredService[];
@@ -36,6 +36,8 @@ export function validateStoredState(raw: unknown): StoredState {
     const where = `services[${i}]`;
     if (!isObject(s) || typeof s.name !== "string" || !NAME.test(s.name) || !Array.isArray(s.members)) throw new StoreError(`${where} must be { name, members: [] } with a valid name`);
     if (s.successor !== undefined && typeof s.successor !== "string") throw new StoreError(`${where}.successor must be a member name`);
+    if (s.listener !== undefined && typeof s.listener !== "string") throw new StoreError(`${where}.listener must be "ip:port"`);
+    if (s.healthCheck !== undefined && (!isObject(s.healthCheck) || Object.values(s.healthCheck).some((v) => typeof v !== "string"))) throw new StoreError(`${where}.healthCheck must be { send, expect } of strings`);
     s.members.forEach((m: unknown, j) => {
       if (!isObject(m) || typeof m.name !== "string" || !NAME.test(m.name) || typeof m.address !== "string" || !ROLES.includes(m.role as Role)) {
         throw new StoreError(`${where}.members[${j}] must be { name, address, role } with a valid name and a role of ${ROLES.join(", ")}`);
@@ -89,7 +91,9 @@ export function servicesFromStore(doc: StoredState, path: string): { services: S
     }
     const members = s.members.filter((m) => kept.has(m)).map((m): Member => Object.freeze({ name: m.name, address: canonical.get(m) as string, role: m.role, lagBytes: 0 }));
     const successor = s.successor !== undefined && members.some((m) => m.name === s.successor) ? { successor: s.successor } : {};
-    return Object.freeze({ name: s.name, members: Object.freeze(members), ...successor });
+    const listener = s.listener === undefined ? {} : { listener: s.listener };
+    const healthCheck = s.healthCheck === undefined ? {} : { healthCheck: Object.freeze({ ...s.healthCheck }) };
+    return Object.freeze({ name: s.name, members: Object.freeze(members), ...successor, ...listener, ...healthCheck });
   });
   return { services, dropped };
 }
@@ -102,6 +106,8 @@ export function toStoredState(services: Iterable<Service>, events: ControllerEve
       name: s.name,
       members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role })),
       ...(s.successor === undefined ? {} : { successor: s.successor }),
+      ...(s.listener === undefined ? {} : { listener: s.listener }),
+      ...(s.healthCheck === undefined ? {} : { healthCheck: { ...s.healthCheck } }),
     })),
     events,
     evidence,

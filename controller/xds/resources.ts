@@ -1,13 +1,19 @@
 // xDS type URLs and the JSON shapes lockstep serves (Envoy v3 API, REST-JSON encoding).
 import { splitHostPort } from "../../config/address.ts";
+import { LISTENER_TYPE, CLUSTER_TYPE } from "../../config/envoy-resources.ts";
 
 export const TYPE_URL = Object.freeze({
   ENDPOINTS: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+  LISTENERS: LISTENER_TYPE,
+  CLUSTERS: CLUSTER_TYPE,
 });
+export type TypeUrl = (typeof TYPE_URL)[keyof typeof TYPE_URL];
 
 /** REST path of each type (Envoy POSTs a DiscoveryRequest there). */
-export const REST_PATH = Object.freeze({
+export const REST_PATH: Readonly<Record<TypeUrl, string>> = Object.freeze({
   [TYPE_URL.ENDPOINTS]: "/v3/discovery:endpoints",
+  [TYPE_URL.LISTENERS]: "/v3/discovery:listeners",
+  [TYPE_URL.CLUSTERS]: "/v3/discovery:clusters",
 });
 
 /** EDS priority of the primary; standbys (replicas) sit one level below. */
@@ -30,7 +36,7 @@ export interface DiscoveryRequest {
   /** Set by an xDS client that rejected the last response (Envoy's REST client does not send it). */
   error_detail?: { code?: number; message?: string };
 }
-export interface DiscoveryResponse { version_info: string; type_url: string; resources: ClusterLoadAssignment[] }
+export interface DiscoveryResponse { version_info: string; type_url: string; resources: object[] }
 
 export function socketAddress(hostPort: string): SocketAddress {
   const { host, port } = splitHostPort(hostPort);

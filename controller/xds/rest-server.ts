@@ -13,7 +13,7 @@
 // ends (then V is sent again, so Envoy retries at most once per hold, not in a hot loop).
 import express, { type NextFunction, type Request, type Response, type Router } from "express";
 import type { Socket } from "node:net";
-import { TYPE_URL, REST_PATH, type DiscoveryRequest, type DiscoveryResponse } from "./resources.ts";
+import { TYPE_URL, REST_PATH, type DiscoveryRequest, type DiscoveryResponse, type TypeUrl } from "./resources.ts";
 import type { Snapshot } from "./snapshot.ts";
 
 export interface XdsRestOptions {
@@ -74,7 +74,10 @@ export class XdsRestServer {
 
   router(): Router {
     const router = express.Router();
-    router.post(REST_PATH[TYPE_URL.ENDPOINTS], express.json({ limit: "1mb", type: () => true }), (req: Request, res: Response) => this.endpoints(req, res));
+    for (const type of Object.values(TYPE_URL)) {
+      // A RegExp: in a path string, Express reads ":listeners" as a parameter.
+      router.post(new RegExp(`^${REST_PATH[type].replace(/[.:]/g, "\\$&")}$`), express.json({ limit: "1mb", type: () => true }), (req: Request, res: Response) => this.serve(type, req, res));
+    }
     router.use((err: { status?: number; message?: string }, _req: Request, res: Response, _next: NextFunction) => {
       const status = typeof err.status === "number" && err.status >= 400 && err.status < 500 ? err.status : 500;
       res.status(status).json({ message: `not a DiscoveryRequest: ${err.message ?? String(err)}` });
@@ -82,14 +85,16 @@ export class XdsRestServer {
     return router;
   }
 
-  private endpoints(req: Request, res: Response): void {
+  /** One DiscoveryRequest of `type`: answered at once if the Envoy lacks the current version,
+   *  else held (long-poll). */
+  private serve(type: TypeUrl, req: Request, res: Response): void {
     const body = (req.body ?? {}) as DiscoveryRequest;
     if (typeof body !== "object" || Array.isArray(body) || (body.version_info !== undefined && typeof body.version_info !== "string")
       || (body.resource_names !== undefined && (!Array.isArray(body.resource_names) || body.resource_names.some((n) => typeof n !== "string")))) {
       res.status(400).json({ message: "not a DiscoveryRequest: version_info must be a string, resource_names a list of strings" });
       return;
     }
-    const key = body.resource_names?.length ? [...body.resource_names].sort().join(",") : "*";
+    const key = `${type} ${body.resource_names?.length ? [...body.resource_names].sort().join(",") : "*"}`;
     const sentHere = this.sent.get(req.socket) ?? new Map<string, string>();
     this.sent.set(req.socket, sentHere);
     const lastSent = sentHere.get(key);
@@ -97,8 +102,8 @@ export class XdsRestServer {
     const fromElsewhere = !!body.version_info && lastSent !== undefined && !!this.options.newer?.(body.version_info, lastSent);
     const rejected = body.error_detail ? lastSent ?? this.snapshot?.version
       : lastSent !== undefined && body.version_info !== lastSent && !fromElsewhere ? lastSent : undefined;
-    if (rejected !== undefined) this.rejected(body, rejected);
-    else if (body.version_info) this.accepted(body, body.version_info);
+    if (rejected !== undefined) this.rejected(type, body, rejected);
+    else if (body.version_info) this.accepted(type, body, body.version_info);
 
     const answer = () => {
       if (res.writableEnded) return;
@@ -106,7 +111,7 @@ export class XdsRestServer {
       const snap = this.snapshot;
       if (!snap) { res.status(503).json({ message: "no snapshot published yet" }); return; }
       sentHere.set(key, snap.version);
-      res.type("application/json").send(this.encoded(snap, key, body.resource_names));
+      res.type("application/json").send(this.encoded(snap, type, key, body.resource_names));
     };
     // Held while there is nothing newer than what this Envoy has or just rejected, and while
     // this controller is behind the Envoy (it has a version from another controller that this
@@ -134,15 +139,16 @@ export class XdsRestServer {
 
   /** The response for `names` ("*": all) from `snap`, encoded once per snapshot and set of
    *  names: many subscribers of one snapshot cost one serialization, not one each. */
-  private encoded(snap: Snapshot, key: string, requested: string[] | undefined): string {
+  private encoded(snap: Snapshot, type: TypeUrl, key: string, requested: string[] | undefined): string {
     if (this.encodings.snapshot !== snap) this.encodings = { snapshot: snap, bodies: new Map() };
     let text = this.encodings.bodies.get(key);
     if (text === undefined) {
-      const names = requested?.length ? requested : [...snap.endpoints.keys()];
+      const all: ReadonlyMap<string, object> = type === TYPE_URL.ENDPOINTS ? snap.endpoints : type === TYPE_URL.LISTENERS ? snap.listeners : snap.clusters;
+      const names = requested?.length ? requested : [...all.keys()];
       const response: DiscoveryResponse = {
         version_info: snap.version,
-        type_url: TYPE_URL.ENDPOINTS,
-        resources: names.flatMap((n) => (snap.endpoints.has(n) ? [snap.endpoints.get(n)!] : [])),
+        type_url: type,
+        resources: names.flatMap((n) => (all.has(n) ? [all.get(n)!] : [])),
       };
       text = JSON.stringify(response);
       this.encodings.bodies.set(key, text);
@@ -150,7 +156,11 @@ export class XdsRestServer {
     return text;
   }
 
-  private clustersOf(body: DiscoveryRequest): string[] {
+  /** What a request's verdict is reported under: each EDS cluster it names (all: every one), or
+   *  "listeners" / "clusters" for LDS and CDS (whose requests name no resource). */
+  private reportedAs(type: TypeUrl, body: DiscoveryRequest): string[] {
+    if (type === TYPE_URL.LISTENERS) return ["listeners"];
+    if (type === TYPE_URL.CLUSTERS) return ["clusters"];
     return body.resource_names?.length ? body.resource_names : [...(this.snapshot?.endpoints.keys() ?? [])];
   }
 
@@ -160,22 +170,22 @@ export class XdsRestServer {
     return r;
   }
 
-  private accepted(body: DiscoveryRequest, version: string): void {
-    for (const cluster of this.clustersOf(body)) {
+  private accepted(type: TypeUrl, body: DiscoveryRequest, version: string): void {
+    for (const cluster of this.reportedAs(type, body)) {
       const r = this.report(cluster);
       r.acceptedVersion = version;
       if (r.rejected && r.rejected.version !== version) r.rejected = null;
     }
   }
 
-  private rejected(body: DiscoveryRequest, version: string): void {
+  private rejected(type: TypeUrl, body: DiscoveryRequest, version: string): void {
     this.counters.rejections++;
     const node = body.node?.id ? `Envoy "${body.node.id}"` : "Envoy";
     const message = body.error_detail?.message
       ? `${node} rejected version ${version}: ${body.error_detail.message}`
       : `${node} did not apply version ${version} and asked again with ${body.version_info ? `version ${body.version_info}` : "no version"}: ` +
-        `it rejected it (Envoy's log says why: "REST config for ${REST_PATH[TYPE_URL.ENDPOINTS]} rejected: ...")`;
-    for (const cluster of this.clustersOf(body)) {
+        `it rejected it (Envoy's log says why: "REST config for ${REST_PATH[type]} rejected: ...")`;
+    for (const cluster of this.reportedAs(type, body)) {
       const r = this.report(cluster);
       if (r.rejected?.version === version) continue;
       r.rejected = { version, message, at: new Date().toISOString() };

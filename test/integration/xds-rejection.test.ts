@@ -24,7 +24,7 @@ function rejectedByEnvoy(version: string, port: number): Snapshot {
   return { version, endpoints: new Map([["kv_primary", {
     "@type": TYPE_URL.ENDPOINTS, cluster_name: "kv_primary",
     endpoints: [{ priority: 0, lb_endpoints: [{ endpoint: { address: { socket_address: { address: "localhost", port_value: port } } } }] }],
-  }]]) };
+  }]]), listeners: new Map(), clusters: new Map() };
 }
 
 describe("Envoy rejecting a snapshot", () => {

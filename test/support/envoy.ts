@@ -1,17 +1,22 @@
-// Starts the real Envoy binary for a test: a bootstrap rendered from a lockstep config,
-// a unique --base-id, one worker, wasm logs at debug, readiness polled on the admin port.
+// Starts the real Envoy binary for a test: a bootstrap rendered from a lockstep config (or one
+// that takes every service from the controller: startDynamicEnvoy), a unique --base-id, one
+// worker, wasm logs at debug, readiness polled on the admin port.
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { findEnvoy, PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { parseLockstepConfig, type LockstepConfig } from "../../config/lockstep-config.ts";
-import { renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { renderBootstrap, renderDynamicBootstrap } from "../../config/envoy-bootstrap.ts";
 import { startProcess, type Managed } from "./processes.ts";
 import { freePorts, waitFor } from "./ports.ts";
 
-export interface EnvoyHandle {
+export interface EnvoyHandle extends RunningEnvoy {
   readonly config: LockstepConfig;
   readonly listenerPort: number;
+}
+
+/** An Envoy process and its admin port. */
+export interface RunningEnvoy {
   readonly adminPort: number;
   readonly process: Managed;
   /** /stats as name → number (counters and gauges). */
@@ -61,9 +66,22 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     compareReplies: options.compareReplies ?? false,
     ...options.extra,
   });
+  const bootstrap = renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller, openFileLimit: options.openFileLimit });
+  return { config, listenerPort, ...await launch(bootstrap, adminPort, options) };
+}
+
+/** An Envoy whose bootstrap names only the controller (`controller`: its xDS "host:port") and
+ *  the relay: its listeners and clusters come over LDS and CDS. */
+export async function startDynamicEnvoy(options: { controller: string | readonly string[]; relayPort: number; adminPort?: number; concurrency?: number }): Promise<RunningEnvoy> {
+  const adminPort = options.adminPort ?? (await freePorts(1))[0];
+  const bootstrap = renderDynamicBootstrap({ controller: options.controller, relay: `127.0.0.1:${options.relayPort}`, adminPort, nodeId: `itest-${adminPort}` });
+  return launch(bootstrap, adminPort, options);
+}
+
+async function launch(bootstrapText: string, adminPort: number, options: { concurrency?: number; openFileLimit?: number }): Promise<RunningEnvoy> {
   const dir = mkdtempSync(join(tmpdir(), "lockstep-envoy-"));
   const bootstrap = join(dir, "envoy.yaml");
-  writeFileSync(bootstrap, renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller, openFileLimit: options.openFileLimit }));
+  writeFileSync(bootstrap, bootstrapText);
   const limit = options.openFileLimit === undefined ? [] : ["prlimit", `--nofile=${options.openFileLimit}:${options.openFileLimit}`, "--"];
   const [command, ...prefix] = [...limit, findEnvoy()];
   const proc = startProcess("envoy", command, [...prefix,
@@ -86,7 +104,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     return out;
   };
   return {
-    config, listenerPort, adminPort, process: proc, stats,
+    adminPort, process: proc, stats,
     async stat(name) { return (await stats()).get(name) ?? 0; },
     async prometheus() { return (await fetch(`${admin}/stats/prometheus`)).text(); },
     kill: () => proc.kill("SIGTERM"),

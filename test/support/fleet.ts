@@ -1,7 +1,8 @@
 // lockstep beyond one machine, from real processes, for the fleet tests: one etcd, several
 // controllers sharing it (each its own process: kill -9 and SIGSTOP are real), several Envoys,
 // each with its own relay, all on one service of sample key-value servers. Every controller
-// knows every relay and every Envoy's admin; every Envoy's bootstrap names every controller.
+// knows every relay and every Envoy's admin; every Envoy's bootstrap names every controller
+// (and, with `dynamic`, nothing else: listeners and clusters come from the controllers).
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,7 +11,7 @@ import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
 import { startProcess, type Managed } from "./processes.ts";
 import { freePorts, waitFor } from "./ports.ts";
 import { startRelay, type RelayHandle } from "./relay.ts";
-import { startEnvoy, type EnvoyHandle } from "./envoy.ts";
+import { startEnvoy, startDynamicEnvoy, type RunningEnvoy } from "./envoy.ts";
 import { startEtcd, type EtcdHandle } from "./etcd.ts";
 import { startKv, kvExchange, TOKEN, type Member as KvMember } from "./stack.ts";
 
@@ -28,14 +29,19 @@ export interface FleetOptions {
   replicas?: number;
   service?: string;
   leaseTtlSeconds?: number;
+  /** Controllers run with --dynamic, Envoys take the service's listener and cluster from them. */
+  dynamic?: boolean;
 }
+
+/** An Envoy of the fleet and the port its service's listener is on. */
+export type FleetEnvoy = RunningEnvoy & { readonly listenerPort: number };
 
 export interface Fleet {
   readonly service: string;
   readonly etcd: EtcdHandle;
   readonly members: Map<string, KvMember>;
   readonly relays: RelayHandle[];
-  readonly envoys: EnvoyHandle[];
+  readonly envoys: FleetEnvoy[];
   readonly controllers: FleetController[];
   readonly leaseTtlSeconds: number;
   startController(index: number): Promise<void>;
@@ -57,7 +63,8 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
   const names = ["m0", ...Array.from({ length: options.replicas ?? 2 }, (_, i) => `m${i + 1}`)];
   const nControllers = options.controllers ?? 3;
   const nEnvoys = options.envoys ?? 2;
-  const ports = await freePorts(names.length + 2 * nControllers + nEnvoys);
+  const ports = await freePorts(names.length + 2 * nControllers + nEnvoys + 1);
+  const servicePort = ports.at(-1)!; // the listener, with `dynamic` (every Envoy binds it: SO_REUSEPORT)
   const members = new Map<string, KvMember>();
   await Promise.all(names.map(async (name, i) => {
     const port = ports[i];
@@ -69,7 +76,7 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
   const relays = await Promise.all(Array.from({ length: nEnvoys }, () => startRelay({ controlToken })));
   const etcd = await startEtcd();
   const controllerPorts = ports.slice(names.length, names.length + 2 * nControllers);
-  const adminPorts = ports.slice(names.length + 2 * nControllers);
+  const adminPorts = ports.slice(names.length + 2 * nControllers, names.length + 2 * nControllers + nEnvoys);
   const healthCheck = { send: "PING\n", expect: "PONG", intervalMs: 100, timeoutMs: 250 };
   const dir = mkdtempSync(join(tmpdir(), "lockstep-fleet-"));
   const controllers: FleetController[] = Array.from({ length: nControllers }, (_, i) => {
@@ -79,7 +86,7 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
   const configPath = (i: number) => {
     const path = join(dir, `controller-${i}.json`);
     writeFileSync(path, JSON.stringify({
-      service, listener: { port: 1 }, primary: all[0].address, primaryName: all[0].name,
+      service, listener: { port: options.dynamic ? servicePort : 1 }, primary: all[0].address, primaryName: all[0].name,
       replicas: all.slice(1).map((m) => ({ name: m.name, address: m.address })),
       relay: { address: "127.0.0.1", port: relays[0].port, metricsPort: relays[0].metricsPort, controlToken },
       healthCheck, compareReplies: false,
@@ -98,7 +105,7 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
     service, etcd, members, relays, envoys: [], controllers, leaseTtlSeconds,
     async startController(i) {
       const c = controllers[i];
-      const proc = startProcess(`controller ${i}`, process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "controller", "main.ts"), "--config", configPath(i)],
+      const proc = startProcess(`controller ${i}`, process.execPath, ["--import", "tsx", join(PROJECT_ROOT, "controller", "main.ts"), "--config", configPath(i), ...(options.dynamic ? ["--dynamic"] : [])],
         { cwd: PROJECT_ROOT, env: { ...process.env, LOCKSTEP_TOKEN: TOKEN } });
       c.process = proc;
       await waitFor(`controller ${i}'s API`, async () => {
@@ -155,6 +162,11 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
   };
   for (let i = 0; i < nControllers; i++) await fleet.startController(i);
   for (let i = 0; i < nEnvoys; i++) {
+    const controller = controllers.map((c) => `127.0.0.1:${c.xdsPort}`);
+    if (options.dynamic) {
+      fleet.envoys.push({ ...await startDynamicEnvoy({ controller, relayPort: relays[i].port, adminPort: adminPorts[i] }), listenerPort: servicePort });
+      continue;
+    }
     fleet.envoys.push(await startEnvoy({
       primary: all[0].address, relayPort: relays[i].port, service, adminPort: adminPorts[i],
       controller: controllers.map((c) => `127.0.0.1:${c.xdsPort}`),

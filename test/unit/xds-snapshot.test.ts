@@ -6,9 +6,16 @@ import { Agent, request, type Server } from "node:http";
 import { buildSnapshot, SnapshotError } from "../../controller/xds/snapshot.ts";
 import { XdsRestServer } from "../../controller/xds/rest-server.ts";
 import { TYPE_URL } from "../../controller/xds/resources.ts";
+import { listenerResource, primaryClusterResource } from "../../config/envoy-resources.ts";
 import { waitFor } from "../support/ports.ts";
 
 const svc = { cluster: "kv_primary", primary: "127.0.0.1:7001", standbys: ["127.0.0.1:7002", "127.0.0.1:7003"] };
+const filter = (service: string) => ({ service, compareReplies: true, maxInflightBytesPerConnection: 1 << 20, maxInflightBytesTotal: 1 << 24 });
+/** A service whose listener and primary cluster are served too (LDS, CDS). */
+const served = (service: string, listener: string) => ({
+  cluster: `${service}_primary`, primary: "127.0.0.1:7001", standbys: [],
+  resources: { listener: listenerResource(filter(service), listener, "lockstep.wasm"), cluster: primaryClusterResource(service, { intervalMs: 100, timeoutMs: 250 }) },
+});
 
 describe("xDS snapshots", () => {
   it("puts the primary at priority 0 and each standby, best first, at priorities 1, 2, ...", () => {
@@ -22,6 +29,13 @@ describe("xDS snapshots", () => {
   it("keeps priority 0 empty for a version without the primary (a re-admission), standbys where they were", () => {
     const cla = buildSnapshot("1", [{ ...svc, primary: null }]).endpoints.get("kv_primary")!;
     expect(cla.endpoints.map((e) => [e.priority, e.lb_endpoints.length])).toEqual([[0, 0], [1, 1], [2, 1]]);
+  });
+
+  it("carries services' listeners and clusters, and refuses two listeners on one address", () => {
+    const snap = buildSnapshot("1", [served("kv", "127.0.0.1:9000"), { ...svc, cluster: "other_primary" }]);
+    expect([...snap.listeners.keys()]).toEqual(["lockstep_kv"]);
+    expect([...snap.clusters.keys()]).toEqual(["kv_primary"]);
+    expect(() => buildSnapshot("2", [served("kv", "127.0.0.1:9000"), served("billing", "127.0.0.1:9000")])).toThrow('listeners "lockstep_kv" and "lockstep_billing" have one address');
   });
 
   it("leaves standbys after the 128th out, as Envoy rejects priorities above 128", () => {
@@ -69,6 +83,16 @@ describe("REST long-poll transport", () => {
     expect(second.version_info).toBe("2");
     expect(second.resources[0].endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(7002);
     expect(xds.counters.pushes).toBe(1);
+  });
+
+  it("answers each xDS path with its own type: endpoints, listeners, clusters", async () => {
+    const xds = new XdsRestServer({ holdMs: 50 });
+    xds.publish(buildSnapshot("1", [served("kv", "127.0.0.1:9000")]));
+    const base = (await start(xds)).replace(/endpoints$/, "");
+    const got = await Promise.all(["endpoints", "listeners", "clusters"].map(async (p) => (await post(base + p, {})).json()));
+    expect(got.map((g) => g.type_url)).toEqual([TYPE_URL.ENDPOINTS, TYPE_URL.LISTENERS, TYPE_URL.CLUSTERS]);
+    expect(got.map((g) => g.resources.map((r: any) => r.name ?? r.cluster_name))).toEqual([["kv_primary"], ["lockstep_kv"], ["kv_primary"]]);
+    expect((await post(base.replace(/discovery:$/, "discovery:secrets"), {})).status).toBe(404);
   });
 
   it("answers a held request with the same version before Envoy's timeout", async () => {
