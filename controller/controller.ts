@@ -26,6 +26,7 @@ import type { EnvoyAdminClient, EnvoyView } from "./evidence/envoy-admin.ts";
 import { assess, continuous, type Evidence, type SourceReading } from "./evidence/ledger.ts";
 import { Readmission } from "./readmission.ts";
 import { PrimaryContinuity } from "./primary-continuity.ts";
+import { primaryClusterName } from "../config/envoy-resources.ts";
 
 /** The designated successor is replaced only by a replica clearly better (no churn on noise):
  *  less lag by more than this, or a lower RTT by more than both margins below. */
@@ -175,7 +176,7 @@ export class Controller {
     for (const s of this.state.list()) {
       const primary = primaryOf(s);
       const resources = this.o.resourcesOf?.(s);
-      if (primary) endpoints.push({ cluster: `${s.name}_primary`, primary: this.readmission.isLeaving(s.name, primary.name) ? null : primary.address, standbys: this.standbys(s).map((m) => m.address), ...(resources ? { resources } : {}) });
+      if (primary) endpoints.push({ cluster: primaryClusterName(s.name), primary: this.readmission.isLeaving(s.name, primary.name) ? null : primary.address, standbys: this.standbys(s).map((m) => m.address), ...(resources ? { resources } : {}) });
       // The primary and every live member in sync or joining: the relay leaves out whichever one
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
@@ -312,7 +313,7 @@ export class Controller {
    *  bootstrap's healthy_threshold is never reached), so the controller agrees. */
   private followEnvoy(e: EnvoyView): void {
     for (const { name } of this.state.list()) {
-      const failed = e.failedHosts.get(`${name}_primary`);
+      const failed = e.failedHosts.get(primaryClusterName(name));
       const service = this.state.get(name);
       this.readmission.clearedInEnvoy(name, (member) => !!failed?.has(service?.members.find((m) => m.name === member)?.address ?? ""));
       if (!failed?.size) continue;
@@ -360,7 +361,7 @@ export class Controller {
     const now = this.o.now?.() ?? Date.now();
     for (const s of this.state.list()) {
       const p = primaryOf(s);
-      if (!p || envoys.some((e) => e.failedHosts.get(`${s.name}_primary`)?.has(p.address))) continue;
+      if (!p || envoys.some((e) => e.failedHosts.get(primaryClusterName(s.name))?.has(p.address))) continue;
       this.continuity.inUse(s.name, p.name, this.o.connectionOf?.(p.address), now);
     }
     this.continuity.prune((service) => { const s = this.state.get(service); return s && primaryOf(s)?.name; });
@@ -375,7 +376,7 @@ export class Controller {
 
   /** Members whose snapshot without them Envoy applied come back in the next one. */
   private readmit(): void {
-    const back = this.readmission.returning((service) => this.o.xds.status(`${service}_primary`).acceptedVersion);
+    const back = this.readmission.returning((service) => this.o.xds.status(primaryClusterName(service)).acceptedVersion);
     // A primary back in Envoy: a later failure without a candidate is recorded again.
     for (const { service, member } of back) if (primaryOf(this.state.get(service)!)?.name === member) this.withoutCandidate.delete(service);
     if (back.length) this.publish();

@@ -18,7 +18,6 @@ import { ApiError } from "./api/errors.ts";
 import { createApiRouter } from "./api/routes.ts";
 import { answerClientErrors } from "./api/client-errors.ts";
 import { XdsRestServer } from "./xds/rest-server.ts";
-import { primaryCluster } from "./xds/resources.ts";
 import { RelayClient } from "./relay/client.ts";
 import { EnvoyAdminClient } from "./evidence/envoy-admin.ts";
 import { Controller } from "./controller.ts";
@@ -26,7 +25,7 @@ import { HEALTH_DEFAULTS, type HealthSettings } from "./health/checker.ts";
 import type { Probe } from "./health/probe.ts";
 import { PersistentProbe } from "./health/persistent-probe.ts";
 import type { Service } from "./model/service.ts";
-import { listenerResource, primaryClusterResource } from "../config/envoy-resources.ts";
+import { listenerResource, primaryClusterName, primaryClusterResource } from "../config/envoy-resources.ts";
 import { DEFAULT_LIMITS } from "../config/lockstep-config.ts";
 
 /** What the listeners the controller serves are made of (the same for every service). */
@@ -115,7 +114,7 @@ async function assemble(settings: ControllerSettings, log: (line: string) => voi
   // With etcd, only the leader declares them (when elected): a follower changes nothing.
   const declareConfigured = () => { for (const { service } of settings.services) state.declare(service); };
   declareConfigured();
-  const serviceOfCluster = (cluster: string) => state.list().find((s) => primaryCluster(s.name) === cluster)?.name;
+  const serviceOfCluster = (cluster: string) => state.list().find((s) => primaryClusterName(s.name) === cluster)?.name;
   const xds = new XdsRestServer({
     ...(fleet ? { newer: newerVersion } : {}),
     onRejected: ({ cluster, version, message }) => {
@@ -148,7 +147,7 @@ async function assemble(settings: ControllerSettings, log: (line: string) => voi
     health: (name, h) => health.set(name, h),
     servesListeners: !!settings.dynamic,
     successor: (name) => controller.successor(name),
-    xds: (name) => xds.status(primaryCluster(name)),
+    xds: (name) => xds.status(primaryClusterName(name)),
     configured: (name) => configured.has(name),
     settle: () => controller.settle(),
     ...(fleet ? {

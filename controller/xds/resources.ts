@@ -42,6 +42,3 @@ export function socketAddress(hostPort: string): SocketAddress {
   const { host, port } = splitHostPort(hostPort);
   return { socket_address: { address: host, port_value: port } };
 }
-
-/** The Envoy cluster (EDS service name) of a service's primary: tcp_proxy routes to it. */
-export function primaryCluster(service: string): string { return `${service}_primary`; }
