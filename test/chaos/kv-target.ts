@@ -34,6 +34,7 @@ export const kvTarget: Target = {
     return { replies, rest };
   },
   digest: (port) => kvCall(port, "DIGEST"),
+  identity: (port) => kvCall(port, "WHO"),
   async state(port): Promise<State> {
     return toState(Object.entries(JSON.parse(await kvCall(port, "EXPORT")) as Record<string, string>));
   },

@@ -33,6 +33,11 @@ export const redisTarget: Target = {
     return { replies, rest };
   },
   digest: (port) => call(port, "DEBUG", "DIGEST"),
+  async identity(port) {
+    const id = /^run_id:(\w+)/m.exec(await call(port, "INFO", "server"))?.[1];
+    if (!id) throw new Error(`redis INFO on port ${port}: no run_id`);
+    return id;
+  },
   async state(port) {
     return toState(Object.entries(JSON.parse(await call(port, "EVAL", EXPORT_SCRIPT, "0")) as Record<string, string | string[]>));
   },

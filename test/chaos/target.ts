@@ -30,6 +30,10 @@ export interface Target {
   /** The server's own digest of its whole data set (a member's port, or Envoy's listener:
    *  then that of whichever member clients reach). */
   digest(port: number): Promise<string>;
+  /** Which server process answers on `port` (a member's, or Envoy's listener), read cheaply:
+   *  a whole-data-set read through Envoy can outlast Envoy's health-check timeout, and Envoy
+   *  then closes the connection running it. */
+  identity(port: number): Promise<string>;
   state(port: number): Promise<State>;
   /** Make the member on `toPort` hold exactly the data of the member on `fromPort` (nothing
    *  else may write to either meanwhile); throws unless their digests then match. */
