@@ -82,7 +82,11 @@ describe("planned switchover through the API", () => {
     };
     const hostConnections = async () => {
       const text = await (await fetch(`http://127.0.0.1:${envoy!.adminPort}/clusters`)).text();
-      return Object.fromEntries(backends.map((b) => [b.name, Number(new RegExp(`^kv_primary::${b.address.replace(/\./g, "\\.")}::cx_total::(\\d+)$`, "m").exec(text)?.[1] ?? 0)]));
+      // A host Envoy no longer has (taken out of the endpoints) is left out.
+      return Object.fromEntries(backends.flatMap((b) => {
+        const m = new RegExp(`^kv_primary::${b.address.replace(/\./g, "\\.")}::cx_total::(\\d+)$`, "m").exec(text);
+        return m ? [[b.name, Number(m[1])]] : [];
+      }));
     };
     const role = async (name: string) => (await (await api("GET", "/v1/services/kv")).json()).members.find((m: any) => m.name === name).role as string;
     await waitFor("Envoy to take m0 as primary", async () => (await priority0()) === backends[0].address, 10_000);
@@ -101,6 +105,7 @@ describe("planned switchover through the API", () => {
       old.push(c);
     }
     await waitFor("m0 to have the old connections", () => backends[0].connections.filter((c) => c.head.toString().startsWith("conn-old")).length === 10);
+    expect(await hostConnections()).toEqual({ m0: 10, m1: 0, m2: 0 });
 
     const decided = process.hrtime.bigint();
     const promoted = await api("POST", "/v1/services/kv/promote", { member: "m1" });
@@ -124,8 +129,11 @@ describe("planned switchover through the API", () => {
     expect(await relay.metric("lockstep_relay_connections_closed_demoted_total", { service: "kv" })).toBe(10);
     expect(await envoy.stat("wasmcustom.lockstep.kv.closed_demoted")).toBe(10);
 
-    // Old connections were served by m0, new ones by m1 (Envoy's own per-host counts).
-    expect(await hostConnections()).toEqual({ m0: 10, m1: 10, m2: 0 });
+    // Old connections were served by m0, new ones by m1 (Envoy's own per-host counts; m0 may be
+    // gone from Envoy's endpoints by now: detached, below).
+    const after = await hostConnections();
+    expect([after.m1, after.m2]).toEqual([10, 0]);
+    expect([10, undefined]).toContain(after.m0);
     // Every backend has every connection exactly once, with exactly the client's bytes.
     const clients = [...old, ...fresh];
     await waitFor("every backend to receive every connection in full", () => backends.every((b) =>
