@@ -4,7 +4,7 @@
 import type { LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
-import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, restConfigSource } from "./envoy-resources.ts";
+import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
 
 /** A value in YAML flow style, as written by hand: `{ a: 1, b: [x] }` (strings that YAML could
  *  read as something else are quoted). */
@@ -18,8 +18,7 @@ export function flow(v: unknown): string {
   return String(v);
 }
 
-/** Envoy's default circuit breaker allows 1,024 connections per cluster: the 1,025th client
- *  would be closed at once. tcp_proxy holds one upstream connection per client. */
+/** The circuit breaker lifted (envoy-resources.ts UNLIMITED_THRESHOLDS says why). */
 const UNLIMITED_CONNECTIONS = `    circuit_breakers:
       thresholds: ${flow([UNLIMITED_THRESHOLDS])}
 `;
@@ -54,7 +53,7 @@ export function renderListener(c: LockstepConfig, indent = "", mirror = true): s
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
         stat_prefix: ${c.service}
-        cluster: ${c.service}_primary
+        cluster: ${primaryClusterName(c.service)}
         # A refused connect (primary just died) is retried, on the next priority once the
         # outlier detector ejected it: the client never sees it.
         max_connect_attempts: ${CONNECT_RETRY.max_connect_attempts}
@@ -172,8 +171,8 @@ export function renderBootstrap(c: LockstepConfig, header = "", options: Bootstr
   options = { ...options, controller: options.controller ?? (c.controller && `127.0.0.1:${c.controller.xdsPort}`) };
   const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
   const primaryCluster = options.controller
-    ? edsCluster(c, `${c.service}_primary`, options.controller)
-    : staticCluster(`${c.service}_primary`, c.primary, "    connect_timeout: 1s\n" + UNLIMITED_CONNECTIONS);
+    ? edsCluster(c, primaryClusterName(c.service), options.controller)
+    : staticCluster(primaryClusterName(c.service), c.primary, "    connect_timeout: 1s\n" + UNLIMITED_CONNECTIONS);
   return `${header}${node}static_resources:
   listeners:
 ${renderListener(c, "  ", options.mirror ?? true)}

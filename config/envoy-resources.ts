@@ -22,11 +22,12 @@ export const OUTLIER_DETECTION = { consecutive_local_origin_failure: 1, split_ex
 /** Successes in a row Envoy would need to take a failed host back: more than it can see in
  *  years of probing, so in practice only the controller (re-)admits a member. */
 export const NEVER_HEALTHY_AGAIN = 1_000_000_000;
-/** The long-poll REST subscription to the controller: the controller holds each request until
- *  something changes, so refresh_delay is only the pause between an answer and the next request. */
+/** The static clusters every lockstep Envoy has: the controller's xDS and the mirror relay. */
 export const CONTROLLER_CLUSTER = "lockstep_controller";
 export const RELAY_CLUSTER = "lockstep_relay";
 
+/** The long-poll REST subscription to the controller: the controller holds each request until
+ *  something changes, so refresh_delay is only the pause between an answer and the next request. */
 export function restConfigSource() {
   return {
     resource_api_version: "V3",

@@ -1,7 +1,8 @@
 // Standbys that Envoy's own health check failed while this controller sees them up and in
-// sync (a check that timed out under load, say), and a primary it failed while nobody could take
-// over that is provably the same process (controller/primary-continuity.ts). Envoy never takes a failed host back by itself
-// (the bootstrap's healthy_threshold), so the controller re-admits such a member: one snapshot
+// sync (a check that timed out under load, say), and a primary it failed while nobody could
+// take over that is provably the same process (controller/primary-continuity.ts). Envoy never
+// takes a failed host back by itself (the bootstrap's healthy_threshold), so the controller
+// re-admits such a member: one snapshot
 // without it and, once Envoy applied that one, the next with it again (a new host passes its
 // first check at once). Only after the member stayed up on the controller's own probe
 // connection for a settling time since Envoy failed it: a member that crashed and came back

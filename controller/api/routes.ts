@@ -136,7 +136,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     const health = healthCheck(b.healthCheck);
     const listener = b.listener === undefined ? undefined : address(b.listener, "listener");
     if (listener !== undefined && !options.servesListeners) {
-      throw new ApiError("BAD_REQUEST", '"listener": this controller does not serve listeners to Envoy (its config has no "dynamic" section); declare the listener in Envoy\'s bootstrap');
+      throw new ApiError("BAD_REQUEST", '"listener": this controller does not serve listeners to Envoy (it was not started with --dynamic); declare the listener in Envoy\'s bootstrap');
     }
     if (state.get(b.name)) throw new ApiError("DUPLICATE", `a service named "${b.name}" exists`);
     const taken = listener === undefined ? undefined : state.list().find((s) => s.listener === listener);
