@@ -4,7 +4,7 @@
 import type { LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
-import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
+import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, SESSION_TUNNEL, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
 
 /** A value in YAML flow style, as written by hand: `{ a: 1, b: [x] }` (strings that YAML could
  *  read as something else are quoted). */
@@ -23,8 +23,30 @@ const UNLIMITED_CONNECTIONS = `    circuit_breakers:
       thresholds: ${flow([UNLIMITED_THRESHOLDS])}
 `;
 
+/** A session-mode listener (docs/SESSION.md): each client connection is tunnelled to the relay. */
+function renderSessionListener(c: LockstepConfig, indent: string): string {
+  const lines = `- name: lockstep_${c.service}
+  address:
+    socket_address: { address: ${c.listener.address}, port_value: ${c.listener.port} }
+  filter_chains:
+  - filters:
+    # Session mode: each client connection becomes an HTTP/2 CONNECT stream to the relay, which
+    # carries it to the primary and every replica, and on the primary's failure splices the
+    # successor's replies in: open connections survive it. No wasm filter: the relay sees every byte.
+    - name: envoy.filters.network.tcp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+        stat_prefix: ${c.service}
+        cluster: ${RELAY_CLUSTER}
+        tunneling_config: ${flow(SESSION_TUNNEL(c.service))}
+        max_connect_attempts: ${CONNECT_RETRY.max_connect_attempts}
+        backoff_options: ${flow(CONNECT_RETRY.backoff_options)}`;
+  return lines.split("\n").map((l) => indent + l).join("\n");
+}
+
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
 export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
+  if (c.mode === "session" && mirror) return renderSessionListener(c, indent);
   const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies });
   const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.

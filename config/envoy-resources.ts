@@ -25,6 +25,8 @@ export const NEVER_HEALTHY_AGAIN = 1_000_000_000;
 /** The static clusters every lockstep Envoy has: the controller's xDS and the mirror relay. */
 export const CONTROLLER_CLUSTER = "lockstep_controller";
 export const RELAY_CLUSTER = "lockstep_relay";
+/** Session mode's tunnel: the CONNECT authority names the service to the relay. */
+export const SESSION_TUNNEL = (service: string) => ({ hostname: `${service}:1` });
 
 /** The long-poll REST subscription to the controller: the controller holds each request until
  *  something changes, so refresh_delay is only the pause between an answer and the next request. */

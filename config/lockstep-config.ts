@@ -44,8 +44,16 @@ export interface ControllerSpec {
   readonly envoyAdmins: readonly string[];
 }
 
+/** How a service's client connections are carried (docs/SESSION.md): "mirror" (the default),
+ *  Envoy's tcp_proxy to the primary, the wasm filter copying client bytes to the relay; "session",
+ *  Envoy tunnels each connection to the relay, which carries the primary's stream as well, so a
+ *  connection survives the primary's death. */
+export type ServiceMode = "mirror" | "session";
+export const SERVICE_MODES: readonly ServiceMode[] = ["mirror", "session"];
+
 export interface LockstepConfig {
   readonly service: string;
+  readonly mode: ServiceMode;
   readonly listener: { readonly address: string; readonly port: number };
   readonly primary: string;
   /** The primary's member name in the controller (default "primary"). */
@@ -219,7 +227,7 @@ function parseRelay(raw: unknown): LockstepConfig["relay"] {
 export function parseLockstepConfig(raw: unknown): LockstepConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["service", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller", "compareReplies"];
+  const known = ["service", "mode", "listener", "primary", "primaryName", "replicas", "relay", "envoy", "limits", "healthCheck", "controller", "compareReplies"];
   for (const key of Object.keys(r)) if (!known.includes(key)) fail(key, `is not a known field (known: ${known.join(", ")})`);
   const service = r.service ?? "default";
   if (typeof service !== "string" || !NAME.test(service)) fail("service", `must be ${NAME_RULE}`);
@@ -246,8 +254,11 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
   const relay = r.relay ?? {};
   const envoy = r.envoy ?? {};
   const limits = r.limits ?? {};
+  const mode = r.mode ?? "mirror";
+  if (!SERVICE_MODES.includes(mode)) fail("mode", `must be one of ${SERVICE_MODES.map((m) => `"${m}"`).join(", ")}`);
   const config: LockstepConfig = {
     service,
+    mode,
     listener: Object.freeze({ address: ip(listener.address, "listener.address", "127.0.0.1"), port: port(listener.port, "listener.port", 10000) }),
     primary,
     primaryName,

@@ -181,7 +181,10 @@ export class Controller {
       // is a connection's primary, so a connection opened while Envoy and the controller disagree
       // still reaches all others. A changed set is sent at once (not at the next poll).
       const targets = [...(primary ? [primary] : []), ...mirrorTargets(s).filter((m) => m.alive !== false)];
-      if (this.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })), primary?.name)) void this.poll();
+      // The designated successor is named too: in session mode the relay moves open connections
+      // to it when the primary fails (docs/SESSION.md).
+      const successor = primary && targets.some((m) => m.name === s.successor && m.name !== primary.name) ? s.successor : undefined;
+      if (this.want(s.name, targets.map((m) => ({ name: m.name, address: m.address })), primary?.name, successor)) void this.poll();
       // Stale members are still probed, so the API shows when one is back (it stays stale).
       this.checker(s.name).setTargets(s.members.map((m) => ({ key: m.name, address: m.address })));
     }
@@ -202,8 +205,8 @@ export class Controller {
   }
 
   /** Record a service's replica set on every relay; true if it changed. */
-  private want(service: string, targets: { name: string; address: string }[], primary?: string): boolean {
-    return this.relays.map((r) => r.want(service, targets, primary)).some(Boolean);
+  private want(service: string, targets: { name: string; address: string }[], primary?: string, successor?: string): boolean {
+    return this.relays.map((r) => r.want(service, targets, primary, successor)).some(Boolean);
   }
 
   private checker(service: string): HealthChecker {
@@ -295,6 +298,7 @@ export class Controller {
       // Leadership may have ended while reading: a deposed leader acts on nothing.
       if (!this.leads()) return;
       for (const relay of relays) for (const service of relay.changed) this.o.log(`${relay.reading.source}: replica set of "${service}" set`);
+      for (const relay of relays) this.followTakeovers(relay);
       for (const e of envoys) this.followEnvoy(e);
       if (envoys.length === (this.o.envoys ?? []).length) this.watchPrimaries(envoys);
       this.readmit();
@@ -307,6 +311,20 @@ export class Controller {
     if (this.reachable.get(source) === ok) return;
     this.reachable.set(source, ok);
     this.o.log(ok ? `${source}: reachable` : `${source}: unreachable (${error}); retrying every ${this.o.relayPollMs} ms`);
+  }
+
+  /** A relay moved a session-mode service's open connections from its primary to the
+   *  designated successor (it saw the primary fail first): recorded, and the controller agrees,
+   *  the successor is promoted (the former primary missed those connections' bytes since). */
+  private followTakeovers(relay: RelayView): void {
+    for (const [service, takeovers] of relay.takeovers) {
+      for (const t of takeovers) {
+        if (!this.state.recordTakeover(service, { from: t.from, to: t.to, carried: t.carried, reset: t.reset, relayAt: t.at, relay: relay.reading.source }, t.why)) continue;
+        this.o.log(`takeover: ${service}: ${relay.reading.source} moved the open connections of ${t.from} to ${t.to} (${t.why}): ${t.carried} carried over, ${t.reset} reset`);
+        const s = this.state.get(service);
+        if (s && primaryOf(s)?.name === t.from && s.successor === t.to) this.failover(service, t.from, `the relay's session connections moved to ${t.to}: ${t.why}`);
+      }
+    }
   }
 
   /** Envoy's health checks failed a member: Envoy sends it nothing until it is re-added (the

@@ -15,9 +15,12 @@ export interface ControllerEvent {
   readonly service: string;
   readonly kind: "promotion" | "switchover" | "stale" | "detach" | "diverged" | "rejoin" | "joined" | "member_added" | "member_removed"
     | "service_added" | "service_removed" | "no_candidate" | "xds_rejected"
-    | "readmitted";
+    | "readmitted" | "takeover";
   readonly member: string;
   readonly detail: string;
+  /** "takeover" (session mode): the relay moved the open connections of `from` to `to` (the
+   *  event's member) at `relayAt`, carrying `carried` of them over and resetting `reset`. */
+  readonly takeover?: { readonly from: string; readonly to: string; readonly carried: number; readonly reset: number; readonly relayAt: string; readonly relay: string };
 }
 
 /** A member to take out of sync, and why. */
@@ -134,6 +137,14 @@ export class ControllerState {
   /** Record that a primary Envoy's health check failed is given back to Envoy (nothing else changes). */
   recordReadmission(name: string, member: string, detail: string): void {
     this.commit([], [this.event(this.require(name).name, "readmitted", member, detail)], "decision");
+  }
+
+  /** Record a takeover the relay made (once: a takeover already in the history is not added again). */
+  recordTakeover(name: string, t: NonNullable<ControllerEvent["takeover"]>, why: string): boolean {
+    if (!this.services.has(name)) return false;
+    if (this.events.some((e) => e.kind === "takeover" && e.service === name && e.takeover?.relayAt === t.relayAt && e.takeover.relay === t.relay && e.takeover.from === t.from)) return false;
+    const event = { ...this.event(name, "takeover", t.to, `${t.relay} moved the open session connections of ${t.from} to ${t.to} (${why}): ${t.carried} carried over, ${t.reset} reset`), takeover: Object.freeze({ ...t }) };
+    return this.commit([], [Object.freeze(event)], "decision");
   }
 
   /** Record that Envoy rejected a snapshot for a service (kept in the history; nothing else changes). */

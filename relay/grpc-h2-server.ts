@@ -1,5 +1,5 @@
 // The relay's gRPC endpoint on Node's own HTTP/2 server (h2c: HTTP/2 with prior knowledge, no
-// TLS). It serves exactly one method, POST /lockstep.mirror.v1.Mirror/Stream with content-type
+// TLS). Besides CONNECT streams (session mode's tunnels, handed to `connect`), it serves exactly one method, POST /lockstep.mirror.v1.Mirror/Stream with content-type
 // application/grpc, and answers anything else as a gRPC server would (UNIMPLEMENTED, or HTTP
 // 415 for a request that is not gRPC). Unlike @grpc/grpc-js it lets the relay choose its
 // HTTP/2 receive windows: the per-stream window (SETTINGS_INITIAL_WINDOW_SIZE) bounds what Envoy
@@ -29,6 +29,9 @@ export interface GrpcH2ServerOptions {
   call(call: MirrorCall): void;
   /** A call's bad message framing (the call has already ended with its status). */
   framingError(error: GrpcFramingError): void;
+  /** An HTTP/2 CONNECT stream (session mode: Envoy's tcp_proxy tunnels a client connection),
+   *  with the authority it names. Without it, CONNECT is refused (405). */
+  connect?(stream: ServerHttp2Stream, authority: string): void;
 }
 
 export interface GrpcH2Server {
@@ -65,6 +68,11 @@ export async function listenGrpcH2(options: GrpcH2ServerOptions): Promise<GrpcH2
   server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
     // A reset by the peer or a broken connection: the stream's 'close' follows and says so.
     stream.on("error", () => {});
+    if (headers[":method"] === "CONNECT") {
+      if (options.connect) options.connect(stream, String(headers[":authority"] ?? ""));
+      else stream.respond({ ":status": 405 }, { endStream: true });
+      return;
+    }
     if (headers[":method"] !== "POST" || headers[":path"] !== MIRROR_METHOD_PATH || !GRPC_CONTENT_TYPE.test(String(headers["content-type"] ?? ""))) {
       refuse(stream, headers);
       return;

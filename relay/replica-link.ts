@@ -29,6 +29,9 @@ export interface LinkEvents {
   changed(): void;
   /** Bytes were written to the socket (the session may release backpressure and ACK). */
   progress(): void;
+  /** The member ended its side (a FIN: its replies are over), its connection still open for
+   *  the client's bytes. Session mode judges its leader's end at once. */
+  replyEnd?(): void;
 }
 
 /** Private libuv handle field: bytes of the current write not yet taken by the kernel. */
@@ -47,6 +50,8 @@ export class ReplicaLink {
   ending = false;
   /** The replica's connection is closed (its replies are over). */
   closed = false;
+  /** The replica ended its side (FIN): its replies are over, it may still take bytes. */
+  repliesOver = false;
   private endSent = false;
   private sampledAcked = 0;
   private sampledUnwritten = 0;
@@ -82,6 +87,7 @@ export class ReplicaLink {
       metrics.replicaReplyDropped.add(reply.length, this.labels);
       if (!this.terminal) this.replies?.bytes(reply);
     });
+    this.socket.on("end", () => { if (!this.terminal) { this.repliesOver = true; this.events.replyEnd?.(); } });
     // A reset or error is the replica failing (or refusing), never a protocol's normal close.
     this.socket.on("error", () => this.detach(this.state === "CONNECTING" ? "CONNECT_FAILED" : "REPLICA_CLOSED"));
     this.socket.on("close", () => {
@@ -168,6 +174,20 @@ export class ReplicaLink {
     this.release();
     this.events.changed();
   }
+
+  /** A session connection's failed leader, replaced by its successor: drop it (counted as
+   *  TAKEN_OVER; it is out of sync: the connection goes on without it). */
+  fence(): void {
+    if (this.terminal) return;
+    this.state = "DETACHED";
+    this.metrics.replicaDetaches.add(1, { ...this.labels, reason: "TAKEN_OVER" });
+    this.release();
+    this.events.changed();
+  }
+
+  /** Stop reading the member's replies (the client is not taking them fast enough), and go on. */
+  pauseReplies(): void { this.socket.pause(); }
+  resumeReplies(): void { if (!this.terminal) this.socket.resume(); }
 
   /** The client's stream was lost: drop the replica connection (counted, no ACK can follow). */
   abandon(): void {

@@ -29,6 +29,8 @@ export interface ServiceView {
   readonly replicas: readonly ReplicaTarget[] | null;
   /** The member the controller named primary, if it did. */
   readonly primary: string | null;
+  /** The member the controller named to take over session-mode connections from the primary. */
+  readonly successor: string | null;
   /** Connections open now, and per member of the current set how many of them it is not part
    *  of (opened before it joined; its primary excepted). */
   readonly connections: { readonly open: number; readonly without: Readonly<Record<string, number>> };
@@ -41,6 +43,8 @@ export class ReplicaSets {
   /** Per service: the primary's name as the controller set it, and former primaries' addresses
    *  (with whether each has left the set since). */
   private readonly primaries = new Map<string, string>();
+  /** Per service: the member the controller names to take over from the primary (session mode). */
+  private readonly successors = new Map<string, string>();
   private readonly demoted = new Map<string, Map<string, boolean>>();
 
   constructor(initial: Readonly<Record<string, readonly ReplicaTarget[]>> = {}) {
@@ -48,11 +52,16 @@ export class ReplicaSets {
   }
 
   get(service: string): readonly ReplicaTarget[] | undefined { return this.sets.get(service); }
+  /** The primary the controller named (a member's name), if it did. */
+  primary(service: string): string | undefined { return this.primaries.get(service); }
+  /** The successor the controller named, if it did. */
+  successor(service: string): string | undefined { return this.successors.get(service); }
 
   /** Replace a service's set for connections that open from now on; wakes those waiting for it.
    *  With `primary` (a name in `targets`), connections open on a former primary are closed. */
-  set(service: string, targets: readonly ReplicaTarget[], primary?: string): void {
+  set(service: string, targets: readonly ReplicaTarget[], primary?: string, successor?: string): void {
     this.sets.set(service, targets);
+    if (successor === undefined) this.successors.delete(service); else this.successors.set(service, successor);
     if (primary !== undefined) this.setPrimary(service, targets, primary);
     const waiters = this.waiting.get(service);
     this.waiting.delete(service);
@@ -123,7 +132,7 @@ export class ReplicaSets {
     for (const t of targets ?? []) {
       without[t.name] = open.filter((c) => c.started && !c.mirroredTo.includes(t.name) && !sameEndpoint(t.address, c.primary)).length;
     }
-    return { service, replicas: targets, primary: this.primaries.get(service) ?? null, connections: { open: open.length, without } };
+    return { service, replicas: targets, primary: this.primaries.get(service) ?? null, successor: this.successors.get(service) ?? null, connections: { open: open.length, without } };
   }
 
   services(): string[] { return [...new Set([...this.sets.keys(), ...this.open.keys()])].sort(); }

@@ -1,6 +1,7 @@
 // The relay process's parts put together: the gRPC server (Node's HTTP/2: grpc-h2-server.ts)
 // that accepts one stream per client connection, the shared byte budget, the metrics endpoint,
-// and each service's replica set. Every start has a new instance id (in /stats and the service view): a relay that
+// each service's replica set, and the session-mode tunnels (CONNECT streams on the same port)
+// with each service's leader. Every start has a new instance id (in /stats and the service view): a relay that
 // restarted lost its connections' sessions, and the controller must be able to tell.
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -12,6 +13,9 @@ import { ByteBudget } from "./budget.ts";
 import { MirrorSession } from "./mirror-session.ts";
 import { checkControlAuth } from "./control-auth.ts";
 import { listenGrpcH2, MIRROR_METHOD_PATH } from "./grpc-h2-server.ts";
+import { SessionLeaders, type TakeoverEvent } from "./session-leaders.ts";
+import { SessionConnection } from "./session-connection.ts";
+import { NAME } from "../config/address.ts";
 
 const identity = (b: Buffer) => b;
 /** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf, as
@@ -37,10 +41,24 @@ export interface RelayServer {
   /** Random, new at every start. */
   readonly instance: string;
   /** Replace `service`'s replica set for connections that open from now on. */
-  setReplicas(replicas: unknown, service: string, primary?: unknown): void;
-  /** The service's set (null if none is known) and its open connections. */
-  view(service: string): ServiceView;
+  setReplicas(replicas: unknown, service: string, primary?: unknown, successor?: unknown): void;
+  /** The service's set (null if none is known), its open connections, and in session mode its
+   *  leader and takeovers. */
+  view(service: string): RelayServiceView;
   close(): Promise<void>;
+}
+
+export interface RelayServiceView extends ServiceView {
+  readonly instance: string;
+  /** Session mode: the member session connections are led by now, its open connections and
+   *  the takeovers (newest last, at most 100). */
+  readonly session: { readonly leader: string | null; readonly open: number; readonly takeovers: readonly TakeoverEvent[] };
+}
+
+/** A CONNECT authority, "<service>" or "<service>:<port>", names the service. */
+function serviceOfAuthority(authority: string): string | undefined {
+  const name = authority.replace(/:\d+$/, "");
+  return NAME.test(name) ? name : undefined;
 }
 
 const SERVICE_REPLICAS_PATH = /^\/v1\/services\/([A-Za-z0-9_-]{1,64})\/replicas$/;
@@ -65,15 +83,23 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
   const instance = randomBytes(8).toString("hex");
   const budget = new ByteBudget(config.limits.maxQueuedBytesTotal, metrics);
   const sets = new ReplicaSets(config.services);
-  const setReplicas = (raw: unknown, service: string, primary?: unknown) => {
+  const leaders = new SessionLeaders(sets, metrics, log);
+  const setReplicas = (raw: unknown, service: string, primary?: unknown, successor?: unknown) => {
     const next: readonly ReplicaTarget[] = parseReplicas(raw);
     if (primary !== undefined && (typeof primary !== "string" || !next.some((r) => r.name === primary))) {
       throw new RelayConfigError('"primary" must name a member of "replicas" (the service\'s primary, which the relay leaves out of its own connections)');
     }
-    sets.set(service, next, primary as string | undefined);
-    log(`replica set of "${service}" now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}${primary ? `; primary ${primary}` : ""}`);
+    if (successor !== undefined && (typeof successor !== "string" || !next.some((r) => r.name === successor) || successor === primary || primary === undefined)) {
+      throw new RelayConfigError('"successor" must name a member of "replicas" other than "primary" (who takes over session connections when the primary fails), and needs "primary"');
+    }
+    sets.set(service, next, primary as string | undefined, successor as string | undefined);
+    leaders.primaryNamed(service, primary as string | undefined);
+    log(`replica set of "${service}" now: ${next.map((r) => `${r.name}=${r.address}`).join(", ") || "(none)"}${primary ? `; primary ${primary}` : ""}${successor ? `; successor ${successor}` : ""}`);
   };
-  const view = (service: string) => ({ ...sets.view(service), instance });
+  const view = (service: string): RelayServiceView => ({
+    ...sets.view(service), instance,
+    session: { leader: leaders.leader(service) ?? null, open: leaders.openCount(service), takeovers: leaders.eventsOf(service) },
+  });
   const ctx = { config, budget, metrics, log, sets };
 
   const grpc = await listenGrpcH2({
@@ -83,6 +109,15 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
     connectionWindowBytes: config.http2.connectionWindowBytes,
     maxMessageBytes: MAX_FRAME_BYTES,
     call: (call) => { new MirrorSession(call, ctx); },
+    connect: (stream, authority) => {
+      const service = serviceOfAuthority(authority);
+      if (service === undefined) {
+        log(`session connection refused: the CONNECT authority "${authority}" names no service (expected "<service>" or "<service>:<port>")`);
+        stream.respond({ ":status": 400 }, { endStream: true });
+        return;
+      }
+      new SessionConnection(stream, service, { ...ctx, leaders });
+    },
     framingError: (err) => {
       metrics.protocolErrors.add(1);
       log(`protocol error: ${err.message}; stream closed`);
@@ -101,8 +136,9 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
       let raw: unknown;
       try { raw = JSON.parse(await readBody(req)); }
       catch (err) { throw new RelayConfigError(err instanceof RelayConfigError ? err.message : `body is not valid JSON: ${(err as Error).message}`); }
-      if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...], "primary"?: "<name>"}');
-      setReplicas((raw as { replicas: unknown }).replicas, service, (raw as { primary?: unknown }).primary);
+      if (typeof raw !== "object" || raw === null || !("replicas" in raw)) throw new RelayConfigError('body must be {"replicas": [{"name", "address"}, ...], "primary"?: "<name>", "successor"?: "<name>"}');
+      const body = raw as { replicas: unknown; primary?: unknown; successor?: unknown };
+      setReplicas(body.replicas, service, body.primary, body.successor);
       json(res, 200, view(service));
     } catch (err) {
       if (!(err instanceof RelayConfigError)) throw err;

@@ -22,13 +22,19 @@ export interface RelayView {
   readonly maybeDead: ReadonlyMap<string, ReadonlySet<string>>;
   /** Services whose set had to be sent in this poll. */
   readonly changed: readonly string[];
+  /** Per service, the session-mode takeovers the relay made (its last 100, oldest first). */
+  readonly takeovers: ReadonlyMap<string, readonly RelayTakeover[]>;
 }
 
-interface Series { labels: Record<string, string>; value: number }
-interface ServiceJson { replicas?: RelayTarget[] | null; primary?: string | null; connections?: { without?: Record<string, number> } }
+/** A takeover of session connections by the relay (relay/session-leaders.ts). */
+export interface RelayTakeover { readonly at: string; readonly from: string; readonly to: string; readonly why: string; readonly carried: number; readonly reset: number }
 
-/** A service's set on the relay: its members, and which of them is the primary. */
-interface Desired { readonly targets: readonly RelayTarget[]; readonly primary?: string }
+interface Series { labels: Record<string, string>; value: number }
+interface ServiceJson { replicas?: RelayTarget[] | null; primary?: string | null; successor?: string | null; connections?: { without?: Record<string, number> }; session?: { takeovers?: RelayTakeover[] } }
+
+/** A service's set on the relay: its members, which of them is the primary, and which takes
+ *  over session-mode connections when it fails. */
+interface Desired { readonly targets: readonly RelayTarget[]; readonly primary?: string; readonly successor?: string }
 
 const MAYBE_DEAD = new Set(["REPLICA_CLOSED", "CONNECT_FAILED"]);
 
@@ -44,9 +50,9 @@ export class RelayClient {
 
   /** Record the replica set `service` must have, and its primary (the relay closes connections
    *  still open on a former primary), sent by the next poll. True if it changed. */
-  want(service: string, targets: readonly RelayTarget[], primary?: string): boolean {
+  want(service: string, targets: readonly RelayTarget[], primary?: string, successor?: string): boolean {
     const before = this.desired.get(service);
-    const next: Desired = primary === undefined ? { targets } : { targets, primary };
+    const next: Desired = { targets, ...(primary === undefined ? {} : { primary }), ...(primary === undefined || successor === undefined ? {} : { successor }) };
     this.desired.set(service, next);
     return JSON.stringify(before) !== JSON.stringify(next);
   }
@@ -60,15 +66,16 @@ export class RelayClient {
   }
 
   /** Make the relay's sets match the desired ones; returns what the relay says of each. */
-  private async reconcile(changed: string[], mayChange: () => boolean): Promise<Map<string, Readonly<Record<string, number>>>> {
+  private async reconcile(changed: string[], mayChange: () => boolean, takeovers: Map<string, readonly RelayTakeover[]>): Promise<Map<string, Readonly<Record<string, number>>>> {
     const without = new Map<string, Readonly<Record<string, number>>>();
-    for (const [service, { targets, primary }] of this.desired) {
+    for (const [service, desired] of this.desired) {
+      const { targets, primary, successor } = desired;
       const path = `/v1/services/${service}/replicas`;
       let view = await (await this.call(path)).json() as ServiceJson;
       const same = view.replicas != null && JSON.stringify(view.replicas.map((r) => [r.name, r.address])) === JSON.stringify(targets.map((r) => [r.name, r.address])) &&
-        (view.primary ?? undefined) === primary;
+        (view.primary ?? undefined) === primary && (view.successor ?? undefined) === successor;
       if (!same && mayChange()) {
-        const res = await this.call(path, { method: "PUT", body: JSON.stringify(primary === undefined ? { replicas: targets } : { replicas: targets, primary }) });
+        const res = await this.call(path, { method: "PUT", body: JSON.stringify({ replicas: targets, primary, successor }) });
         if (res.status === 401 || res.status === 403) {
           throw new Error(`relay refused the replica set of "${service}" (${res.status} ${(await res.text()).trim()}): ` +
             "give the controller the relay's controlToken (relay.controlToken in the config, LOCKSTEP_RELAY_TOKEN or --relay-token-file)");
@@ -78,6 +85,7 @@ export class RelayClient {
         changed.push(service);
       }
       without.set(service, view.connections?.without ?? {});
+      if (view.session?.takeovers?.length) takeovers.set(service, view.session.takeovers);
     }
     return without;
   }
@@ -87,12 +95,13 @@ export class RelayClient {
   async poll(mayChange: () => boolean = () => true): Promise<RelayView | undefined> {
     try {
       const changed: string[] = [];
-      const without = await this.reconcile(changed, mayChange);
+      const takeovers = new Map<string, readonly RelayTakeover[]>();
+      const without = await this.reconcile(changed, mayChange, takeovers);
       const stats = await (await this.call("/stats")).json() as { instance?: string } & Record<string, Series[]>;
       if (typeof stats.instance !== "string" || !stats.instance) throw new Error("the relay's /stats has no instance id (an older relay?)");
       this.reachable = true;
       this.lastError = "";
-      return { reading: this.reading(stats.instance, stats), lagBytes: this.lag(stats), without, maybeDead: this.maybeDead(stats), changed };
+      return { reading: this.reading(stats.instance, stats), lagBytes: this.lag(stats), without, maybeDead: this.maybeDead(stats), changed, takeovers };
     } catch (err) {
       this.reachable = false;
       this.lastError = (err as Error).message;
