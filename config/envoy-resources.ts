@@ -76,8 +76,9 @@ export function pluginConfiguration(f: FilterSettings): string {
 export const primaryClusterName = (service: string) => `${service}_primary`;
 
 /** The listener of a service: [lockstep wasm filter] -> tcp_proxy -> `<service>_primary`. */
-export function listenerResource(f: FilterSettings, listener: string, wasmPath: string) {
+export function listenerResource(f: FilterSettings, listener: string, wasmPath: string, mode: "mirror" | "session" = "mirror") {
   const { host, port } = splitHostPort(listener);
+  if (mode === "session") return sessionListenerResource(f.service, host, port);
   return {
     "@type": LISTENER_TYPE,
     name: `lockstep_${f.service}`,
@@ -103,6 +104,24 @@ export function listenerResource(f: FilterSettings, listener: string, wasmPath: 
           },
         },
       ],
+    }],
+  };
+}
+
+/** A session-mode listener (docs/SESSION.md): tcp_proxy tunnels each connection to the relay. */
+function sessionListenerResource(service: string, host: string, port: number) {
+  return {
+    "@type": LISTENER_TYPE,
+    name: `lockstep_${service}`,
+    address: { socket_address: { address: host, port_value: port } },
+    filter_chains: [{
+      filters: [{
+        name: "envoy.filters.network.tcp_proxy",
+        typed_config: {
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+          stat_prefix: service, cluster: RELAY_CLUSTER, tunneling_config: SESSION_TUNNEL(service), ...CONNECT_RETRY,
+        },
+      }],
     }],
   };
 }

@@ -80,7 +80,7 @@ try {
   if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
   const configured = serviceOf(c);
   const running = await startController({
-    services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}` }) } : configured],
+    services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}`, ...(c.mode === "session" ? { mode: "session" as const } : {}) }) } : configured],
     ...(values.dynamic ? { dynamic: { wasmPath: resolve(c.envoy.wasmPath), ...c.limits, compareReplies: c.compareReplies } } : {}),
     api: { host: spec.address, port: portFlag("api-port", spec.apiPort) },
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },

@@ -196,5 +196,5 @@ function resourcesOf(s: Service, d: DynamicSettings, health: HealthSettings) {
     maxInflightBytesPerConnection: d.maxInflightBytesPerConnection ?? DEFAULT_LIMITS.maxInflightBytesPerConnection,
     maxInflightBytesTotal: d.maxInflightBytesTotal ?? DEFAULT_LIMITS.maxInflightBytesTotal,
   };
-  return { listener: listenerResource(filter, s.listener, d.wasmPath), cluster: primaryClusterResource(s.name, health) };
+  return { listener: listenerResource(filter, s.listener, d.wasmPath, s.mode ?? "mirror"), cluster: primaryClusterResource(s.name, health) };
 }

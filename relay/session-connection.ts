@@ -150,10 +150,8 @@ export class SessionConnection implements LedConnection, OpenConnection {
     if (this.state !== "open" && this.state !== "finishing") return;
     this.received += chunk.length;
     this.ctx.metrics.bytesReceived.add(chunk.length);
-    for (const link of this.links.values()) {
-      if (link === this.leaderLink && this.judgingClose) continue; // it closed: its FIN is being judged
-      link.push(chunk);
-    }
+    // Every member, the leader too after its FIN: a server that half-closed may still read.
+    for (const link of this.links.values()) link.push(chunk);
     this.holdIfBehind();
   }
 

@@ -27,6 +27,14 @@ export const ENVOY_EXAMPLES = [
       "# Generated from config/example-service.json.\n",
   },
   {
+    file: "envoy/session-example.yaml",
+    from: "config/example-session-service.json",
+    header: "# A lockstep service in session mode (docs/SESSION.md): the listener `lockstep_cache` tunnels each\n" +
+      "# client connection to the relay (HTTP/2 CONNECT), which carries it to the primary and the replicas;\n" +
+      "# open connections survive the primary's death. `cache_primary` is still there: Envoy's health check\n" +
+      "# of the primary is how the controller hears of its failure. Generated from config/example-session-service.json.\n",
+  },
+  {
     file: "envoy/dynamic-example.yaml",
     from: "config/example-service.json",
     dynamic: true,

@@ -55,6 +55,23 @@ export async function startLockstep(primaryPort: number, replicaServers: Backend
   };
 }
 
+/** Session mode (docs/SESSION.md): Envoy tunnels each connection to the relay, which carries it
+ *  to the primary and `n` replicas; the relay's set named as the controller would (primary,
+ *  successor r1). */
+export async function startSession(primaryPort: number, replicaServers: Backends, n: number): Promise<Setup> {
+  const members = [{ name: "p", address: `127.0.0.1:${primaryPort}` }, ...replicaSpecs(replicaServers, n)];
+  const relay = await startRelay({});
+  pin(relay.process.child.pid!, LOAD_CPU);
+  const res = await fetch(`http://127.0.0.1:${relay.metricsPort}/v1/services/${SERVICE}/replicas`, {
+    method: "PUT", headers: { authorization: `Bearer ${relay.controlToken}`, "content-type": "application/json" },
+    body: JSON.stringify({ replicas: members, primary: "p", ...(n > 0 ? { successor: "r1" } : {}) }),
+  });
+  if (!res.ok) throw new Error(`relay refused the session set: ${res.status} ${await res.text()}`);
+  const envoy = await startEnvoy({ primary: members[0].address, relayPort: relay.port, service: SERVICE, concurrency: ENVOY_WORKERS, extra: { mode: "session" } });
+  pin(envoy.process.child.pid!, ENVOY_CPU);
+  return { key: `session-${n}`, label: `Envoy + lockstep session mode, ${n} replica${n === 1 ? "" : "s"}`, port: envoy.listenerPort, replicas: n, envoy, relay };
+}
+
 /** direct, tcp_proxy, lockstep-0..maxReplicas, lockstep-2-nocheck: one Envoy (and relay) each,
  *  started one after another (each Envoy compiles the filter once per worker and once on its main
  *  thread: started all at once on a busy machine they missed their readiness deadline). */

@@ -41,6 +41,7 @@ export const OPENAPI = {
           replicas: { type: "array", items: { $ref: "#/components/schemas/NewMember" } },
           healthCheck: { type: "object", additionalProperties: false, properties: { send: { type: "string" }, expect: { type: "string" } } },
           listener: { type: "string", description: "\"ip:port\" Envoy listens on for the service (LDS); refused by a controller without --dynamic, and when another service has it" },
+          mode: { type: "string", enum: ["mirror", "session"], description: "how the listener carries connections: \"mirror\" (default; the wasm filter copies client bytes to the relay) or \"session\" (tunnelled through the relay, open connections survive the primary's failure: docs/SESSION.md); \"session\" needs a listener" },
         } } } } },
         responses: { ...ok("the new service", service, "201"), ...errors(...anyRequest, ...withBody, "UNAUTHORIZED", "STORE_UNAVAILABLE", "NOT_LEADER", "DUPLICATE") },
       },
@@ -86,13 +87,14 @@ export const OPENAPI = {
         name: { type: "string" }, primary: { type: ["string", "null"] },
         successor: { type: ["string", "null"], description: "the member Envoy sends new connections to if the primary fails (EDS priority 1), and the controller then promotes" },
         listener: { type: ["string", "null"], description: "the address of the listener the controller serves for it (LDS), if any" },
+        mode: { type: "string", enum: ["mirror", "session"], description: "how its connections are carried (docs/SESSION.md)" },
         members: { type: "array", items: { $ref: "#/components/schemas/Member" } }, lastFailover: { type: ["object", "null"] },
         xds: { type: ["object", "null"], description: "what Envoy did with the service's endpoints: the version served, the version last applied, and the latest rejection (until a later version is applied)", properties: {
           version: { type: ["string", "null"] }, acceptedVersion: { type: ["string", "null"] },
           rejected: { type: ["object", "null"], properties: { version: { type: "string" }, message: { type: "string" }, at: { type: "string", format: "date-time" } } },
         } },
       } },
-      Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" } } },
+      Event: { type: "object", properties: { at: { type: "string", format: "date-time" }, service: { type: "string" }, kind: { type: "string" }, member: { type: "string" }, detail: { type: "string" }, takeover: { type: "object", description: "kind \"takeover\" (session mode): the relay moved the open connections of `from` to `to`", properties: { from: { type: "string" }, to: { type: "string" }, carried: { type: "integer" }, reset: { type: "integer" }, relayAt: { type: "string", format: "date-time" }, relay: { type: "string" } } } } },
     },
   },
 } as const;

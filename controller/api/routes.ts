@@ -21,6 +21,7 @@ function view(s: Service, state: ControllerState, options: ApiOptions) {
     primary: s.members.find((m) => m.role === "primary")?.name ?? null,
     successor: options.successor?.(s.name) ?? null,
     listener: s.listener ?? null,
+    mode: s.mode ?? "mirror",
     members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role, alive: m.alive ?? null, lagBytes: m.lagBytes, rttMs: m.rttMs ?? null })),
     lastFailover: last ? { at: last.at, kind: last.kind, member: last.member, detail: last.detail } : null,
     xds: options.xds?.(s.name) ?? null,
@@ -125,7 +126,7 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
   });
   r.post("/v1/services", requireToken, json, async (req, res) => {
     const b = body(req);
-    onlyKeys(b, ["name", "primary", "replicas", "healthCheck", "listener"]);
+    onlyKeys(b, ["name", "primary", "replicas", "healthCheck", "listener", "mode"]);
     if (typeof b.name !== "string" || !NAME.test(b.name)) throw new ApiError("BAD_REQUEST", `"name" must be ${NAME_RULE}`);
     if (!Array.isArray(b.replicas)) throw new ApiError("BAD_REQUEST", '"replicas" must be a list of {"name", "address"}');
     const members = [member(b.primary, "primary", "primary"), ...b.replicas.map((r, i) => member(r, `replicas[${i}]`, "replica"))];
@@ -138,13 +139,17 @@ export function createApiRouter(state: ControllerState, options: ApiOptions): Ro
     if (listener !== undefined && !options.servesListeners) {
       throw new ApiError("BAD_REQUEST", '"listener": this controller does not serve listeners to Envoy (it was not started with --dynamic); declare the listener in Envoy\'s bootstrap');
     }
+    if (b.mode !== undefined && b.mode !== "mirror" && b.mode !== "session") throw new ApiError("BAD_REQUEST", '"mode" must be "mirror" (the default) or "session"');
+    if (b.mode === "session" && listener === undefined) {
+      throw new ApiError("BAD_REQUEST", '"mode": "session" needs a "listener": the mode is how the listener the controller serves carries connections (docs/SESSION.md)');
+    }
     if (state.get(b.name)) throw new ApiError("DUPLICATE", `a service named "${b.name}" exists`);
     const taken = listener === undefined ? undefined : state.list().find((s) => s.listener === listener);
     if (taken) throw new ApiError("DUPLICATE", `the service "${taken.name}" listens on ${listener}`);
     // Its health settings first: adding the service starts its health checks.
     options.health?.(b.name, health);
     const given = b.healthCheck === undefined ? {} : { healthCheck: Object.freeze({ ...(health.send ? { send: health.send } : {}), ...(health.expect ? { expect: health.expect } : {}) }) };
-    const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))), ...(listener ? { listener } : {}), ...given }));
+    const service = state.addService(Object.freeze({ name: b.name, members: Object.freeze(members.map((m) => Object.freeze(m))), ...(listener ? { listener } : {}), ...(b.mode === "session" ? { mode: "session" as const } : {}), ...given }));
     await stored();
     res.status(201).json(view(service, state, options));
   });

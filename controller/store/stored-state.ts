@@ -13,7 +13,7 @@ import type { ControllerEvent } from "../state.ts";
 import type { Baselines } from "../evidence/ledger.ts";
 
 export interface StoredMember { name: string; address: string; role: Role }
-export interface StoredService { name: string; members: StoredMember[]; successor?: string; listener?: string; healthCheck?: { send?: string; expect?: string } }
+export interface StoredService { name: string; members: StoredMember[]; successor?: string; listener?: string; mode?: "session"; healthCheck?: { send?: string; expect?: string } }
 export interface StoredState {
   schema: 1;
   services: StoredService[];
@@ -37,6 +37,7 @@ export function validateStoredState(raw: unknown): StoredState {
     if (!isObject(s) || typeof s.name !== "string" || !NAME.test(s.name) || !Array.isArray(s.members)) throw new StoreError(`${where} must be { name, members: [] } with a valid name`);
     if (s.successor !== undefined && typeof s.successor !== "string") throw new StoreError(`${where}.successor must be a member name`);
     if (s.listener !== undefined && typeof s.listener !== "string") throw new StoreError(`${where}.listener must be "ip:port"`);
+    if (s.mode !== undefined && s.mode !== "session") throw new StoreError(`${where}.mode must be "session" or absent`);
     if (s.healthCheck !== undefined && (!isObject(s.healthCheck) || Object.values(s.healthCheck).some((v) => typeof v !== "string"))) throw new StoreError(`${where}.healthCheck must be { send, expect } of strings`);
     s.members.forEach((m: unknown, j) => {
       if (!isObject(m) || typeof m.name !== "string" || !NAME.test(m.name) || typeof m.address !== "string" || !ROLES.includes(m.role as Role)) {
@@ -92,8 +93,9 @@ export function servicesFromStore(doc: StoredState, path: string): { services: S
     const members = s.members.filter((m) => kept.has(m)).map((m): Member => Object.freeze({ name: m.name, address: canonical.get(m) as string, role: m.role, lagBytes: 0 }));
     const successor = s.successor !== undefined && members.some((m) => m.name === s.successor) ? { successor: s.successor } : {};
     const listener = s.listener === undefined ? {} : { listener: s.listener };
+    const mode = s.mode === "session" ? { mode: s.mode } : {};
     const healthCheck = s.healthCheck === undefined ? {} : { healthCheck: Object.freeze({ ...s.healthCheck }) };
-    return Object.freeze({ name: s.name, members: Object.freeze(members), ...successor, ...listener, ...healthCheck });
+    return Object.freeze({ name: s.name, members: Object.freeze(members), ...successor, ...listener, ...mode, ...healthCheck });
   });
   return { services, dropped };
 }
@@ -107,6 +109,7 @@ export function toStoredState(services: Iterable<Service>, events: ControllerEve
       members: s.members.map((m) => ({ name: m.name, address: m.address, role: m.role })),
       ...(s.successor === undefined ? {} : { successor: s.successor }),
       ...(s.listener === undefined ? {} : { listener: s.listener }),
+      ...(s.mode === undefined ? {} : { mode: s.mode }),
       ...(s.healthCheck === undefined ? {} : { healthCheck: { ...s.healthCheck } }),
     })),
     events,
