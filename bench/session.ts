@@ -75,16 +75,20 @@ const takeoverMd = [
   "of the successor's answer on connections that sent a request right after it; per trial the first connection",
   "answered and the last. The research lockstep comes from measured 5-6 ms from detection (../shared/BACKGROUND.md).",
   "",
-  "| signal | trials | first answer p50 | p99 | max | last connection p50 | p99 | max | failed connections |",
-  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  "The relay's takeover time is its event's (wall clock, 1 ms resolution): \"after the takeover\" is the part the",
+  "research's 5-6 ms compares with; the rest is detection.",
+  "",
+  "| signal | trials | first answer p50 | p99 | max | last connection p50 | p99 | max | after the takeover p50 | p99 | failed connections |",
+  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ...takeovers.map((t) => `| ${t.kind === "kill" ? "kill -9" : "SIGSTOP"} | ${t.trials} | ${f(pct(t.firstMs, 50))} ms | ${f(pct(t.firstMs, 99))} ms | ${f(Math.max(...t.firstMs))} ms | ` +
-    `${f(pct(t.lastMs, 50))} ms | ${f(pct(t.lastMs, 99))} ms | ${f(Math.max(...t.lastMs))} ms | ${t.failed} |`),
+    `${f(pct(t.lastMs, 50))} ms | ${f(pct(t.lastMs, 99))} ms | ${f(Math.max(...t.lastMs))} ms | ${f(pct(t.afterDetectionMs, 50))} ms | ${f(pct(t.afterDetectionMs, 99))} ms | ${t.failed} |`),
   "",
   ...takeovers.map((t) => `- ${t.kind}: ${t.note}`),
   "",
 ].join("\n");
 mkdirSync(outDir, { recursive: true });
-writeFileSync(join(outDir, "results.md"), renderMarkdown(results));
+writeFileSync(join(outDir, "results.md"), renderMarkdown(results).replace(/^Written by .*$/m,
+  `Written by \`npm run bench:session${quick ? " -- --quick" : ""}\` (bench/session.ts): session mode beside direct, tcp_proxy and mirror mode; takeover time in [takeover.md](takeover.md); discussion: [docs/SESSION.md](../../../docs/SESSION.md).`));
 writeFileSync(join(outDir, "results.svg"), renderSvg(results));
 writeFileSync(join(outDir, "results.json"), JSON.stringify({ ...results, takeovers }, null, 2) + "\n");
 writeFileSync(join(outDir, "takeover.md"), takeoverMd);

@@ -279,6 +279,9 @@ export function parseLockstepConfig(raw: unknown): LockstepConfig {
       maxQueuedBytesTotal: bound(limits.maxQueuedBytesTotal, "limits.maxQueuedBytesTotal", DEFAULT_LIMITS.maxQueuedBytesTotal),
     }),
   };
+  if (config.mode === "session" && !config.compareReplies) {
+    fail("mode", '"session" needs compareReplies: a successor takes a connection over only where its replies equal the primary\'s (docs/SESSION.md)');
+  }
   if (config.limits.maxInflightBytesTotal < config.limits.maxInflightBytesPerConnection) fail("limits.maxInflightBytesTotal", "must be at least limits.maxInflightBytesPerConnection");
   return Object.freeze(config);
 }

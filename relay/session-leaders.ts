@@ -59,7 +59,7 @@ export class SessionLeaders {
     this.named.set(service, primary);
     const from = this.leader(service);
     this.leaders.set(service, primary);
-    if (!first && from !== undefined && from !== primary) this.move(service, from, primary, "the controller named a new primary");
+    if (!first && from !== undefined && from !== primary) this.move(service, from, primary, "the controller named a new primary", false);
   }
 
   /** A connection saw `member`, its leader, fail: if it still leads the service and a
@@ -75,13 +75,16 @@ export class SessionLeaders {
     return true;
   }
 
-  private move(service: string, from: string, to: string, why: string): void {
+  /** Move the open connections of `from` to `to`; an event is kept if it is the relay's own
+   *  decision (`always`), or if it moved or reset any connection. */
+  private move(service: string, from: string, to: string, why: string, always = true): void {
     const event: TakeoverEvent = { at: new Date().toISOString(), service, from, to, why, carried: 0, reset: 0 };
     for (const c of [...(this.open.get(service) ?? [])]) {
       const r = c.moveLeader(from, to, why);
       if (r === "carried") event.carried++;
       else if (r === "reset") event.reset++;
     }
+    if (!always && event.carried + event.reset === 0) return;
     this.events.push(event);
     if (this.events.length > EVENTS_KEPT) this.events.shift();
     this.metrics.sessionTakeovers.add(1, { service });

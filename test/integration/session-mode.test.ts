@@ -10,6 +10,8 @@ import { startStack, type Stack, type Backend } from "../support/stack.ts";
 import { DIALECTS, runWorkload, type WorkloadOptions } from "../support/session-workload.ts";
 import { HAVE_REDIS } from "../support/redis.ts";
 import { waitFor } from "../support/ports.ts";
+import { connect } from "node:net";
+import { kvExchange } from "../../samples/kv-client.ts";
 
 const CONNECTIONS = 200;
 const ROUNDS = 60;
@@ -69,4 +71,33 @@ describe.each([["kv"], ...(HAVE_REDIS || process.env.CI ? [["redis"]] : [])] as 
     }
     if (fault === "stop") process.kill(m0.process.child.pid!, "SIGCONT");
   }, 120_000);
+});
+
+describe("session mode when the relay dies", () => {
+  it("ends the relay's open connections; new connections reach every member again once it is back", async () => {
+    stack = await startStack({ backend: "kv", replicas: 2, extra: { mode: "session" } });
+    const port = stack.envoy.listenerPort;
+    const open = connect(port, "127.0.0.1");
+    let got = "";
+    let closed = false;
+    open.on("data", (d) => { got += d; });
+    open.on("error", () => {});
+    open.on("close", () => { closed = true; });
+    await new Promise((r) => open.once("connect", r));
+    open.write("SET before 1\n");
+    await waitFor("the first answer", async () => got === "OK\n", 5_000, 10);
+
+    const killedAt = performance.now();
+    await stack.restartRelay("SIGKILL", 500);
+    await waitFor("the open connection to end", async () => closed, 5_000, 10);
+    // A new connection once the relay is back (it waits for the controller's set): served, and
+    // its write is on every member.
+    let attempts = 0;
+    await waitFor("a new connection to be served", async () => {
+      attempts++;
+      return kvExchange(port, ["SET after 1"]).then((a) => a[0] === "OK", () => false);
+    }, 10_000, 20);
+    console.log(`relay killed, restarted 500 ms later: new connections served again ${(performance.now() - killedAt).toFixed(0)} ms after the kill (${attempts} attempts)`);
+    for (const m of stack.members.values()) expect(await kvExchange(m.port, ["GET after"]), m.name).toEqual(["VALUE 1"]);
+  }, 60_000);
 });

@@ -15,6 +15,8 @@ import { startDynamicEnvoy, type RunningEnvoy } from "../support/envoy.ts";
 import { freePorts, waitFor } from "../support/ports.ts";
 import { startController, type RunningController } from "../../controller/server.ts";
 import { PROJECT_ROOT } from "../../scripts/envoy-binary.ts";
+import { startKv } from "../support/stack.ts";
+import type { Managed } from "../support/processes.ts";
 
 const TOKEN = "lds-cds-token";
 
@@ -128,5 +130,66 @@ describe("services declared through the API reach every Envoy without a bootstra
       relay: { url: `http://127.0.0.1:${relay.metricsPort}`, token: relay.controlToken }, dynamic: { wasmPath: "build/lockstep.wasm" },
     });
     expect(served(controller)).toBe(before);
+  });
+  it("serves a service declared in session mode: its open connection goes on with the successor when the primary is killed", async () => {
+    const ports = await freePorts(4);
+    const members: Managed[] = await Promise.all(["m0", "m1", "m2"].map((n, i) => startKv(n, ports[i])));
+    try {
+      const relay = await startRelay({});
+      relays = [relay];
+      controller = await startController({
+        services: [], token: TOKEN, api: { host: "127.0.0.1", port: 0 }, xds: { host: "127.0.0.1", port: 0 },
+        storePath: join(mkdtempSync(join(tmpdir(), "lockstep-lds-")), "state.json"),
+        relay: { url: `http://127.0.0.1:${relay.metricsPort}`, token: relay.controlToken },
+        dynamic: { wasmPath: join(PROJECT_ROOT, "build", "lockstep.wasm") },
+      });
+      envoys = [await startDynamicEnvoy({ controller: `127.0.0.1:${controller.xdsPort}`, relayPort: relay.port })];
+      const api = (body: unknown) => fetch(`http://127.0.0.1:${controller!.apiPort}/v1/services`, {
+        method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: JSON.stringify(body),
+      });
+      const service = {
+        name: "cache", listener: `127.0.0.1:${ports[3]}`, healthCheck: { send: "PING\n", expect: "PONG" },
+        primary: { name: "m0", address: `127.0.0.1:${ports[0]}` }, replicas: ["m1", "m2"].map((name, i) => ({ name, address: `127.0.0.1:${ports[i + 1]}` })),
+      };
+      const noListener = await api({ ...service, name: "other", listener: undefined, mode: "session" });
+      expect(noListener.status).toBe(400);
+      expect((await noListener.json()).error.message).toMatch(/"session" needs a "listener"/);
+      const declared = await api({ ...service, mode: "session" });
+      expect(declared.status).toBe(201);
+      expect((await declared.json()).mode).toBe("session");
+      // The listener Envoy got tunnels to the relay (no wasm filter).
+      const listener = JSON.stringify(controller.xds.current!.listeners.get("lockstep_cache"));
+      expect(listener).toContain("tunneling_config");
+      expect(listener).not.toContain("envoy.filters.network.wasm");
+      await waitFor("Envoy to serve the session listener and the relay to know the successor", async () => {
+        const answers = await new Promise<string>((resolve) => {
+          const s = connect(ports[3], "127.0.0.1", () => s.end("PING\n"));
+          let got = "";
+          s.on("data", (d) => { got += d; });
+          s.on("error", () => resolve(""));
+          s.on("close", () => resolve(got));
+        });
+        const view = await (await fetch(`http://127.0.0.1:${relay.metricsPort}/v1/services/cache/replicas`)).json() as any;
+        return answers === "PONG\n" && view.successor === "m1";
+      }, 15_000, 50);
+
+      const s = connect(ports[3], "127.0.0.1");
+      let got = "";
+      s.on("data", (d) => { got += d; });
+      await new Promise((r) => s.once("connect", r));
+      s.write("SET k v\n");
+      await waitFor("the first answer", async () => got === "OK\n", 5_000, 10);
+      await members[0].kill("SIGKILL");
+      s.write("GET k\n");
+      await waitFor("the successor's answer on the same connection", async () => got === "OK\nVALUE v\n", 5_000, 10);
+      s.destroy();
+      await waitFor("the controller to record the takeover and promote m1", async () => {
+        const e = (await (await fetch(`http://127.0.0.1:${controller!.apiPort}/v1/events?service=cache`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).events;
+        const v = await (await fetch(`http://127.0.0.1:${controller!.apiPort}/v1/services/cache`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+        return e.some((x: any) => x.kind === "takeover" && x.takeover.from === "m0" && x.takeover.to === "m1") && v.primary === "m1";
+      }, 5_000, 50);
+    } finally {
+      for (const m of members) await m.kill("SIGKILL");
+    }
   });
 });

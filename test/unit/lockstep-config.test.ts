@@ -17,6 +17,8 @@ describe("lockstep config", () => {
 
   it.each([
     [{ ...minimal, primary: "nohost" }, '"primary" must be "ip:port"'],
+    [{ ...minimal, mode: "sessions" }, '"mode" must be one of "mirror", "session"'],
+    [{ ...minimal, mode: "session", compareReplies: false }, '"mode" "session" needs compareReplies'],
     // Addresses that are not addresses (Envoy's EDS would refuse every later snapshot).
     [{ ...minimal, primary: "999.999.999.999:80" }, '"999.999.999.999" is not an IPv4 address'],
     [{ ...minimal, primary: "256.0.0.1:80" }, '"256.0.0.1" is not an IPv4 address'],

@@ -182,6 +182,16 @@ describe("mirror relay", () => {
     expect(onB.closes).toEqual([]);
     expect(relay.metrics.closedDemoted.get({ service: "t" })).toBe(2);
     expect((await put("nobody")).status).toBe(400);
+    // The successor (session mode) must be another member, and comes with a primary.
+    const putWith = (body: unknown) => fetch(`http://127.0.0.1:${relay.metricsPort}/v1/services/t/replicas`, { method: "PUT", headers: { authorization: `Bearer ${CONTROL_TOKEN}` }, body: JSON.stringify(body) });
+    const members = [{ name: "ra", address: a.address }, { name: "rb", address: b.address }];
+    for (const bad of [{ replicas: members, primary: "rb", successor: "rb" }, { replicas: members, primary: "rb", successor: "nobody" }, { replicas: members, successor: "ra" }]) {
+      const res = await putWith(bad);
+      expect(res.status).toBe(400);
+      expect((await res.json()).error).toMatch(/"successor" must name a member of "replicas" other than "primary"/);
+    }
+    const named = await putWith({ replicas: members, primary: "rb", successor: "ra" });
+    expect(await named.json()).toMatchObject({ primary: "rb", successor: "ra", session: { leader: "rb", open: 0, takeovers: [] } });
     for (const s of [onA, onB, late]) s.call.end();
     await Promise.all([onA, onB, late].map((s) => s.status));
   });
