@@ -9,7 +9,8 @@
 //                                                      none), no_replica_set (none set within setWaitMs), relay_bound
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
 //   lockstep_relay_connections_closed_demoted_total{service} counter  connections closed because their primary was demoted (switchover)
-//   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections
+//   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections (session mode: and the
+//                                                      reply bytes held to compare members)
 // Session mode (docs/SESSION.md), label {service}:
 //   lockstep_relay_session_connections_active          gauge    session connections open
 //   lockstep_relay_session_connections_total           counter  session connections accepted
@@ -18,7 +19,6 @@
 //   lockstep_relay_session_connections_reset_total{…,reason}  counter  session connections the relay reset (no_leader,
 //                                                      leader_failed: no successor to take over, not_eligible: the successor
 //                                                      diverged or fell out of the comparison on it)
-//   lockstep_relay_session_reply_kept_bytes            gauge    reply bytes held to compare members (bounded per connection)
 //
 // Per-replica series carry the labels {service, replica} (a replica's name is unique within
 // its service):
@@ -88,7 +88,6 @@ export class RelayMetrics {
   readonly sessionTakeovers = this.family("lockstep_relay_session_takeovers_total", "counter", "takeovers: the leader failed and its successor took every open connection");
   readonly sessionCarried = this.family("lockstep_relay_session_connections_carried_total", "counter", "open session connections carried over to a successor");
   readonly sessionReset = this.family("lockstep_relay_session_connections_reset_total", "counter", "session connections the relay reset, by reason");
-  readonly sessionKeptBytes = this.family("lockstep_relay_session_reply_kept_bytes", "gauge", "reply bytes held to compare members' replies");
   readonly replicaActive = this.family("lockstep_relay_replica_connections_active", "gauge", "replica connections open");
   readonly replicaConnections = this.family("lockstep_relay_replica_connections_total", "counter", "replica connections opened");
   readonly replicaQueued = this.family("lockstep_relay_replica_bytes_queued_total", "counter", "bytes accepted for the replica");

@@ -18,6 +18,9 @@ export interface SpliceBounds {
   readonly aheadBytes: number;
   /** Bytes of R kept for a member that has not produced them yet (past this: "overflow"). */
   readonly behindBytes: number;
+  /** A shared budget every byte held here is taken from (the relay's ByteBudget): when it
+   *  refuses, the member that needed the bytes kept overflows. */
+  readonly budget?: { take(n: number): boolean; give(n: number): void };
 }
 
 export interface SpliceEvents<K> {
@@ -44,8 +47,9 @@ class ByteLog {
   bytes = 0;
   private chunks: Buffer[] = [];
   append(b: Buffer): void { this.chunks.push(b); this.bytes += b.length; }
-  /** Drop everything before offset `to`. */
-  trimTo(to: number): void {
+  /** Drop everything before offset `to`; returns how many bytes were dropped. */
+  trimTo(to: number): number {
+    const before = this.bytes;
     while (this.chunks.length && this.start + this.chunks[0].length <= to) { this.start += this.chunks[0].length; this.bytes -= this.chunks[0].length; this.chunks.shift(); }
     if (this.chunks.length && to > this.start) {
       const cut = to - this.start;
@@ -53,6 +57,15 @@ class ByteLog {
       this.start += cut;
       this.bytes -= cut;
     }
+    return before - this.bytes;
+  }
+  /** Drop everything; the log restarts at `at`. Returns how many bytes were dropped. */
+  clear(at: number): number {
+    const dropped = this.bytes;
+    this.chunks = [];
+    this.bytes = 0;
+    this.start = at;
+    return dropped;
   }
   /** Index in `b` of the first byte that differs from R at offset `at` (-1: none). */
   firstDifference(at: number, b: Buffer): number {
@@ -118,6 +131,7 @@ export class ReplySplice<K> {
     if (s.aheadBytes + rest.length > this.bounds.aheadBytes) {
       return this.overflow(member, s, `its replies ran more than ${this.bounds.aheadBytes} bytes ahead of the leader's`);
     }
+    if (this.bounds.budget && !this.bounds.budget.take(rest.length)) return this.overflow(member, s, "the relay's memory bound is reached");
     s.ahead.push(rest);
     s.aheadBytes += rest.length;
   }
@@ -173,10 +187,19 @@ export class ReplySplice<K> {
         }
         i += n;
         s.aheadBytes -= n;
+        this.bounds.budget?.give(n);
         if (n === c.length) s.ahead.shift(); else s.ahead[0] = c.subarray(n);
       }
     }
-    this.log.append(b);
+    // Kept only while a member still has to produce these bytes.
+    const behind = [...this.sides].filter(([, s]) => s.state === "in" && s.offset < this.total);
+    if (behind.length) {
+      if (!this.bounds.budget || this.bounds.budget.take(b.length)) this.log.append(b);
+      else {
+        this.bounds.budget.give(this.log.clear(this.total));
+        for (const [k, s] of behind) this.overflow(k, s, "the relay's memory bound is reached");
+      }
+    } else if (this.log.bytes === 0) this.log.start = this.total;
     this.trimLog();
     this.events.send(b);
   }
@@ -189,13 +212,27 @@ export class ReplySplice<K> {
       for (const [k, s] of this.sides) {
         if (s.state === "in" && s.offset < min) { min = s.offset; laggard = [k, s]; }
       }
-      if (min > this.log.start) this.log.trimTo(min);
+      if (min > this.log.start) {
+        const dropped = this.log.trimTo(Math.min(min, this.log.start + this.log.bytes));
+        this.bounds.budget?.give(dropped);
+        if (this.log.bytes === 0) this.log.start = min;
+      }
       if (!laggard || this.log.bytes <= this.bounds.behindBytes) return;
       this.overflow(laggard[0], laggard[1], `its replies fell more than ${this.bounds.behindBytes} bytes behind the leader's`);
     }
   }
 
-  private release(s: Side): void { s.ahead = []; s.aheadBytes = 0; }
+  private release(s: Side): void {
+    this.bounds.budget?.give(s.aheadBytes);
+    s.ahead = [];
+    s.aheadBytes = 0;
+  }
+
+  /** The connection is over: give back every byte held. */
+  dispose(): void {
+    for (const s of this.sides.values()) this.release(s);
+    this.bounds.budget?.give(this.log.clear(this.total));
+  }
 
   private diverge(member: K, s: Side, offset: number, detail: string): void {
     s.state = "diverged";

@@ -126,7 +126,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
     }
     const leaderLink = this.links.get(leader)!;
     const kept = this.limits.maxLagBytesPerConnection;
-    this.splice = new ReplySplice<ReplicaLink>(leaderLink, [...this.links.values()].filter((l) => l !== leaderLink), { aheadBytes: kept, behindBytes: kept }, {
+    this.splice = new ReplySplice<ReplicaLink>(leaderLink, [...this.links.values()].filter((l) => l !== leaderLink), { aheadBytes: kept, behindBytes: kept, budget: this.ctx.budget }, {
       send: (bytes) => this.toClient(bytes),
       diverged: (link, offset, detail) => {
         this.ctx.metrics.replicaDivergences.add(1, { service: this.service, replica: link.target.name });
@@ -159,7 +159,6 @@ export class SessionConnection implements LedConnection, OpenConnection {
     const splice = this.splice!;
     const wasAhead = splice.ahead(link) > 0;
     splice.bytes(link, reply);
-    this.ctx.metrics.sessionKeptBytes.set(splice.keptBytes, { service: this.service });
     // Another member answered what the leader has not: the leader must answer within stallTimeoutMs.
     if (!wasAhead && link !== this.leaderLink && splice.ahead(link) > 0) this.watchSilence();
   }
@@ -379,6 +378,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
       if (!link.terminal) link.abandon();
       if (link.state !== "CLOSED" && this.received !== 0) this.ctx.metrics.replicaMissed.add(1, { service: this.service, replica: link.target.name });
     }
+    this.splice?.dispose();
     for (const t of [this.deadlineTimer, this.waitTimer, this.silenceTimer]) if (t) clearTimeout(t);
     if (this.stallTimer) clearInterval(this.stallTimer);
     if (started) { this.ctx.leaders.untrack(this); this.ctx.sets.untrack(this); }

@@ -67,7 +67,7 @@ export async function startSession(primaryPort: number, replicaServers: Backends
     body: JSON.stringify({ replicas: members, primary: "p", ...(n > 0 ? { successor: "r1" } : {}) }),
   });
   if (!res.ok) throw new Error(`relay refused the session set: ${res.status} ${await res.text()}`);
-  const envoy = await startEnvoy({ primary: members[0].address, relayPort: relay.port, service: SERVICE, concurrency: ENVOY_WORKERS, extra: { mode: "session" } });
+  const envoy = await startEnvoy({ primary: members[0].address, relayPort: relay.port, service: SERVICE, concurrency: ENVOY_WORKERS, compareReplies: true, extra: { mode: "session" } });
   pin(envoy.process.child.pid!, ENVOY_CPU);
   return { key: `session-${n}`, label: `Envoy + lockstep session mode, ${n} replica${n === 1 ? "" : "s"}`, port: envoy.listenerPort, replicas: n, envoy, relay };
 }

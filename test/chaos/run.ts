@@ -3,7 +3,7 @@
 // heal (SIGCONT everything, restart what is down), stop the workload, wait for a quiet moment,
 // read every member's data and digest and the controller's view, and check (checker.ts).
 //
-//   npm run chaos -- --seed N --minutes M [--target kv|redis] [--gap MIN_MS:MAX_MS] [--faults kill-relay,switchover,...]
+//   npm run chaos -- --seed N --minutes M [--target kv|redis] [--mode mirror|session] [--gap MIN_MS:MAX_MS] [--faults kill-relay,switchover,...]
 //
 // prints the seed first, progress while it runs, every violation with its context, and a
 // verdict line; exits 1 on a violation, 2 if the harness itself failed. A seed replays the same
@@ -28,6 +28,8 @@ import type { Target } from "./target.ts";
 
 export interface ChaosOptions {
   readonly target: Backend;
+  /** The service's mode (default "mirror"; "session": docs/SESSION.md). */
+  readonly mode?: "mirror" | "session";
   readonly seed: number;
   /** How long faults are injected (the run takes some seconds more: start, heal, check). */
   readonly faultMs: number;
@@ -66,16 +68,16 @@ const DEFAULT_GAP_MS = [2000, 5000] as const;
 
 export function rerunCommand(o: ChaosOptions): string {
   const gap = o.gapMs && (o.gapMs[0] !== DEFAULT_GAP_MS[0] || o.gapMs[1] !== DEFAULT_GAP_MS[1]) ? ` --gap ${o.gapMs[0]}:${o.gapMs[1]}` : "";
-  return `npm run chaos -- --seed ${o.seed} --minutes ${+(o.faultMs / 60_000).toFixed(3)} --target ${o.target}${gap}${o.faultKinds ? ` --faults ${o.faultKinds.join(",")}` : ""}`;
+  return `npm run chaos -- --seed ${o.seed} --minutes ${+(o.faultMs / 60_000).toFixed(3)} --target ${o.target}${o.mode === "session" ? " --mode session" : ""}${gap}${o.faultKinds ? ` --faults ${o.faultKinds.join(",")}` : ""}`;
 }
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const log = o.log ?? ((line: string) => console.log(line));
   const target = TARGETS[o.target];
   const started = Date.now();
-  log(`chaos: target ${o.target}, seed ${o.seed}, faults for ${minutes(o.faultMs)} (re-run: ${rerunCommand(o)})${o.logDir ? `; process logs in ${o.logDir}` : ""}`);
+  log(`chaos: target ${o.target}${o.mode === "session" ? " (session mode)" : ""}, seed ${o.seed}, faults for ${minutes(o.faultMs)} (re-run: ${rerunCommand(o)})${o.logDir ? `; process logs in ${o.logDir}` : ""}`);
   keepProcessLogs(o.logDir);
-  const stack = await startStack({ backend: o.target, replicas: 2 });
+  const stack = await startStack({ backend: o.target, replicas: 2, ...(o.mode === "session" ? { extra: { mode: "session" } } : {}) });
   const history = new History();
   const workload = new Workload({ port: stack.envoy.listenerPort, target, history, seed: o.seed, clients: o.clients ?? 6, meanGapMs: o.meanGapMs ?? 400, replyTimeoutMs: 3000 });
   try {
@@ -145,8 +147,11 @@ async function envoyEndpoints(stack: Stack): Promise<string> {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: {
     seed: { type: "string" }, minutes: { type: "string", default: "5" }, target: { type: "string", default: "kv" }, faults: { type: "string" }, gap: { type: "string" },
+    mode: { type: "string", default: "mirror" },
   } });
   const target = values.target as Backend;
+  if (values.mode !== "mirror" && values.mode !== "session") throw new Error(`--mode must be mirror or session, not ${values.mode}`);
+  const mode = values.mode;
   if (!(target in TARGETS)) throw new Error(`--target must be kv or redis, not ${values.target}`);
   const seed = values.seed === undefined ? randomInt(2 ** 31) : Number(values.seed);
   const faultMs = Number(values.minutes) * 60_000;
@@ -156,8 +161,8 @@ async function main(): Promise<void> {
   if (!Number.isInteger(seed) || seed < 0 || !(faultMs > 0)) throw new Error("usage: npm run chaos -- [--seed N] [--minutes M] [--target kv|redis] [--gap MIN_MS:MAX_MS] [--faults kind,kind...]");
   const gapMs = values.gap === undefined ? undefined : values.gap.split(":").map(Number) as [number, number];
   if (gapMs && (gapMs.length !== 2 || !gapMs.every((g) => Number.isInteger(g) && g >= 0) || gapMs[0] > gapMs[1])) throw new Error("--gap must be MIN_MS:MAX_MS");
-  const logDir = join(PROJECT_ROOT, ".cache", "chaos", `${target}-seed${seed}-${new Date().toISOString().replace(/[:.]/g, "")}`);
-  const result = await runChaos({ target, seed, faultMs, faultKinds, gapMs, logDir });
+  const logDir = join(PROJECT_ROOT, ".cache", "chaos", `${target}${mode === "session" ? "-session" : ""}-seed${seed}-${new Date().toISOString().replace(/[:.]/g, "")}`);
+  const result = await runChaos({ target, mode, seed, faultMs, faultKinds, gapMs, logDir });
   process.exitCode = result.violations.length ? 1 : 0;
 }
 

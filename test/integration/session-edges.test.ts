@@ -29,7 +29,7 @@ async function harness(members: { name: string; port: number }[]): Promise<Harne
     body: JSON.stringify({ replicas: ms.map(({ name, address }) => ({ name, address })), primary: ms[0].name, successor: ms[1].name }),
   });
   expect(res.status).toBe(200);
-  const envoy = await startEnvoy({ primary: ms[0].address, relayPort: relay.port, service: SERVICE, extra: { mode: "session" } });
+  const envoy = await startEnvoy({ primary: ms[0].address, relayPort: relay.port, service: SERVICE, compareReplies: true, extra: { mode: "session" } });
   cleanup.push(() => envoy.kill());
   return { relay, envoy, members: ms };
 }

@@ -4,7 +4,7 @@
 import { describe, it, expect } from "vitest";
 import { ReplySplice } from "../../relay/reply-splice.ts";
 
-function make(bounds = { aheadBytes: 1 << 20, behindBytes: 1 << 20 }) {
+function make(bounds: { aheadBytes: number; behindBytes: number; budget?: { take(n: number): boolean; give(n: number): void } } = { aheadBytes: 1 << 20, behindBytes: 1 << 20 }) {
   const sent: Buffer[] = [];
   const diverged: [string, number][] = [];
   const overflowed: string[] = [];
@@ -74,5 +74,24 @@ describe("the session reply stream", () => {
     expect(splice.takeOver("s")).toBe(false);
     expect(splice.takeOver("r")).toBe(false);
     expect(splice.keptBytes).toBe(0);
+  });
+
+  it("takes every byte it holds from the relay's budget, overflows a member when it is spent, and gives all back", () => {
+    let held = 0;
+    const budget = { take: (n: number) => (held + n > 12 ? false : (held += n, true)), give: (n: number) => { held -= n; } };
+    const { splice, overflowed, client } = make({ aheadBytes: 1 << 20, behindBytes: 1 << 20, budget });
+    splice.bytes("s", b("0123456789")); // s ahead by 10
+    expect(held).toBe(10);
+    splice.bytes("p", b("01234")); // 5 of s matched; r is behind by 5: kept
+    expect(held).toBe(5 + 5);
+    splice.bytes("r", b("0123"));
+    expect(held).toBe(5 + 1);
+    splice.bytes("s", b("ABCDEFGHIJ")); // 15 ahead would pass the budget: s overflows, its bytes given back
+    expect(overflowed).toEqual(["s"]);
+    expect(held).toBe(1);
+    splice.bytes("p", b("56789"));
+    expect(client()).toBe("0123456789");
+    splice.dispose();
+    expect(held).toBe(0);
   });
 });
