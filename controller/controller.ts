@@ -292,7 +292,8 @@ export class Controller {
       }
       const envoys: EnvoyView[] = [];
       for (const e of this.o.envoys ?? []) {
-        try { envoys.push(await e.read()); this.noteReachable(e.source, true); }
+        // Only a service in mirror mode has the lockstep filter in Envoy, and its evidence.
+        try { envoys.push(await e.read(this.state.list().some((s) => s.mode !== "session"))); this.noteReachable(e.source, true); }
         catch (err) { this.noteReachable(e.source, false, (err as Error).message); }
       }
       // Leadership may have ended while reading: a deposed leader acts on nothing.

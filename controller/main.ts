@@ -32,7 +32,7 @@ const log = (line: string) => console.log(`${new Date().toISOString()} controlle
 export function serviceOf(c: LockstepConfig): { service: Service; health: HealthSettings } {
   const h = c.healthCheck;
   return {
-    service: Object.freeze({ name: c.service, members: Object.freeze([
+    service: Object.freeze({ name: c.service, ...(c.mode === "session" ? { mode: "session" as const } : {}), members: Object.freeze([
       Object.freeze({ name: c.primaryName, address: c.primary, role: "primary" as const, lagBytes: 0 }),
       ...c.replicas.map((r) => Object.freeze({ name: r.name, address: r.address, role: "replica" as const, lagBytes: 0 })),
     ]) }),
@@ -80,7 +80,7 @@ try {
   if (relayControlToken === undefined) log("no relay control token (relay.controlToken, LOCKSTEP_RELAY_TOKEN or --relay-token-file): the relay will refuse the replica sets this controller decides");
   const configured = serviceOf(c);
   const running = await startController({
-    services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}`, ...(c.mode === "session" ? { mode: "session" as const } : {}) }) } : configured],
+    services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}` }) } : configured],
     ...(values.dynamic ? { dynamic: { wasmPath: resolve(c.envoy.wasmPath), ...c.limits, compareReplies: c.compareReplies } } : {}),
     api: { host: spec.address, port: portFlag("api-port", spec.apiPort) },
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },

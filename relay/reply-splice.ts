@@ -156,6 +156,7 @@ export class ReplySplice<K> {
     this.drop(this.current);
     this.current = member;
     const ahead = s.ahead;
+    this.bounds.budget?.give(s.aheadBytes); // they leave its buffer; extend keeps what others still need
     s.ahead = [];
     s.aheadBytes = 0;
     for (const b of ahead) this.extend(b);

@@ -89,7 +89,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
       this.start(t, l);
       return true;
     };
-    const wait = () => { this.stopWaiting = ctx.sets.whenKnown(service, () => { if (!tryStart() && this.state === "waiting") setTimeout(wait, 10); }); };
+    const wait = () => { if (this.state === "waiting") this.stopWaiting = ctx.sets.whenKnown(service, () => { if (!tryStart() && this.state === "waiting") setTimeout(wait, 10); }); };
     wait();
     this.waitTimer = setTimeout(() => {
       if (this.state !== "waiting") return;

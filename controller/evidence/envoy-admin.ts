@@ -32,8 +32,11 @@ export class EnvoyAdminClient {
     return await res.json() as T;
   }
 
-  /** Read Envoy now; throws if it cannot be reached or has no lockstep filter running yet. */
-  async read(): Promise<EnvoyView> {
+  /** Read Envoy now; throws if it cannot be reached or, when `filterExpected` (a service in
+   *  mirror mode), has no lockstep filter running yet: without the filter's counters the
+   *  controller cannot see connections that went unmirrored. An Envoy of session-mode services
+   *  only has no filter: its health checks are read all the same. */
+  async read(filterExpected = true): Promise<EnvoyView> {
     const [stats, clusters] = await Promise.all([
       this.get<StatsJson>(`/stats?format=json&filter=${encodeURIComponent("^wasmcustom\\.lockstep\\.")}`),
       this.get<ClustersJson>("/clusters?format=json"),
@@ -48,7 +51,8 @@ export class EnvoyAdminClient {
       const key = m[4] ? counterKey(m[1], null, "unmirrored") : counterKey(m[1], m[2], m[3] === "divergences" ? "diverged" : "missed");
       counters[key] = value;
     }
-    if (!instance) throw new Error("no lockstep filter has reported this Envoy's instance yet");
+    if (!instance && filterExpected) throw new Error("no lockstep filter has reported this Envoy's instance yet");
+    if (!instance) instance = "no-filter"; // no counters to keep apart across restarts
     const failedHosts = new Map<string, Set<string>>();
     for (const c of clusters.cluster_statuses ?? []) {
       const failed = new Set<string>();

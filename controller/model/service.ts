@@ -31,8 +31,9 @@ export interface Service {
   readonly successor?: string;
   /** "ip:port" of the service's listener, when the controller serves it to Envoy (LDS/CDS). */
   readonly listener?: string;
-  /** "session": the listener the controller serves tunnels connections to the relay, which
-   *  carries them and keeps them open across a failover (docs/SESSION.md); absent: mirror mode. */
+  /** "session": the service's listener tunnels connections to the relay, which carries them
+   *  and keeps them open across a failover (docs/SESSION.md): no lockstep filter in Envoy for
+   *  it; absent: mirror mode. */
   readonly mode?: "session";
   /** The health-check payload given through the API (stored: Envoy's cluster is built from it). */
   readonly healthCheck?: { readonly send?: string; readonly expect?: string };

@@ -26,7 +26,8 @@ async function openClientConnections(stack: Stack): Promise<number> {
 export async function quiesce(stack: Stack, timeoutMs = QUIESCE_TIMEOUT_MS): Promise<void> {
   await waitFor("no client connection open through Envoy", async () => (await openClientConnections(stack)) === 0, timeoutMs, 20);
   await waitFor("the relay to finish feeding the members (no stream open)", async () =>
-    (await stack.relay.metric("lockstep_relay_streams_active")) === 0 && (await stack.relay.metric("lockstep_relay_queued_bytes")) === 0, timeoutMs, 20);
+    (await stack.relay.metric("lockstep_relay_streams_active")) === 0 && (await stack.relay.metric("lockstep_relay_session_connections_active")) === 0 &&
+    (await stack.relay.metric("lockstep_relay_queued_bytes")) === 0, timeoutMs, 20);
 }
 
 /** POST .../rejoin. A call lost on the network is made again unless the member is a replica

@@ -94,4 +94,18 @@ describe("the session reply stream", () => {
     splice.dispose();
     expect(held).toBe(0);
   });
+
+  it("gives back a successor's bytes ahead when it takes over", () => {
+    let held = 0;
+    const budget = { take: (n: number) => ((held += n), true), give: (n: number) => { held -= n; } };
+    const { splice, client } = make({ aheadBytes: 1 << 20, behindBytes: 1 << 20, budget });
+    splice.bytes("p", b("ab"));
+    splice.bytes("r", b("ab"));
+    splice.bytes("s", b("abcdef"));
+    expect(splice.takeOver("s")).toBe(true);
+    expect(client()).toBe("abcdef");
+    expect(held).toBe(4); // "cdef" kept for r, which has not produced them yet
+    splice.bytes("r", b("cdef"));
+    expect(held).toBe(0);
+  });
 });
