@@ -22,7 +22,7 @@ import type { XdsRestServer } from "./xds/rest-server.ts";
 import { HealthChecker, type HealthSettings } from "./health/checker.ts";
 import type { Probe } from "./health/probe.ts";
 import type { RelayClient, RelayView } from "./relay/client.ts";
-import type { EnvoyAdminClient, EnvoyView } from "./evidence/envoy-admin.ts";
+import { NO_FILTER_INSTANCE, type EnvoyAdminClient, type EnvoyView } from "./evidence/envoy-admin.ts";
 import { assess, continuous, type Evidence, type SourceReading } from "./evidence/ledger.ts";
 import { Readmission } from "./readmission.ts";
 import { PrimaryContinuity } from "./primary-continuity.ts";
@@ -420,11 +420,19 @@ export class Controller {
     // other process counts what that cost, but only if it was watched across the restart.
     const envoySources = (this.o.envoys ?? []).map((e) => e.source);
     const relaySources = this.relays.map((r) => r.source);
+    // An Envoy without the lockstep filter (session-mode services only) witnesses nothing.
+    const filterless = (source: string) => readings.find((r) => r.source === source)?.instance === NO_FILTER_INSTANCE;
     for (const source of restarted) {
-      const witnesses = relaySources.includes(source) ? envoySources : relaySources;
-      if (witnesses.length && witnesses.every((w) => continuous(before, readings, w))) continue;
-      this.o.log(`evidence: ${source} restarted and no other process saw what that cost; every replica is out of sync`);
-      for (const s of this.state.list()) everyReplica(s.name, `${source} restarted while nothing else watched its connections: losses cannot be ruled out`);
+      const relay = relaySources.includes(source);
+      const witnesses = relay ? envoySources : relaySources;
+      const witnessed = witnesses.length > 0 && witnesses.every((w) => continuous(before, readings, w) && !filterless(w));
+      for (const s of this.state.list()) {
+        // In session mode the relay alone carries a connection: what its restart cost (a member
+        // short of bytes the primary took) no other process saw.
+        if (witnessed && !(relay && s.mode === "session")) continue;
+        this.o.log(`evidence: ${source} restarted and no other process saw what that cost to "${s.name}"; every replica of it is out of sync`);
+        everyReplica(s.name, `${source} restarted while nothing else watched its connections: losses cannot be ruled out`);
+      }
     }
     this.state.applyEvidence(baselines, changes);
   }

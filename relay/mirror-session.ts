@@ -27,6 +27,7 @@ import type { ByteBudget } from "./budget.ts";
 import type { RelayMetrics } from "./metrics.ts";
 import type { ReplicaSets, OpenConnection } from "./replica-sets.ts";
 import { sameEndpoint } from "../config/address.ts";
+import { MissedMembers } from "./missed-members.ts";
 
 export interface SessionContext {
   readonly config: RelayConfig;
@@ -62,10 +63,12 @@ export class MirrorSession implements OpenConnection {
   started = false;
   /** The former primary this connection was on, once it was demoted (switchover). */
   private demoted: string | undefined;
+  private readonly missed: MissedMembers;
 
   constructor(private readonly call: MirrorCall, private readonly ctx: SessionContext) {
     ctx.metrics.streamsActive.add(1);
     ctx.metrics.streamsTotal.add(1);
+    this.missed = new MissedMembers(ctx.metrics);
     call.on("data", (frame: Buffer) => this.onFrame(frame));
     call.on("end", () => this.finish());
     call.on("cancelled", () => this.abort());
@@ -151,6 +154,7 @@ export class MirrorSession implements OpenConnection {
       case "DATA":
         if (f.bytes.length === 0) break;
         for (const link of this.links) link.push(f.bytes);
+        this.countDetached();
         this.holdIfBehind();
         this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);
         break;
@@ -177,6 +181,7 @@ export class MirrorSession implements OpenConnection {
     if (this.demoted || this.state !== "open" || this.call.destroyed) return;
     this.demoted = former;
     this.ctx.metrics.closedDemoted.add(1, { service: this.service });
+    if (this.received !== 0) this.missed.count(this.service, former);
     this.ctx.log(`connection ${this.openFrame?.connectionId}: its primary ${this.primary} is a primary no more; asking Envoy to close it`);
     this.call.write(encodeClose("PRIMARY_DEMOTED"));
   }
@@ -247,6 +252,7 @@ export class MirrorSession implements OpenConnection {
 
   /** A link connected, detached, took its last bytes or its replica closed: judge, then ACK. */
   private onLinkChange(link: ReplicaLink): void {
+    this.countDetached();
     if (link.terminal) this.check?.giveUp(link, `the replica left the connection (${link.state}${link.reason !== "NONE" ? `, ${link.reason}` : ""}) before its replies could be judged`);
     this.releaseIfCaughtUp();
     this.settleLinks();
@@ -351,6 +357,12 @@ export class MirrorSession implements OpenConnection {
     this.call.end();
   }
 
+  /** A replica cut loose from a connection that carried bytes missed them: counted now. */
+  private countDetached(): void {
+    if (this.received === 0) return;
+    for (const link of this.links) if (link.state === "DETACHED") this.missed.count(this.service, link.target.name);
+  }
+
   /** The stream was reset (Envoy cancelled it, or the connection to Envoy broke). */
   private abort(): void {
     if (this.state === "done") return;
@@ -386,9 +398,9 @@ export class MirrorSession implements OpenConnection {
     const total = complete ? this.received : this.endedAt;
     for (const link of this.links) {
       // Only CLOSED proves it: a replica cut loose may not have received what its socket held.
-      if (link.state !== "CLOSED" && total !== 0) this.ctx.metrics.replicaMissed.add(1, { service: link.service, replica: link.target.name });
+      if (link.state !== "CLOSED" && total !== 0) this.missed.count(this.service, link.target.name);
     }
-    if (this.demoted && this.received !== 0) this.ctx.metrics.replicaMissed.add(1, { service: this.service, replica: this.demoted });
+    if (this.demoted && this.received !== 0) this.missed.count(this.service, this.demoted);
     this.state = "done";
     this.stopWaiting?.();
     if (this.openFrame) this.ctx.sets.untrack(this);

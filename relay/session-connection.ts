@@ -26,6 +26,7 @@ import type { ReplicaTarget } from "./config.ts";
 import type { SessionContext } from "./mirror-session.ts";
 import type { LedConnection, SessionLeaders } from "./session-leaders.ts";
 import type { OpenConnection } from "./replica-sets.ts";
+import { MissedMembers } from "./missed-members.ts";
 
 export interface SessionModeContext extends SessionContext {
   readonly leaders: SessionLeaders;
@@ -71,11 +72,13 @@ export class SessionConnection implements LedConnection, OpenConnection {
   private silenceTimer?: NodeJS.Timeout;
   private stopWaiting?: () => void;
   readonly primary = ""; // OpenConnection: a session connection's leader is one of its links
+  private readonly missed: MissedMembers;
   started = false;
 
   constructor(private readonly stream: ServerHttp2Stream, readonly service: string, private readonly ctx: SessionModeContext) {
     ctx.metrics.sessionsActive.add(1, { service });
     ctx.metrics.sessionsTotal.add(1, { service });
+    this.missed = new MissedMembers(ctx.metrics);
     stream.on("close", () => this.streamClosed());
     const leader = ctx.leaders.leader(service);
     const targets = ctx.sets.get(service);
@@ -152,6 +155,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
     this.ctx.metrics.bytesReceived.add(chunk.length);
     // Every member, the leader too after its FIN: a server that half-closed may still read.
     for (const link of this.links.values()) link.push(chunk);
+    this.countDetached();
     this.holdIfBehind();
   }
 
@@ -191,6 +195,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
 
   private onLinkChange(link: ReplicaLink): void {
     if (this.state === "done") return;
+    this.countDetached();
     if (link === this.leaderLink && !this.repliesEnded) {
       // Closed by its server (a FIN, or a reset with client bytes it never took): judged.
       const closedByServer = link.repliesOver || link.closed || (link.state === "DETACHED" && link.reason === "REPLICA_CLOSED");
@@ -231,6 +236,13 @@ export class SessionConnection implements LedConnection, OpenConnection {
     if (this.leaderName === from && this.state !== "done") {
       this.reset("leader_failed", `its leader ${from} failed (${why}) and no successor is named`);
     }
+  }
+
+  /** A member cut loose from a connection that carried bytes (the former leader after a
+   *  takeover among them) missed them: counted now, not when the connection ends. */
+  private countDetached(): void {
+    if (this.received === 0) return;
+    for (const link of this.links.values()) if (link.state === "DETACHED") this.missed.count(this.service, link.target.name);
   }
 
   /** SessionLeaders: `from` failed (or was replaced); `to` takes this connection over if it may. */
@@ -376,7 +388,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
     this.state = "done";
     for (const link of this.links.values()) {
       if (!link.terminal) link.abandon();
-      if (link.state !== "CLOSED" && this.received !== 0) this.ctx.metrics.replicaMissed.add(1, { service: this.service, replica: link.target.name });
+      if (link.state !== "CLOSED" && this.received !== 0) this.missed.count(this.service, link.target.name);
     }
     this.splice?.dispose();
     for (const t of [this.deadlineTimer, this.waitTimer, this.silenceTimer]) if (t) clearTimeout(t);

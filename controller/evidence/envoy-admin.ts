@@ -20,6 +20,10 @@ interface ClustersJson {
   }[];
 }
 
+/** The instance of an Envoy read without the lockstep filter (session-mode services only): no
+ *  counters, and it witnesses nothing of a relay's restart. */
+export const NO_FILTER_INSTANCE = "no-filter";
+
 const FILTER_STAT = /^wasmcustom\.lockstep\.([A-Za-z0-9_-]{1,64})\.(?:replica\.([A-Za-z0-9_-]{1,64})\.(missed_connections|divergences)|(unmirrored_connections))$/;
 
 export class EnvoyAdminClient {
@@ -52,7 +56,7 @@ export class EnvoyAdminClient {
       counters[key] = value;
     }
     if (!instance && filterExpected) throw new Error("no lockstep filter has reported this Envoy's instance yet");
-    if (!instance) instance = "no-filter"; // no counters to keep apart across restarts
+    if (!instance) instance = NO_FILTER_INSTANCE;
     const failedHosts = new Map<string, Set<string>>();
     for (const c of clusters.cluster_statuses ?? []) {
       const failed = new Set<string>();
