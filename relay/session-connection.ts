@@ -10,12 +10,14 @@
 // for stallTimeoutMs while behind) or silence (another member answered what the leader has not,
 // for stallTimeoutMs) is a failure. A FIN from the leader is a normal close (the protocol's
 // QUIT, an idle timeout) only if its server still accepts connections: the relay connects to
-// it once; a refused or unanswered connect is a failure (kill -9 closes a process's
-// connections with FINs, and its listening socket with it).
+// it once and keeps the connection PROBE_HOLD_MS; a refused, reset or unanswered connect is a
+// failure (kill -9 closes a process's connections with FINs, and its listening socket with
+// them, sometimes after them). Another member that matched and closed at the same byte agrees.
 //
 //   waiting (no leader known yet; setWaitMs, then 503)
 //     └─► open ── client END_STREAM / leader's normal close ─► (both) finishing: members take
-//                  their last bytes, followers' replies judged ─► done (missed bytes counted)
+//                  their last bytes, followers' replies judged ─► done
+// A member cut loose while the connection carried bytes is counted missed at once (MissedMembers).
 import { connect } from "node:net";
 import { constants as h2, type ServerHttp2Stream } from "node:http2";
 import { ReplicaLink } from "./replica-link.ts";
