@@ -63,16 +63,15 @@ export class SessionLeaders {
   }
 
   /** A connection saw `member`, its leader, fail: if it still leads the service and a
-   *  successor is named, the successor takes over every open connection. False if there is
-   *  none to take over: the connection that saw the failure is reset (the others go on while
-   *  their primary serves them: with no successor, no other member can be written to). */
-  failed(service: string, member: string, why: string): boolean {
-    if (this.leader(service) !== member) return this.leader(service) !== undefined;
+   *  successor is named, the successor takes over every open connection. With none to take
+   *  over nothing moves: the connection that saw the failure resets itself, and the others go
+   *  on while their primary serves them (with no successor, no other member can be written to). */
+  failed(service: string, member: string, why: string): void {
+    if (this.leader(service) !== member) return;
     const to = this.sets.successor(service);
-    if (to === undefined || to === member || !this.sets.get(service)?.some((t) => t.name === to)) return false;
+    if (to === undefined || to === member || !this.sets.get(service)?.some((t) => t.name === to)) return;
     this.leaders.set(service, to);
     this.move(service, member, to, why);
-    return true;
   }
 
   /** Move the open connections of `from` to `to`; an event is kept if it is the relay's own
