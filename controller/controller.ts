@@ -15,7 +15,7 @@
 //             it may lack a byte the primary took.
 //   joining:  a rejoined member becomes a replica once no open connection is missing it
 import { ControllerState, type OutOfSync } from "./state.ts";
-import { bestReplica, primaryOf, standbyCandidates, mirrorTargets, type Member, type Service } from "./model/service.ts";
+import { bestReplica, primaryOf, standbyCandidates, mirrorTargets, ModelError, type Member, type Service } from "./model/service.ts";
 import { buildSnapshot, contentVersion, type ServiceEndpoints } from "./xds/snapshot.ts";
 import { orderedVersion } from "./xds/ordered-version.ts";
 import type { XdsRestServer } from "./xds/rest-server.ts";
@@ -315,15 +315,26 @@ export class Controller {
   }
 
   /** A relay moved a session-mode service's open connections from its primary to the
-   *  designated successor (it saw the primary fail first): recorded, and the controller agrees,
-   *  the successor is promoted (the former primary missed those connections' bytes since). */
+   *  designated successor (it saw the primary fail first): recorded, and the controller agrees:
+   *  that member is promoted (the former primary missed those connections' bytes since). */
   private followTakeovers(relay: RelayView): void {
     for (const [service, takeovers] of relay.takeovers) {
       for (const t of takeovers) {
         if (!this.state.recordTakeover(service, { from: t.from, to: t.to, carried: t.carried, reset: t.reset, relayAt: t.at, relay: relay.reading.source }, t.why)) continue;
         this.o.log(`takeover: ${service}: ${relay.reading.source} moved the open connections of ${t.from} to ${t.to} (${t.why}): ${t.carried} carried over, ${t.reset} reset`);
+        // The relay already serves the open connections from t.to: promote that member (a
+        // replica in sync), not whichever the controller would pick, or they would move again.
         const s = this.state.get(service);
-        if (s && primaryOf(s)?.name === t.from && s.successor === t.to) this.failover(service, t.from, `the relay's session connections moved to ${t.to}: ${t.why}`);
+        if (!s || primaryOf(s)?.name !== t.from) continue;
+        try {
+          if (s.members.find((m) => m.name === t.to)?.role !== "replica") throw new ModelError("NOT_PROMOTABLE", `${t.to} is not a replica in sync`);
+          this.state.promote(service, "failure", t.to);
+          this.withoutCandidate.delete(service);
+          this.o.log(`failover: ${service}: ${t.to} promoted (the relay moved the session connections of ${t.from} to it); ${t.from} is stale`);
+        } catch (err) {
+          if (!(err instanceof ModelError)) throw err;
+          this.failover(service, t.from, `the relay's session connections moved to ${t.to}, which cannot be promoted (${(err as Error).message})`);
+        }
       }
     }
   }

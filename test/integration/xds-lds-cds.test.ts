@@ -187,7 +187,7 @@ describe("services declared through the API reach every Envoy without a bootstra
         const e = (await (await fetch(`http://127.0.0.1:${controller!.apiPort}/v1/events?service=cache`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).events;
         const v = await (await fetch(`http://127.0.0.1:${controller!.apiPort}/v1/services/cache`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
         return e.some((x: any) => x.kind === "takeover" && x.takeover.from === "m0" && x.takeover.to === "m1") && v.primary === "m1";
-      }, 5_000, 50);
+      }, 10_000, 50);
     } finally {
       for (const m of members) await m.kill("SIGKILL");
     }
