@@ -41,7 +41,7 @@ const PROBE_HOLD_MS = 50;
 
 /** Whether a server accepts a new connection at `address` and keeps it PROBE_HOLD_MS, all
  *  within `timeoutMs`. */
-export function acceptsConnections(address: string, timeoutMs: number): Promise<boolean> {
+function acceptsConnections(address: string, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(splitHostPort(address));
     let settled = false;
@@ -103,7 +103,6 @@ export class SessionConnection implements LedConnection, OpenConnection {
     }, ctx.config.limits.setWaitMs);
   }
 
-  get leader(): string { return this.leaderName; }
   get mirroredTo(): string[] { return [...this.links.keys()]; }
   demote(): void { /* session connections move (SessionLeaders), never close on a switchover */ }
 

@@ -11,8 +11,6 @@ import type { RelayMetrics } from "./metrics.ts";
 /** What a takeover asks of one open connection. */
 export interface LedConnection {
   readonly service: string;
-  /** The member whose replies the client gets now. */
-  readonly leader: string;
   /** Move to `to`: "carried" if it did, "reset" if the client connection was reset instead
    *  (`to` may not take it over), "unaffected" if it was not led by `from`. */
   moveLeader(from: string, to: string, why: string): "carried" | "reset" | "unaffected";
