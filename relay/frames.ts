@@ -27,7 +27,8 @@ export const REPLY_END_KINDS = ["CUT", "PRIMARY_CLOSED"] as const;
 export type ReplyEndKind = (typeof REPLY_END_KINDS)[number];
 
 export interface OpenFrame { type: "OPEN"; version: number; connectionId: bigint; flags: number; service: string; primary: string; client: string }
-export interface DataFrame { type: "DATA"; offset: number; bytes: Buffer }
+/** `parts`: the client bytes in the pieces they arrived in (views, never joined); `length` in all. */
+export interface DataFrame { type: "DATA"; offset: number; parts: readonly Buffer[]; length: number }
 export interface EndFrame { type: "END"; totalBytes: number }
 export interface ReplyDigestFrame { type: "REPLY_DIGEST"; firstWindow: number; crcs: number[] }
 export interface ReplyEndFrame { type: "REPLY_END"; totalBytes: number; tailCrc: number; end: ReplyEndKind }
@@ -68,8 +69,23 @@ class Reader {
   done(): void { if (this.at !== this.buf.length) throw new FrameError(`${this.what} frame has ${this.buf.length - this.at} unexpected trailing bytes`); }
 }
 
-/** Decode one frame sent by the filter. */
-export function decodeFilterFrame(buf: Buffer): FilterFrame {
+const DATA_HEADER_BYTES = 9;
+
+/** Decode one frame sent by the filter: one buffer, or the pieces a transport delivered it in
+ *  (a DATA frame's bytes stay in those pieces; any other frame, small, is joined first). */
+export function decodeFilterFrame(frame: Buffer | readonly Buffer[]): FilterFrame {
+  if (Buffer.isBuffer(frame)) return decodeOne(frame);
+  if (frame.length === 1) return decodeOne(frame[0]);
+  const first = frame[0];
+  if (first !== undefined && first[0] === FRAME_DATA && first.length >= DATA_HEADER_BYTES) {
+    const parts = [first.subarray(DATA_HEADER_BYTES), ...frame.slice(1)].filter((p) => p.length > 0);
+    const offset = decodeOne(first.subarray(0, DATA_HEADER_BYTES)) as DataFrame;
+    return { type: "DATA", offset: offset.offset, parts, length: parts.reduce((n, p) => n + p.length, 0) };
+  }
+  return decodeOne(Buffer.concat(frame));
+}
+
+function decodeOne(buf: Buffer): FilterFrame {
   if (buf.length === 0) throw new FrameError("empty frame");
   const type = buf[0];
   switch (type) {
@@ -83,7 +99,9 @@ export function decodeFilterFrame(buf: Buffer): FilterFrame {
     }
     case FRAME_DATA: {
       const r = new Reader(buf, "DATA"); r.at = 1;
-      return { type: "DATA", offset: r.offset("offset"), bytes: r.rest() };
+      const offset = r.offset("offset");
+      const bytes = r.rest();
+      return { type: "DATA", offset, parts: bytes.length > 0 ? [bytes] : [], length: bytes.length };
     }
     case FRAME_END: {
       const r = new Reader(buf, "END"); r.at = 1;

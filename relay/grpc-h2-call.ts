@@ -21,7 +21,7 @@ export function encodeGrpcMessage(details: string): string {
 export class GrpcH2Call extends EventEmitter implements MirrorCall {
   private readonly decoder: GrpcMessageDecoder;
   /** Messages decoded while paused, delivered in order on resume. */
-  private waiting: Buffer[] = [];
+  private waiting: Buffer[][] = [];
   private paused = false;
   /** The peer half-closed the stream (its END_STREAM arrived). */
   private peerEnded = false;

@@ -15,8 +15,9 @@ export const CallStatus = Object.freeze({
 export type CallStatusCode = (typeof CallStatus)[keyof typeof CallStatus];
 
 export interface MirrorCall {
-  /** One frame from the filter. None comes while paused. */
-  on(event: "data", listener: (frame: Buffer) => void): this;
+  /** One frame from the filter, in the pieces it arrived in (not joined: a DATA frame's bytes
+   *  go to the replicas as they are). None comes while paused. */
+  on(event: "data", listener: (frame: readonly Buffer[]) => void): this;
   /** 'end': the filter half-closed the stream, after its last frame was delivered.
    *  'cancelled': the peer reset the stream, or its connection broke, before the relay ended it.
    *  'error': the stream failed on its own (bad message framing), already ended with a status.

@@ -69,7 +69,7 @@ export class MirrorSession implements OpenConnection {
     ctx.metrics.streamsActive.add(1);
     ctx.metrics.streamsTotal.add(1);
     this.missed = new MissedMembers(ctx.metrics);
-    call.on("data", (frame: Buffer) => this.onFrame(frame));
+    call.on("data", (frame: readonly Buffer[]) => this.onFrame(frame));
     call.on("end", () => this.finish());
     call.on("cancelled", () => this.abort());
     call.on("error", () => this.abort());
@@ -80,7 +80,7 @@ export class MirrorSession implements OpenConnection {
   get primary(): string { return this.openFrame?.primary ?? ""; }
   get mirroredTo(): string[] { return this.links.map((l) => l.target.name); }
 
-  private onFrame(raw: Buffer): void {
+  private onFrame(raw: readonly Buffer[]): void {
     if (this.state !== "open") return;
     try {
       const f = decodeFilterFrame(raw);
@@ -89,11 +89,11 @@ export class MirrorSession implements OpenConnection {
       this.checkOrder(f);
       if (!this.early) return this.apply(f);
       if (f.type === "DATA") {
-        if (!this.ctx.budget.take(f.bytes.length)) {
+        if (!this.ctx.budget.take(f.length)) {
           this.ctx.metrics.unmirrored.add(1, { service: this.service, reason: "relay_bound" });
           return this.fail(CallStatus.RESOURCE_EXHAUSTED, "the relay's memory bound is reached while this connection waits for its replica set");
         }
-        this.earlyBytes += f.bytes.length;
+        this.earlyBytes += f.length;
       }
       this.early.push(f);
     } catch (err) {
@@ -139,8 +139,8 @@ export class MirrorSession implements OpenConnection {
     if (f.type === "DATA") {
       if (this.endedAt >= 0) throw new FrameError("DATA after END");
       if (f.offset !== this.received) throw new FrameError(`DATA at offset ${f.offset}, expected ${this.received}`);
-      this.received += f.bytes.length;
-      this.ctx.metrics.bytesReceived.add(f.bytes.length);
+      this.received += f.length;
+      this.ctx.metrics.bytesReceived.add(f.length);
     } else if (f.type === "END") {
       if (f.totalBytes !== this.received) throw new FrameError(`END at ${f.totalBytes}, but ${this.received} bytes were received`);
       this.endedAt = f.totalBytes;
@@ -152,8 +152,8 @@ export class MirrorSession implements OpenConnection {
   private apply(f: FilterFrame): void {
     switch (f.type) {
       case "DATA":
-        if (f.bytes.length === 0) break;
-        for (const link of this.links) link.push(f.bytes);
+        if (f.length === 0) break;
+        for (const link of this.links) link.push(f.parts, f.length);
         this.countDetached();
         this.holdIfBehind();
         this.scheduleAck(this.received - this.lastAckReceived >= this.ctx.config.ackEveryBytes);

@@ -110,27 +110,34 @@ export class ReplicaLink {
     return { name: this.target.name, queued: this.queued, acked: this.acked, state: this.state, reason: this.reason };
   }
 
-  /** Queue `bytes` for the replica (written in order once connected). */
-  push(bytes: Buffer): void {
-    if (this.terminal || this.ending) return;
+  /** Queue `bytes` (one buffer, or pieces of `length` bytes in all) for the replica, written in
+   *  order once connected: pieces go out in one gathered write (writev), never joined. */
+  push(bytes: Buffer | readonly Buffer[], length = Buffer.isBuffer(bytes) ? bytes.length : bytes.reduce((n, b) => n + b.length, 0)): void {
+    if (this.terminal || this.ending || length === 0) return;
     if (this.closed) return this.detach("REPLICA_CLOSED"); // it closed, and the client goes on
-    if (this.lag + bytes.length > this.limits.maxLagBytesPerConnection) return this.detach("LAG_BOUND");
-    if (!this.budget.take(bytes.length)) return this.detach("RELAY_BOUND");
-    this.queued += bytes.length;
-    this.metrics.replicaQueued.add(bytes.length, this.labels);
-    this.metrics.replicaLag.add(bytes.length, this.labels);
-    // Node's socket keeps the bytes in order until connected and written; the callback
-    // fires once they are flushed to the kernel (or the socket failed).
-    this.socket.write(bytes, (err) => {
+    if (this.lag + length > this.limits.maxLagBytesPerConnection) return this.detach("LAG_BOUND");
+    if (!this.budget.take(length)) return this.detach("RELAY_BOUND");
+    this.queued += length;
+    this.metrics.replicaQueued.add(length, this.labels);
+    this.metrics.replicaLag.add(length, this.labels);
+    // Node's socket keeps the bytes in order until connected and written; the callback of the
+    // last piece fires once all of them are flushed to the kernel (or the socket failed).
+    const written = (err?: Error | null) => {
       if (err || this.terminal) return;
-      this.acked += bytes.length;
+      this.acked += length;
       this.lastProgressAt = Date.now();
-      this.budget.give(bytes.length);
-      this.metrics.replicaAcked.add(bytes.length, this.labels);
-      this.metrics.replicaLag.add(-bytes.length, this.labels);
+      this.budget.give(length);
+      this.metrics.replicaAcked.add(length, this.labels);
+      this.metrics.replicaLag.add(-length, this.labels);
       this.events.progress();
       if (this.maybeEnd()) this.events.changed();
-    });
+    };
+    if (Buffer.isBuffer(bytes)) { this.socket.write(bytes, written); return; }
+    if (bytes.length === 1) { this.socket.write(bytes[0], written); return; }
+    this.socket.cork();
+    for (let i = 0; i < bytes.length - 1; i++) this.socket.write(bytes[i]);
+    this.socket.write(bytes[bytes.length - 1], written);
+    this.socket.uncork();
   }
 
   /** No more bytes: half-close the replica connection once everything is written. */

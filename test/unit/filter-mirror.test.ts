@@ -204,7 +204,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
   const ackLive = (received: number) => encodeAck(received, [{ name: "r1", queued: received, acked: received, state: "LIVE", reason: "NONE" }]);
   /** Frames of the connection's stream after OPEN, as [type, offset or total, length]. */
   const shape = (host: NetworkHost) => framesOf(host).map((f) =>
-    f.type === "DATA" ? ["DATA", f.offset, f.bytes.length] : f.type === "END" ? ["END", f.totalBytes] : [f.type]);
+    f.type === "DATA" ? ["DATA", f.offset, f.length] : f.type === "END" ? ["END", f.totalBytes] : [f.type]);
 
   it("holds the client's bytes unsent while the relay is behind, and mirrors them exactly when they go on to the primary", () => {
     const { host } = load(build, { ...CONFIG, max_inflight_bytes_per_connection: 1000 });
@@ -472,7 +472,7 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(next.continued).toBe(1);
     expect(host.grpcStreams.size).toBe(3);
     const stream = [...host.grpcStreams.values()].at(-1)!;
-    expect(stream.sent.slice(1).map((b) => decodeFilterFrame(b))).toMatchObject([{ type: "DATA", offset: 0, bytes: Buffer.from("hello") }]);
+    expect(stream.sent.slice(1).map((b) => decodeFilterFrame(b))).toMatchObject([{ type: "DATA", offset: 0, parts: [Buffer.from("hello")], length: 5 }]);
     expect(Buffer.concat(next.toUpstream)).toEqual(Buffer.from("hello"));
   });
 

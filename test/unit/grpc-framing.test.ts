@@ -1,5 +1,5 @@
 // gRPC's 5-byte message framing as the relay decodes it (relay/grpc-framing.ts): messages split
-// across chunks anywhere, several in one chunk, views instead of copies, and bad framing refused
+// across chunks anywhere, several in one chunk, views of the chunks (never copies), and bad framing refused
 // with the status its stream ends with.
 import { describe, it, expect } from "vitest";
 import { randomBytes } from "node:crypto";
@@ -9,7 +9,7 @@ import { CallStatus } from "../../relay/mirror-call.ts";
 function decodeAll(chunks: Buffer[], max = 1 << 20): Buffer[] {
   const decoder = new GrpcMessageDecoder(max);
   const out: Buffer[] = [];
-  for (const chunk of chunks) decoder.push(chunk, (m) => out.push(Buffer.from(m)));
+  for (const chunk of chunks) decoder.push(chunk, (m) => out.push(Buffer.concat(m)));
   expect(decoder.midMessage).toBe(false);
   return out;
 }
@@ -19,7 +19,7 @@ function refusal(chunks: Buffer[], max = 1 << 20): { error: GrpcFramingError; be
   const decoder = new GrpcMessageDecoder(max);
   const before: Buffer[] = [];
   try {
-    for (const chunk of chunks) decoder.push(chunk, (m) => before.push(Buffer.from(m)));
+    for (const chunk of chunks) decoder.push(chunk, (m) => before.push(Buffer.concat(m)));
   } catch (error) {
     expect(error).toBeInstanceOf(GrpcFramingError);
     return { error: error as GrpcFramingError, before };
@@ -57,21 +57,31 @@ describe("gRPC message framing", () => {
     }
   });
 
-  it("hands out a message that lies within one chunk as a view of it, and copies one spread over chunks once", () => {
+  it("hands out every message as views of the chunks it arrived in, never copied", () => {
     const three = frameMessage(Buffer.from("three"));
     const chunk = Buffer.concat([frameMessage(Buffer.from("one")), frameMessage(Buffer.from("two")), three.subarray(0, 7)]);
     const rest = Buffer.from(three.subarray(7));
     const decoder = new GrpcMessageDecoder(1024);
-    const got: Buffer[] = [];
+    const got: Buffer[][] = [];
     decoder.push(chunk, (m) => got.push(m));
-    expect(got.map(String)).toEqual(["one", "two"]);
+    expect(got.map((m) => m.length)).toEqual([1, 1]);
+    expect(got.map((m) => String(Buffer.concat(m)))).toEqual(["one", "two"]);
     expect(decoder.midMessage).toBe(true);
     decoder.push(rest, (m) => got.push(m));
     expect(decoder.midMessage).toBe(false);
-    // Views see their chunk change; the copy does not.
+    expect(got[2].map(String)).toEqual(["th", "ree"]); // the two pieces, as they came
+    // Views see their chunk change.
     chunk.fill(0x2e);
     rest.fill(0x2e);
-    expect(got.map(String)).toEqual(["...", "...", "three"]);
+    expect(got.map((m) => String(Buffer.concat(m)))).toEqual(["...", "...", "....."]);
+  });
+
+  it("hands out an empty message at once, as no piece", () => {
+    const decoder = new GrpcMessageDecoder(1024);
+    const got: Buffer[][] = [];
+    decoder.push(messagePrefix(0), (m) => got.push(m));
+    expect(got).toEqual([[]]);
+    expect(decoder.midMessage).toBe(false);
   });
 
   it("knows a stream cut inside a prefix or a body", () => {

@@ -25,7 +25,7 @@ function reply(stream: ClientHttp2Stream): Reply {
     stream.on("trailers", (t) => { r.trailers = t; resolve(); });
     stream.on("close", resolve);
   });
-  stream.on("data", (chunk: Buffer) => decoder.push(chunk, (m) => r.messages.push(Buffer.from(m))));
+  stream.on("data", (chunk: Buffer) => decoder.push(chunk, (m) => r.messages.push(Buffer.concat(m))));
   stream.on("error", () => {});
   return r;
 }
@@ -52,10 +52,10 @@ describe("gRPC over Node's HTTP/2: the server", () => {
       host: "127.0.0.1", port: 0, streamWindowBytes: 1 << 20, connectionWindowBytes: 8 << 20, maxMessageBytes: 1024,
       call: (call) => {
         const c = { call, frames: [] as Buffer[], events: [] as string[] };
-        call.on("data", (f) => c.frames.push(Buffer.from(f)));
+        call.on("data", (f) => c.frames.push(Buffer.concat(f)));
         for (const e of ["end", "cancelled", "error", "close"] as const) call.on(e, () => c.events.push(e));
         // An echo: every frame back, then OK once the peer half-closed.
-        call.on("data", (f) => call.write(f));
+        call.on("data", (f) => call.write(Buffer.concat(f)));
         call.on("end", () => { if (endOnEnd) call.end(); });
         calls.push(c);
       },
@@ -195,7 +195,7 @@ describe("gRPC over Node's HTTP/2: a paused call", () => {
     server = createServer({ settings: { initialWindowSize: WINDOW } });
     server.on("stream", (s) => {
       const c = new GrpcH2Call(s, 1 << 20, () => {});
-      c.on("data", (m) => { got.push(m); if (got.length === pauseAfter) c.pause(); });
+      c.on("data", (m) => { got.push(Buffer.concat(m)); if (got.length === pauseAfter) c.pause(); });
       c.on("end", () => { ended = true; });
       stream = s;
       call = c;
