@@ -8,6 +8,8 @@
 //   npx tsx bench/profile.ts [--replicas 1] [--mib 512] [--windows STREAM_KIB:CONNECTION_KIB] [--relay-cpu 0] [--out FILE]
 //   npx tsx bench/profile.ts --rate SECONDS [--replicas 2] ...   (the connection-rate load instead:
 //       16 clients looping connect, 64 B exchange, close, as the suite's conns-rate section)
+//   npx tsx bench/profile.ts --latency EXCHANGES [--size 64] ...   (one connection's closed-loop
+//       exchanges instead, as the suite's latency section: where the relay's CPU per exchange goes)
 //
 // --windows sets the relay's HTTP/2 receive windows (relay.json http2; default: the relay's own);
 // --relay-cpu moves the relay to another core. Writes bench/results/profile.md (or --out) (the .cpuprofile and perf data go to bench/results/profiles/,
@@ -29,6 +31,7 @@ import { freePorts, waitFor } from "../test/support/ports.ts";
 const { values } = parseArgs({ options: {
   replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" },
   windows: { type: "string" }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" }, rate: { type: "string" },
+  latency: { type: "string" }, size: { type: "string", default: "64" },
 } });
 const N = Number(values.replicas);
 const windows = values.windows?.split(":").map((kib) => Number(kib) * 1024);
@@ -91,6 +94,12 @@ async function main(): Promise<void> {
   const envoyPid = s.envoy!.process.child.pid!;
   const relayPid = s.relay!.process.child.pid!;
   const RATE_S = values.rate === undefined ? undefined : Number(values.rate);
+  const EXCHANGES = values.latency === undefined ? undefined : Number(values.latency);
+  const SIZE = Number(values.size);
+  if (EXCHANGES !== undefined) return latencyProfile(s, plain.port, EXCHANGES, SIZE, envoyPid, relayPid, profDir, async () => {
+    await stopSetup(s); await stopSetup(plain);
+    primary.kill(); replicas.kill();
+  });
   if (RATE_S === undefined) await native.bulk(s.port, 32 * 2 ** 20, LOAD_CPU); // warm-up
   else await native.rate(s.port, 16, 1, 64, LOAD_CPU);
   const plainRun = RATE_S === undefined ? await native.bulk(plain.port, BYTES, LOAD_CPU) : undefined;
@@ -166,4 +175,34 @@ async function main(): Promise<void> {
   log(`profile: wrote ${outFile}`);
   process.exit(0);
 }
+/** The latency mode: closed-loop exchanges on one connection, the relay profiled meanwhile. */
+async function latencyProfile(s: { port: number }, plainPort: number, exchanges: number, size: number, envoyPid: number, relayPid: number,
+  profDir: string, stop: () => Promise<void>): Promise<void> {
+  await native.latency(s.port, size, 2000, 200, LOAD_CPU); // warm-up
+  const plain = await native.latency(plainPort, size, exchanges, 200, LOAD_CPU);
+  log(`profile: ${exchanges} exchanges of ${size} B through lockstep with ${N} replica(s)`);
+  const e0 = cpuSeconds(envoyPid), r0 = cpuSeconds(relayPid);
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
+  const run = await native.latency(s.port, size, exchanges, 200, LOAD_CPU);
+  const toUs = Number(process.hrtime.bigint() / 1000n);
+  const envoyCpu = cpuSeconds(envoyPid) - e0, relayCpu = cpuSeconds(relayPid) - r0;
+  await stop();
+  await new Promise((r) => setTimeout(r, 500));
+  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
+  const lines = [
+    `# Latency profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
+    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection, ${exchanges} closed-loop exchanges of ${size} B through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}.`, "",
+    `- p50 ${run.p50.toFixed(1)} µs, p99 ${run.p99.toFixed(1)} µs (plain tcp_proxy in the same run: p50 ${plain.p50.toFixed(1)}, p99 ${plain.p99.toFixed(1)} µs)`,
+    `- per exchange: Envoy ${(envoyCpu / run.count * 1e6).toFixed(1)} µs CPU, relay ${(relayCpu / run.count * 1e6).toFixed(1)} µs CPU (10 ms ticks over ${run.wall_s.toFixed(1)} s)`, "",
+  ];
+  if (profiles.length) {
+    lines.push("## Relay: self time by function during the exchanges (node --cpu-prof; share of busy samples, idle left out)", "", "| function | self % |", "| --- | ---: |",
+      ...topFunctions(join(profDir, profiles[0]), 30, fromUs, toUs).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
+  }
+  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", "profile-latency.md");
+  writeFileSync(outFile, lines.join("\n"));
+  log(`profile: wrote ${outFile}`);
+  process.exit(0);
+}
+
 main().catch((e) => { console.error(e); process.exit(1); });

@@ -55,6 +55,12 @@ export interface RelayConfig {
   readonly ackIntervalMs: number;
   /** An ACK goes out at once when `received` grew by this much since the last one. */
   readonly ackEveryBytes: number;
+  /** Mirror mode: small client writes wait up to this long (ms) to go to each replica together,
+   *  in one gathered write (64 KiB gathered go at once; a connection's end flushes). Fewer write
+   *  calls and fewer wake-ups of the replica, for a replica up to this much later; 0: every
+   *  frame is written at once. Never applies to session mode's members (the client waits for
+   *  the leader). */
+  readonly replicaWriteDelayMs: number;
   /** The control call (PUT /v1/services/<service>/replicas on the metrics port) needs
    *  `Authorization: Bearer <controlToken>`; without a controlToken the relay refuses every
    *  control call (relay/control-auth.ts). At least 16 characters. The metrics port binds
@@ -69,6 +75,7 @@ export const RELAY_DEFAULTS = Object.freeze({
   http2: Object.freeze({ streamWindowBytes: 4 << 20, connectionWindowBytes: 64 << 20 }),
   ackIntervalMs: 10,
   ackEveryBytes: 64 << 10,
+  replicaWriteDelayMs: 1,
 });
 
 export class RelayConfigError extends Error {}
@@ -121,7 +128,7 @@ function parseServices(raw: unknown): Readonly<Record<string, readonly ReplicaTa
 export function parseRelayConfig(raw: unknown): RelayConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("(top level)", "must be a JSON object");
   const r = raw as Record<string, any>;
-  const known = ["listen", "metrics", "services", "limits", "http2", "ackIntervalMs", "ackEveryBytes", "controlToken"];
+  const known = ["listen", "metrics", "services", "limits", "http2", "ackIntervalMs", "ackEveryBytes", "replicaWriteDelayMs", "controlToken"];
   if ("replicas" in r) fail("replicas", 'is gone: give each service its own set, {"services": {"<service>": [{name, address}, ...]}}');
   for (const k of Object.keys(r)) if (!known.includes(k)) fail(k, `is not a known field (known: ${known.join(", ")})`);
   const listen = r.listen ?? {};
@@ -152,6 +159,7 @@ export function parseRelayConfig(raw: unknown): RelayConfig {
     }),
     ackIntervalMs: int(r.ackIntervalMs, "ackIntervalMs", d.ackIntervalMs, 1),
     ackEveryBytes: int(r.ackEveryBytes, "ackEveryBytes", d.ackEveryBytes, 1),
+    replicaWriteDelayMs: int(r.replicaWriteDelayMs, "replicaWriteDelayMs", d.replicaWriteDelayMs, 0, 100),
     ...(r.controlToken === undefined ? {} : { controlToken: typeof r.controlToken === "string" && r.controlToken.length >= MIN_CONTROL_TOKEN_LENGTH ? r.controlToken : fail("controlToken", `must be a string of at least ${MIN_CONTROL_TOKEN_LENGTH} characters`) }),
   });
 }

@@ -197,7 +197,7 @@ export class MirrorSession implements OpenConnection {
         if (sameEndpoint(target.address, open.primary)) continue; // the connection's primary is never its own mirror
         const link: ReplicaLink = new ReplicaLink(open.service, target, this.ctx.config.limits, this.ctx.budget, this.ctx.metrics,
           { changed: () => this.onLinkChange(link), progress: () => { this.releaseIfCaughtUp(); this.scheduleAck(false); } },
-          check && { bytes: (reply) => check.replicaBytes(link, reply) });
+          check && { bytes: (reply) => check.replicaBytes(link, reply) }, this.ctx.config.replicaWriteDelayMs);
         check?.addReplica(link);
         this.links.push(link);
       }

@@ -34,6 +34,9 @@ export interface LinkEvents {
   replyEnd?(): void;
 }
 
+/** Gathered bytes of at least this much go to the replica at once (writeDelayMs). */
+const GATHER_BYTES = 64 << 10;
+
 /** Private libuv handle field: bytes of the current write not yet taken by the kernel. */
 type WithHandle = Socket & { _handle?: { writeQueueSize?: number } | null };
 
@@ -56,6 +59,10 @@ export class ReplicaLink {
   private sampledAcked = 0;
   private sampledUnwritten = 0;
   private sampledUnacknowledged = Infinity;
+  /** Bytes accepted and not yet handed to the socket (writeDelayMs), in order. */
+  private gathered: Buffer[] = [];
+  private gatheredBytes = 0;
+  private gatherTimer?: NodeJS.Timeout;
   private readonly socket: Socket;
   private readonly labels: { service: string; replica: string };
 
@@ -67,6 +74,8 @@ export class ReplicaLink {
     private readonly metrics: RelayMetrics,
     private readonly events: LinkEvents,
     private readonly replies?: ReplyObserver,
+    /** How long small writes wait to be gathered into one (relay config replicaWriteDelayMs); 0: at once. */
+    private readonly writeDelayMs = 0,
   ) {
     this.labels = { service, replica: target.name };
     metrics.replicaConnections.add(1, this.labels);
@@ -120,8 +129,27 @@ export class ReplicaLink {
     this.queued += length;
     this.metrics.replicaQueued.add(length, this.labels);
     this.metrics.replicaLag.add(length, this.labels);
-    // Node's socket keeps the bytes in order until connected and written; the callback of the
-    // last piece fires once all of them are flushed to the kernel (or the socket failed).
+    if (this.writeDelayMs === 0) { this.write(Buffer.isBuffer(bytes) ? [bytes] : bytes, length); return; }
+    if (Buffer.isBuffer(bytes)) this.gathered.push(bytes); else for (const b of bytes) this.gathered.push(b);
+    this.gatheredBytes += length;
+    if (this.gatheredBytes >= GATHER_BYTES) this.flush();
+    else this.gatherTimer ??= setTimeout(() => this.flush(), this.writeDelayMs);
+  }
+
+  /** Hand what was gathered to the socket now. */
+  private flush(): void {
+    if (this.gatherTimer) { clearTimeout(this.gatherTimer); this.gatherTimer = undefined; }
+    if (this.gatheredBytes === 0 || this.terminal) return;
+    const parts = this.gathered, length = this.gatheredBytes;
+    this.gathered = [];
+    this.gatheredBytes = 0;
+    this.write(parts, length);
+  }
+
+  /** Write `parts` (`length` bytes) in one gathered write. Node's socket keeps the bytes in order
+   *  until connected and written; the callback of the last piece fires once all of them are
+   *  flushed to the kernel (or the socket failed). */
+  private write(parts: readonly Buffer[], length: number): void {
     const written = (err?: Error | null) => {
       if (err || this.terminal) return;
       this.acked += length;
@@ -132,11 +160,10 @@ export class ReplicaLink {
       this.events.progress();
       if (this.maybeEnd()) this.events.changed();
     };
-    if (Buffer.isBuffer(bytes)) { this.socket.write(bytes, written); return; }
-    if (bytes.length === 1) { this.socket.write(bytes[0], written); return; }
+    if (parts.length === 1) { this.socket.write(parts[0], written); return; }
     this.socket.cork();
-    for (let i = 0; i < bytes.length - 1; i++) this.socket.write(bytes[i]);
-    this.socket.write(bytes[bytes.length - 1], written);
+    for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]);
+    this.socket.write(parts[parts.length - 1], written);
     this.socket.uncork();
   }
 
@@ -144,6 +171,7 @@ export class ReplicaLink {
   end(): void {
     if (this.ending) return;
     this.ending = true;
+    this.flush();
     this.maybeEnd();
   }
 
@@ -214,6 +242,9 @@ export class ReplicaLink {
   }
 
   private release(): void {
+    if (this.gatherTimer) { clearTimeout(this.gatherTimer); this.gatherTimer = undefined; }
+    this.gathered = [];
+    this.gatheredBytes = 0;
     this.budget.give(this.lag);
     this.metrics.replicaLag.add(-this.lag, this.labels);
     this.socket.destroy();

@@ -8,6 +8,8 @@ export interface ConnectionRecord {
   /** First bytes received: tests put a connection id there. */
   head: Buffer;
   received: number;
+  /** Reads that returned bytes (the chunks the server saw). */
+  reads: number;
   sent: number;
   receivedHash: Hash;
   sentHash: Hash;
@@ -47,7 +49,7 @@ export class RecordingBackend {
     const headBytes = this.options.headBytes ?? 16;
     this.server = createServer({ allowHalfOpen: true }, (socket) => {
       const conn: ConnectionRecord = {
-        head: Buffer.alloc(0), received: 0, sent: 0,
+        head: Buffer.alloc(0), received: 0, reads: 0, sent: 0,
         receivedHash: createHash("sha256"), sentHash: createHash("sha256"), ended: false, closed: false,
       };
       this.connections.push(conn);
@@ -61,6 +63,7 @@ export class RecordingBackend {
       socket.on("data", (chunk: Buffer) => {
         if (conn.head.length < headBytes) conn.head = Buffer.concat([conn.head, chunk.subarray(0, headBytes - conn.head.length)]);
         conn.received += chunk.length;
+        conn.reads++;
         conn.receivedHash.update(chunk);
         const answer = this.options.reply ? this.options.reply(chunk, conn) : Buffer.from(`${this.name}:${chunk.length}\n`);
         if (answer) send(answer);

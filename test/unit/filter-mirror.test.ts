@@ -705,6 +705,24 @@ describe.each(BUILDS)("filter (%s)", (build) => {
     expect(stat(host, "streams_active")).toBe(0);
     expect(host.violations).toEqual([]);
   });
+
+  it("holds an open, mirrored connection in under 1 KiB of its memory (docs/BENCHMARKS.md: Envoy's per-connection cost is elsewhere)", () => {
+    const { host } = load(build, { ...CONFIG, compare_replies: true });
+    const open = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const conn = host.newConnection({ source: "127.0.0.1:50000", upstream: "127.0.0.1:7001" });
+        conn.downstreamData("0123456789abcdef");
+        host.grpcReceive(host.streamFor(conn)!.token, encodeAck(16, ["r1", "r2"].map((name) => ({ name, queued: 16, acked: 16, state: "LIVE" as const, reason: "NONE" as const }))));
+        conn.upstreamData("0123456789abcdef");
+      }
+    };
+    open(200);
+    const before = host.memoryBytes();
+    open(4000);
+    expect(stat(host, "streams_active")).toBe(4200);
+    expect((host.memoryBytes() - before) / 4000).toBeLessThan(1024);
+    expect(host.violations).toEqual([]);
+  });
 });
 
 describe("host emulator", () => {

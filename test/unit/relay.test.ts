@@ -264,6 +264,40 @@ describe("mirror relay", () => {
     expect(relay.metrics.replicaMissed.get({ service: "t", replica: "ra" })).toBe(1);
   });
 
+  it("gathers a connection's small frames into few writes per replica (replicaWriteDelayMs), every byte in order, and flushes at the end", async () => {
+    const gathering = await startRelay(parseRelayConfig({
+      listen: { port: 0 }, metrics: { port: 0 }, replicaWriteDelayMs: 100,
+      services: { t: replicas.map((r) => ({ name: r.name, address: r.address })) },
+    }));
+    const gClient = new MirrorClient(`127.0.0.1:${gathering.grpcPort}`, credentials.createInsecure());
+    try {
+      const call = (gClient as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
+      const acks: AckFrame[] = [];
+      call.on("data", (b: Buffer) => { const f = decodeRelayFrame(b); if (f.type === "ACK") acks.push(f); });
+      const done = new Promise<number>((resolve) => { call.on("status", (st) => resolve(st.code)); call.on("error", () => {}); });
+      call.write(encodeOpen({ version: 1, connectionId: 1n, flags: 0, service: "t", primary: "127.0.0.1:1", client: "127.0.0.1:5" }));
+      const chunks = Array.from({ length: 40 }, (_, i) => Buffer.from(`command ${i}\r\n`));
+      let offset = 0;
+      for (const c of chunks.slice(0, 20)) { call.write(encodeData(offset, c)); offset += c.length; }
+      await waitFor("the first 20 frames on both replicas", () => replicas.every((r) => r.connections[0]?.received === offset));
+      // 20 frames sent back to back reached each replica in a few writes, not one write each.
+      for (const r of replicas) expect(r.connections[0].reads).toBeLessThanOrEqual(3);
+      for (const c of chunks.slice(20)) { call.write(encodeData(offset, c)); offset += c.length; }
+      call.write(encodeEnd(offset));
+      call.end();
+      expect(await done).toBe(status.OK);
+      const want = createHash("sha256").update(Buffer.concat(chunks)).digest("hex");
+      for (const r of replicas) {
+        expect(r.connections[0].receivedHash.copy().digest("hex")).toBe(want);
+        expect(r.connections[0].ended).toBe(true);
+      }
+      expect(acks.at(-1)!.replicas.map((x) => [x.queued, x.acked, x.state])).toEqual([[offset, offset, "CLOSED"], [offset, offset, "CLOSED"]]);
+    } finally {
+      gClient.close();
+      await gathering.close();
+    }
+  });
+
   it.each([
     [{ listen: { port: 70000 } }, '"listen.port"'],
     [{ limits: { maxLagBytesPerConnection: 1000 } }, '"limits.maxLagBytesPerConnection" must be a whole number from 1048576'],
@@ -271,6 +305,7 @@ describe("mirror relay", () => {
     [{ services: { t: [{ name: "a", address: "nope" }] } }, '"services.t[0].address" must be "ip:port"'],
     [{ replicas: [{ name: "a", address: "127.0.0.1:1" }] }, '"replicas" is gone: give each service its own set'],
     [{ extra: true }, '"extra" is not a known field'],
+    [{ replicaWriteDelayMs: 101 }, '"replicaWriteDelayMs" must be a whole number from 0 to 100'],
   ])("refuses the configuration %j", (raw, message) => {
     expect(() => parseRelayConfig(raw)).toThrow(RelayConfigError);
     expect(() => parseRelayConfig(raw)).toThrow(message);
