@@ -1,15 +1,34 @@
 // Must show 1, 2 and 5 of the mirror path, on the real Envoy binary: 1,000 client
 // connections with random writes reach the primary and both replicas byte for byte; the
-// client sees only the primary's bytes; nothing is left open afterwards.
-import { describe, it, expect, beforeAll } from "vitest";
+// client sees only the primary's bytes; nothing is left open afterwards. Then (issue 10) the
+// same 1,000 connections while bulk uploads and a connection-rate load run through the same
+// Envoy and relay: every connection of all three, byte for byte, on both replicas.
+import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import { randomBytes } from "node:crypto";
 import { RecordingBackend, startBackends } from "../support/backends.ts";
 import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { freePort, waitFor } from "../support/ports.ts";
 import { expectExactWithPrimary, expectMirrored } from "../support/exchanges.ts";
-import { randomPlan, runClient, pool, type ClientResult } from "../support/clients.ts";
+import { randomPlan, runClient, pool, type ClientPlan, type ClientResult } from "../support/clients.ts";
 
 const CONNECTIONS = 1000;
+
+/** The 1,000 connections: random writes, 24 at a time; each ends once the primary has all of it
+ *  (or half-closes first, as its plan says). */
+function exactConnections(port: number, primary: RecordingBackend): Promise<ClientResult[]> {
+  const started = Date.now();
+  let done = 0;
+  return pool(CONNECTIONS, 24, async () => {
+    const plan = randomPlan();
+    const total = plan.writes.reduce((n, w) => n + w.length, 0);
+    const idHex = plan.id.toString("hex");
+    const seen = () => primary.connections.some((c) => c.head.toString("hex") === idHex && c.received === total);
+    const result = await runClient(port, plan, seen);
+    if (++done % 250 === 0) console.log(`  ${done}/${CONNECTIONS} connections (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    return result;
+  });
+}
 
 describe("mirror path on real Envoy", () => {
   let primary: RecordingBackend;
@@ -24,17 +43,7 @@ describe("mirror path on real Envoy", () => {
     relay = await startRelay({ replicas: replicaSpecs });
     envoy = await startEnvoy({ primary: primary.address, replicas: replicaSpecs, relayPort: relay.port });
 
-    const started = Date.now();
-    let done = 0;
-    results = await pool(CONNECTIONS, 24, async () => {
-      const plan = randomPlan();
-      const total = plan.writes.reduce((n, w) => n + w.length, 0);
-      const idHex = plan.id.toString("hex");
-      const seen = () => primary.connections.some((c) => c.head.toString("hex") === idHex && c.received === total);
-      const result = await runClient(envoy.listenerPort, plan, seen);
-      if (++done % 250 === 0) console.log(`  ${done}/${CONNECTIONS} connections (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-      return result;
-    });
+    results = await exactConnections(envoy.listenerPort, primary);
     // Replica connections finish after the client's: the relay flushes, then closes.
     await waitFor("every replica connection to finish", () =>
       replicas.every((r) => r.connections.length >= CONNECTIONS && r.connections.every((c) => c.closed)), 60_000);
@@ -93,5 +102,82 @@ describe("mirror path on real Envoy", () => {
     expect(await relay.metric("lockstep_relay_replica_connections_active")).toBe(0);
     expect(await relay.metric("lockstep_relay_queued_bytes")).toBe(0);
     for (const r of replicas) expect(r.connections.every((c) => c.closed)).toBe(true);
+  });
+});
+
+describe("mirror path on real Envoy, under bulk and connection-rate loads (issue 10)", () => {
+  const BULK_MIB = 32;
+  const RATE_CLIENTS = 16;
+  let primary: RecordingBackend;
+  let replicas: RecordingBackend[];
+  let relay: RelayHandle;
+  let envoy: EnvoyHandle;
+  let exact: ClientResult[];
+  const bulk: ClientResult[] = [];
+  const rate: ClientResult[] = [];
+
+  beforeAll(async () => {
+    [primary, ...replicas] = await startBackends(["primary", "replica-a", "replica-b"]);
+    const replicaSpecs = replicas.map((r) => ({ name: r.name, address: r.address }));
+    relay = await startRelay({ replicas: replicaSpecs });
+    envoy = await startEnvoy({ primary: primary.address, replicas: replicaSpecs, relayPort: relay.port });
+    const port = envoy.listenerPort;
+    let loading = true;
+    // Bulk: one upload after another, 32 MiB each in 1 MiB writes, until the 1,000 are done.
+    const block = randomBytes(1 << 20);
+    const bulkLoad = (async () => {
+      while (loading) {
+        const id = randomBytes(16);
+        const plan: ClientPlan = { id, writes: [Buffer.concat([id, block]), ...Array.from({ length: BULK_MIB - 1 }, () => block)], halfCloseFirst: true };
+        bulk.push(await runClient(port, plan, undefined, 120_000));
+      }
+    })();
+    // Connection rate: 16 clients each looping connect, one small write, half-close, read to the end.
+    const rateLoad = Promise.all(Array.from({ length: RATE_CLIENTS }, async () => {
+      while (loading) rate.push(await runClient(port, { ...randomPlan(48, 1), halfCloseFirst: true }));
+    }));
+    try {
+      exact = await exactConnections(port, primary);
+    } finally {
+      loading = false;
+      await Promise.all([bulkLoad, rateLoad]);
+    }
+    console.log(`  under load: ${bulk.length} uploads of ${BULK_MIB} MiB, ${rate.length} short connections`);
+    const all = CONNECTIONS + bulk.length + rate.length;
+    await waitFor("every replica connection to finish", () =>
+      replicas.every((r) => r.connections.length >= all && r.connections.every((c) => c.closed)), 120_000);
+  });
+
+  afterAll(async () => {
+    await envoy?.kill(); await relay?.kill();
+    for (const b of [primary, ...(replicas ?? [])]) await b?.kill();
+  });
+
+  it("ran the loads alongside the 1,000 connections, and every connection of all three completed", () => {
+    expect(bulk.length).toBeGreaterThan(0);
+    expect(rate.length).toBeGreaterThan(CONNECTIONS / 10);
+    expect([...exact, ...bulk, ...rate].filter((r) => r.error)).toEqual([]);
+  });
+
+  it("delivers every connection's bytes, bulk and short ones too, to each replica exactly once and in order (SHA-256)", () => {
+    const all = [...exact, ...bulk, ...rate];
+    expectExactWithPrimary(primary, all);
+    for (const replica of replicas) {
+      expect(replica.connections.length, `${replica.name}: one connection per client connection`).toBe(all.length);
+      expectMirrored(replica, all);
+    }
+  });
+
+  it("lost no mirror: nothing unmirrored, cut, detached or missed", async () => {
+    await waitFor("final ACKs to reach Envoy", async () => (await envoy.stat("wasmcustom.lockstep.itest.streams_active")) === 0, 30_000);
+    const stats = await envoy.stats();
+    for (const name of ["bytes_unmirrored", "unmirrored_connections", "streams_lost", "overflows"]) expect(stats.get(`wasmcustom.lockstep.itest.${name}`) ?? 0, name).toBe(0);
+    for (const r of replicas) {
+      expect(stats.get(`wasmcustom.lockstep.itest.replica.${r.name}.detaches`), r.name).toBe(0);
+      expect(stats.get(`wasmcustom.lockstep.itest.replica.${r.name}.missed_connections`) ?? 0, r.name).toBe(0);
+    }
+    expect(await relay.metric("lockstep_relay_replica_missed_connections_total")).toBe(0);
+    expect(await relay.metric("lockstep_relay_streams_active")).toBe(0);
+    expect(await relay.metric("lockstep_relay_queued_bytes")).toBe(0);
   });
 });
