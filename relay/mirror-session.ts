@@ -51,6 +51,8 @@ export class MirrorSession implements OpenConnection {
   private received = 0;
   private endedAt = -1;
   private lastAckReceived = -1;
+  /** Links that had left the connection (terminal) when the last ACK went out. */
+  private terminalAcked = 0;
   private ackTimer?: NodeJS.Timeout;
   /** When the filter half-closed the stream (the client connection ended). */
   private finishAt = 0;
@@ -160,7 +162,7 @@ export class MirrorSession implements OpenConnection {
         break;
       case "END":
         for (const link of this.links) link.end();
-        this.scheduleAck(true);
+        this.scheduleAck(false);
         break;
       case "REPLY_DIGEST":
         this.check?.primaryDigests(f.firstWindow, f.crcs);
@@ -233,10 +235,17 @@ export class MirrorSession implements OpenConnection {
     if (!this.ackTimer) this.ackTimer = setTimeout(() => this.sendAck(), this.ctx.config.ackIntervalMs);
   }
 
+  private terminalLinks(): number {
+    let n = 0;
+    for (const link of this.links) if (link.terminal) n++;
+    return n;
+  }
+
   private sendAck(): void {
     if (this.ackTimer) { clearTimeout(this.ackTimer); this.ackTimer = undefined; }
     if (this.state === "done" || this.call.destroyed || this.early) return;
     this.lastAckReceived = this.received;
+    this.terminalAcked = this.terminalLinks();
     this.call.write(encodeAck(this.received, this.links.map((link) => link.progress())));
   }
 
@@ -306,7 +315,10 @@ export class MirrorSession implements OpenConnection {
     }
     if ((this.state as string) === "done") return; // completed by a link finished above
     if (this.state === "finishing" && this.links.every((l) => l.terminal)) return this.complete();
-    this.scheduleAck(true);
+    // A replica that left an open connection is reported at once; any other change (connected,
+    // delivered, or a replica done on a finishing connection, whose final ACK is near) goes with
+    // the next timed ACK: each ACK costs Envoy a message into the filter.
+    this.scheduleAck(this.state === "open" && this.terminalLinks() !== this.terminalAcked);
     if (this.deadlineTimer) { clearTimeout(this.deadlineTimer); this.deadlineTimer = undefined; }
     if (next !== Infinity) this.deadlineTimer = setTimeout(() => this.settleLinks(), Math.max(1, next - now));
   }
