@@ -1,7 +1,7 @@
 // Renders the Envoy bootstrap for a lockstep service: a listener whose filter chain is
 // [lockstep wasm filter] -> tcp_proxy -> primary, and an HTTP/2 cluster for the mirror relay.
 // The files in envoy/ are this function's output for the demo (a test keeps them in step).
-import type { LockstepConfig } from "./lockstep-config.ts";
+import { relayProcesses, type LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
 import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, SESSION_TUNNEL, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
@@ -189,7 +189,7 @@ overload_manager:
 
 /** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
 export function renderBootstrap(c: LockstepConfig, header = "", options: BootstrapOptions = {}): string {
-  const relay = `${c.relay.address}:${c.relay.port}`;
+  const relay = relayProcesses(c.relay).map((p) => `${c.relay.address}:${p.port}`);
   options = { ...options, controller: options.controller ?? (c.controller && `127.0.0.1:${c.controller.xdsPort}`) };
   const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
   const primaryCluster = options.controller
@@ -214,8 +214,9 @@ function controllerSource(indent: string): string {
     `  refresh_delay: ${a.refresh_delay}`, `  request_timeout: ${a.request_timeout}`].map((l) => indent + l).join("\n");
 }
 
-/** The mirror relay's cluster (gRPC, HTTP/2 without TLS). */
-function relayCluster(relay: string): string {
+/** The mirror relay's cluster (gRPC, HTTP/2 without TLS): every relay process beside this Envoy,
+ *  each client connection's stream (or session tunnel) to one of them, round robin. */
+function relayCluster(relay: string | readonly string[]): string {
   return staticCluster(RELAY_CLUSTER, relay, `    connect_timeout: 0.25s
     # The relay speaks gRPC: HTTP/2 without TLS.
     typed_extension_protocol_options:
@@ -238,8 +239,8 @@ function admin(port: number): string {
 export interface DynamicBootstrapOptions extends BootstrapOptions {
   /** "host:port" of the controller's xDS, or of each controller sharing one etcd store. */
   readonly controller: string | readonly string[];
-  /** "host:port" of this Envoy's mirror relay. */
-  readonly relay: string;
+  /** "host:port" of this Envoy's mirror relay (each of its processes). */
+  readonly relay: string | readonly string[];
   readonly adminPort: number;
   /** Names this Envoy to the controller (its node id). */
   readonly nodeId?: string;

@@ -69,6 +69,10 @@ export interface LockstepConfig {
     readonly address: string;
     readonly port: number;
     readonly metricsPort: number;
+    /** Relay processes beside this Envoy (default 1): one Node process uses one core, so give it
+     *  one per core it may use. Process i listens on port + 2i and metricsPort + 2i; Envoy
+     *  spreads client connections over them (round robin), the controller feeds them all. */
+    readonly processes: number;
     /** The relay's controlToken (relay/control-auth.ts): the relay takes replica-set changes only
      *  from a caller holding it, and the controller sends it. Without one the relay refuses them. */
     readonly controlToken?: string;
@@ -212,15 +216,30 @@ function parseController(raw: unknown, service: string, envoyAdminPort: number):
 function parseRelay(raw: unknown): LockstepConfig["relay"] {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) fail("relay", "must be an object");
   const r = raw as Record<string, unknown>;
-  const known = ["address", "port", "metricsPort", "controlToken"];
+  const known = ["address", "port", "metricsPort", "processes", "controlToken"];
   for (const k of Object.keys(r)) if (!known.includes(k)) fail(`relay.${k}`, `is not a known field (known: ${known.join(", ")})`);
   if (r.controlToken !== undefined && (typeof r.controlToken !== "string" || r.controlToken.length < MIN_CONTROL_TOKEN_LENGTH)) {
     fail("relay.controlToken", `must be a string of at least ${MIN_CONTROL_TOKEN_LENGTH} characters`);
   }
-  return Object.freeze({
+  const processes = r.processes ?? 1;
+  if (!Number.isInteger(processes) || (processes as number) < 1 || (processes as number) > MAX_RELAY_PROCESSES) fail("relay.processes", `must be a whole number from 1 to ${MAX_RELAY_PROCESSES}`);
+  const relay = Object.freeze({
     address: ip(r.address, "relay.address", "127.0.0.1"), port: port(r.port, "relay.port", 10100), metricsPort: port(r.metricsPort, "relay.metricsPort", 10101),
+    processes: processes as number,
     ...(r.controlToken === undefined ? {} : { controlToken: r.controlToken as string }),
   });
+  const ports = relayProcesses(relay).flatMap((p) => [p.port, p.metricsPort]).filter((p) => p !== 0); // 0: any free port
+  if (ports.some((p) => p > 65535)) fail("relay.processes", `${relay.processes} processes from ports ${relay.port} and ${relay.metricsPort} (each process i: port + 2i, metricsPort + 2i) pass port 65535`);
+  if (new Set(ports).size !== ports.length) fail("relay.processes", `the ports of ${relay.processes} processes collide (process i listens on port + 2i and metricsPort + 2i: give metricsPort an odd distance from port, e.g. port + 1)`);
+  return relay;
+}
+
+const MAX_RELAY_PROCESSES = 64;
+
+/** Each relay process's gRPC port and metrics (and control) port: process i on port + 2i and
+ *  metricsPort + 2i. */
+export function relayProcesses(relay: { readonly port: number; readonly metricsPort: number; readonly processes: number }): { port: number; metricsPort: number }[] {
+  return Array.from({ length: relay.processes }, (_, i) => ({ port: relay.port + 2 * i, metricsPort: relay.metricsPort + 2 * i }));
 }
 
 /** Validate a parsed JSON object; throws ConfigError naming the first bad field. */

@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { loadLockstepConfig, ConfigError, type LockstepConfig } from "../config/lockstep-config.ts";
+import { loadLockstepConfig, ConfigError, relayProcesses, type LockstepConfig } from "../config/lockstep-config.ts";
 import { MIN_CONTROL_TOKEN_LENGTH } from "../relay/config.ts";
 import { startController } from "./server.ts";
 import { StoreError } from "./store/file-store.ts";
@@ -74,6 +74,7 @@ function portFlag(name: "api-port" | "xds-port", fallback: number): number {
 try {
   if (!values.config) throw new ConfigError("usage: controller/main.ts --config service.json (a lockstep config with a \"controller\" section)");
   const c = loadLockstepConfig(values.config);
+  const relayUrl = (metricsPort: number) => `http://${c.relay.address.includes(":") ? `[${c.relay.address}]` : c.relay.address}:${metricsPort}`;
   const spec = c.controller ?? { address: "127.0.0.1", apiPort: 9100, xdsPort: 9102, store: `.cache/controller/${c.service}.json`, envoyAdmins: [`127.0.0.1:${c.envoy.adminPort}`], relays: [] };
   const storePath = resolve(values.store ?? spec.store);
   const relayControlToken = relayToken(c);
@@ -88,8 +89,10 @@ try {
     storePath,
     ...(spec.etcd ? { etcd: spec.etcd } : {}),
     ...(spec.advertise ? { advertise: spec.advertise } : {}),
-    relay: { url: values.relay ?? `http://${c.relay.address.includes(":") ? `[${c.relay.address}]` : c.relay.address}:${c.relay.metricsPort}`, token: relayControlToken },
-    relays: spec.relays.map((a) => `http://${a}`),
+    relay: { url: values.relay ?? relayUrl(c.relay.metricsPort), token: relayControlToken },
+    // Every relay of the service: the config's list, else each of this Envoy's relay processes.
+    relays: spec.relays.length ? spec.relays.map((a) => `http://${a}`)
+      : c.relay.processes > 1 && !values.relay ? relayProcesses(c.relay).map((p) => relayUrl(p.metricsPort)) : [],
     envoyAdmins: spec.envoyAdmins,
     log,
   });

@@ -19,7 +19,7 @@ import { randomBytes } from "node:crypto";
 import { createInterface } from "node:readline";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { loadLockstepConfig, type LockstepConfig } from "../config/lockstep-config.ts";
+import { loadLockstepConfig, relayProcesses, type LockstepConfig } from "../config/lockstep-config.ts";
 import { renderBootstrap } from "../config/envoy-bootstrap.ts";
 import { findEnvoy, PROJECT_ROOT } from "./envoy-binary.ts";
 import { spawnTied } from "./child-processes.ts";
@@ -258,23 +258,29 @@ async function main(): Promise<void> {
   const dir = join(PROJECT_ROOT, ".cache", "run", c.service);
   mkdirSync(dir, { recursive: true });
   const relayToken = relayControlToken(c);
-  const relayConfig = join(dir, "relay.json");
-  rmSync(relayConfig, { force: true }); // written anew, readable by its owner only: it holds the token
-  writeFileSync(relayConfig, JSON.stringify({
-    listen: { host: c.relay.address, port: c.relay.port },
-    metrics: { host: c.relay.address, port: c.relay.metricsPort },
-    // With a controller, it sets each service's replica set (and keeps it right); the relay
-    // waits for it rather than start from a set that may be out of date.
-    services: c.controller ? {} : { [c.service]: c.replicas },
-    limits: { maxLagBytesPerConnection: c.limits.maxLagBytesPerConnection, maxQueuedBytesTotal: c.limits.maxQueuedBytesTotal },
-    controlToken: relayToken,
-  }, null, 2), { mode: 0o600 });
-  await supervise({
-    name: "relay", command: process.execPath, args: ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig],
-    ready: httpOk(`http://127.0.0.1:${c.relay.metricsPort}/healthz`),
-    whileDown: "Envoy keeps serving: connections go to the primary unmirrored (counted in bytes_unmirrored) and the replicas miss those bytes",
-  });
-  log(`relay on ${c.relay.address}:${c.relay.port}, metrics http://127.0.0.1:${c.relay.metricsPort}/metrics`);
+  // One relay process per core it may use (relay.processes): process i on port + 2i, metrics + 2i.
+  for (const [i, p] of relayProcesses(c.relay).entries()) {
+    const name = i === 0 ? "relay" : `relay-${i + 1}`;
+    const relayConfig = join(dir, `${name}.json`);
+    rmSync(relayConfig, { force: true }); // written anew, readable by its owner only: it holds the token
+    writeFileSync(relayConfig, JSON.stringify({
+      listen: { host: c.relay.address, port: p.port },
+      metrics: { host: c.relay.address, port: p.metricsPort },
+      // With a controller, it sets each service's replica set (and keeps it right); the relay
+      // waits for it rather than start from a set that may be out of date.
+      services: c.controller ? {} : { [c.service]: c.replicas },
+      limits: { maxLagBytesPerConnection: c.limits.maxLagBytesPerConnection, maxQueuedBytesTotal: c.limits.maxQueuedBytesTotal },
+      controlToken: relayToken,
+    }, null, 2), { mode: 0o600 });
+    await supervise({
+      name, command: process.execPath, args: ["--import", "tsx", join(PROJECT_ROOT, "relay", "main.ts"), "--config", relayConfig],
+      ready: httpOk(`http://127.0.0.1:${p.metricsPort}/healthz`),
+      whileDown: c.relay.processes === 1
+        ? "Envoy keeps serving: connections go to the primary unmirrored (counted in bytes_unmirrored) and the replicas miss those bytes"
+        : "Envoy keeps serving: connections it sends to this relay go to the primary unmirrored (counted in bytes_unmirrored) and the replicas miss those bytes",
+    });
+    log(`${name} on ${c.relay.address}:${p.port}, metrics http://127.0.0.1:${p.metricsPort}/metrics`);
+  }
 
   if (c.controller) {
     const store = prepareStore(c);

@@ -32,6 +32,8 @@ export interface StartEnvoyOptions {
   primary: string;
   replicas?: { name: string; address: string }[];
   relayPort: number;
+  /** Relay processes (lockstep config relay.processes): on relayPort, relayPort + 2, ... */
+  relayProcesses?: number;
   service?: string;
   limits?: Record<string, number>;
   /** false: the same listener without the lockstep filter (plain tcp_proxy). */
@@ -60,7 +62,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     listener: { port: listenerPort },
     primary: options.primary,
     replicas: options.replicas ?? [],
-    relay: { port: options.relayPort, metricsPort: 0 },
+    relay: { port: options.relayPort, metricsPort: options.relayProcesses ? options.relayPort + 1 : 0, processes: options.relayProcesses ?? 1 },
     envoy: { adminPort, wasmPath: join(PROJECT_ROOT, "build", "lockstep.wasm") },
     limits: options.limits,
     compareReplies: options.compareReplies ?? false,

@@ -1,6 +1,6 @@
 // The service description users write: defaults, and a precise error for each kind of mistake.
 import { describe, it, expect } from "vitest";
-import { parseLockstepConfig, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
+import { parseLockstepConfig, relayProcesses, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
 import { downstreamConnectionLimit, renderBootstrap } from "../../config/envoy-bootstrap.ts";
 
 const minimal = { primary: "127.0.0.1:7001", replicas: [{ name: "a", address: "127.0.0.1:7002" }] };
@@ -10,7 +10,7 @@ describe("lockstep config", () => {
     const c = parseLockstepConfig(minimal);
     expect(c.service).toBe("default");
     expect(c.listener).toEqual({ address: "127.0.0.1", port: 10000 });
-    expect(c.relay).toEqual({ address: "127.0.0.1", port: 10100, metricsPort: 10101 });
+    expect(c.relay).toEqual({ address: "127.0.0.1", port: 10100, metricsPort: 10101, processes: 1 });
     expect(c.limits).toEqual(DEFAULT_LIMITS);
     expect(Object.isFrozen(c) && Object.isFrozen(c.replicas[0])).toBe(true);
   });
@@ -50,10 +50,22 @@ describe("lockstep config", () => {
     [{ ...minimal, controller: { tls: true } }, '"controller.tls" is not a known field'],
     [{ ...minimal, relay: { controlToken: "too-short" } }, '"relay.controlToken" must be a string of at least 16 characters'],
     [{ ...minimal, relay: { token: "x".repeat(20) } }, '"relay.token" is not a known field'],
+    [{ ...minimal, relay: { processes: 0 } }, '"relay.processes" must be a whole number from 1 to 64'],
+    [{ ...minimal, relay: { processes: 1.5 } }, '"relay.processes" must be a whole number from 1 to 64'],
+    [{ ...minimal, relay: { processes: 2, port: 10100, metricsPort: 10102 } }, '"relay.processes" the ports of 2 processes collide'],
+    [{ ...minimal, relay: { processes: 4, port: 65530, metricsPort: 65529 } }, '"relay.processes" 4 processes from ports 65530 and 65529'],
     [[], "must be a JSON object"],
   ])("rejects %j", (raw, message) => {
     expect(() => parseLockstepConfig(raw)).toThrow(ConfigError);
     expect(() => parseLockstepConfig(raw)).toThrow(message);
+  });
+
+  it("runs several relay processes on alternate ports, and gives Envoy's relay cluster every one of them", () => {
+    const c = parseLockstepConfig({ ...minimal, relay: { processes: 3 } });
+    expect(relayProcesses(c.relay)).toEqual([{ port: 10100, metricsPort: 10101 }, { port: 10102, metricsPort: 10103 }, { port: 10104, metricsPort: 10105 }]);
+    const relayCluster = renderBootstrap(c).split("- name: lockstep_relay")[1].split(/\n\S/)[0]; // to the next top-level key
+    expect([...relayCluster.matchAll(/port_value: (\d+)/g)].map((m) => Number(m[1]))).toEqual([10100, 10102, 10104]);
+    expect(relayProcesses(parseLockstepConfig(minimal).relay)).toEqual([{ port: 10100, metricsPort: 10101 }]);
   });
 
   it("takes the relay's control token, for the controller to send", () => {
