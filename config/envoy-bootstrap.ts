@@ -4,7 +4,7 @@
 import { relayProcesses, type LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
-import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, SESSION_TUNNEL, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
+import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, RELAY_OUTLIER_DETECTION, SESSION_TUNNEL, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
 
 /** A value in YAML flow style, as written by hand: `{ a: 1, b: [x] }` (strings that YAML could
  *  read as something else are quoted). */
@@ -224,7 +224,11 @@ function relayCluster(relay: string | readonly string[]): string {
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http2_protocol_options: {} }
     # One gRPC stream per client connection: lift the default limit of 1024 requests.
-${UNLIMITED_CONNECTIONS}`);
+${UNLIMITED_CONNECTIONS}    # A relay process that refuses connections (dead, restarting) is skipped for 1 s, longer
+    # while it stays down, so with several (relay.processes) new connections go to the others;
+    # a lone relay still gets them (Envoy's panic mode) and they go unmirrored, counted.
+    outlier_detection: ${flow(RELAY_OUTLIER_DETECTION)}
+`);
 }
 
 function admin(port: number): string {

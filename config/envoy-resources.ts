@@ -25,6 +25,8 @@ export const NEVER_HEALTHY_AGAIN = 1_000_000_000;
 /** The static clusters every lockstep Envoy has: the controller's xDS and the mirror relay. */
 export const CONTROLLER_CLUSTER = "lockstep_controller";
 export const RELAY_CLUSTER = "lockstep_relay";
+/** The relay cluster's: a process refusing connections is skipped (ejected) at its first failure. */
+export const RELAY_OUTLIER_DETECTION = { consecutive_local_origin_failure: 1, split_external_local_origin_errors: true, max_ejection_percent: 100, interval: "0.1s", base_ejection_time: "1s" };
 /** Session mode's tunnel: the CONNECT authority names the service to the relay. */
 export const SESSION_TUNNEL = (service: string) => ({ hostname: `${service}:1` });
 
