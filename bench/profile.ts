@@ -10,6 +10,8 @@
 //       16 clients looping connect, 64 B exchange, close, as the suite's conns-rate section)
 //   npx tsx bench/profile.ts --latency EXCHANGES [--size 64] ...   (one connection's closed-loop
 //       exchanges instead, as the suite's latency section: where the relay's CPU per exchange goes)
+//   npx tsx bench/profile.ts --hold CONNECTIONS [--replicas 2] ...   (the many-connections section:
+//       open and hold that many, each after a 16 B exchange, until the relay holds them all)
 //
 // --windows sets the relay's HTTP/2 receive windows (relay.json http2; default: the relay's own);
 // --relay-cpu moves the relay to another core. Writes bench/results/profile.md (or --out) (the .cpuprofile and perf data go to bench/results/profiles/,
@@ -31,7 +33,7 @@ import { freePorts, waitFor } from "../test/support/ports.ts";
 const { values } = parseArgs({ options: {
   replicas: { type: "string", default: "1" }, mib: { type: "string", default: "512" },
   windows: { type: "string" }, "relay-cpu": { type: "string", default: LOAD_CPU }, out: { type: "string" }, rate: { type: "string" },
-  latency: { type: "string" }, size: { type: "string", default: "64" },
+  latency: { type: "string" }, size: { type: "string", default: "64" }, hold: { type: "string" },
 } });
 const N = Number(values.replicas);
 const windows = values.windows?.split(":").map((kib) => Number(kib) * 1024);
@@ -96,6 +98,10 @@ async function main(): Promise<void> {
   const RATE_S = values.rate === undefined ? undefined : Number(values.rate);
   const EXCHANGES = values.latency === undefined ? undefined : Number(values.latency);
   const SIZE = Number(values.size);
+  if (values.hold !== undefined) return holdProfile(s, Number(values.hold), relayPid, profDir, envoy, async () => {
+    await stopSetup(s); await stopSetup(plain);
+    primary.kill(); replicas.kill();
+  });
   if (EXCHANGES !== undefined) return latencyProfile(s, plain.port, EXCHANGES, SIZE, envoyPid, relayPid, profDir, async () => {
     await stopSetup(s); await stopSetup(plain);
     primary.kill(); replicas.kill();
@@ -175,6 +181,49 @@ async function main(): Promise<void> {
   log(`profile: wrote ${outFile}`);
   process.exit(0);
 }
+/** The hold mode: open `n` connections, each after one exchange, and wait until the relay holds
+ *  every stream and replica connection, the relay profiled meanwhile. */
+async function holdProfile(s: { port: number; relay?: RelayHandle }, n: number, relayPid: number, profDir: string,
+  envoy: { stats(): Promise<Map<string, number>> }, stop: () => Promise<void>): Promise<void> {
+  log(`profile: holding ${n} connections through lockstep with ${N} replica(s)`);
+  const r0 = cpuSeconds(relayPid);
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
+  const t0 = Date.now();
+  const held = await native.holdConnections(s.port, n, LOAD_CPU);
+  const openS = (Date.now() - t0) / 1000;
+  let heldAll = 0;
+  await waitFor("the relay to hold every stream and replica connection", async () => {
+    const st = await relayStats(s.relay!);
+    return sumFamily(st, "lockstep_relay_streams_active") >= n && sumFamily(st, "lockstep_relay_replica_connections_active") >= n * N;
+  }, 60_000, 200).then(() => { heldAll = (Date.now() - t0) / 1000; }).catch((e) => log(`profile: ${(e as Error).message}`));
+  const last = await relayStats(s.relay!);
+  const gauges = ["lockstep_relay_streams_active", "lockstep_relay_streams_total", "lockstep_relay_replica_connections_active", "lockstep_relay_replica_connections_total", "lockstep_relay_replica_detaches_total", "lockstep_relay_connections_unmirrored_total"]
+    .map((name) => `${name} ${sumFamily(last, name)}`);
+  log(`profile: relay at the end of the wait: ${gauges.join(", ")}`);
+  const envoyStats = [...(await envoy.stats())].filter(([k, v]) => v !== 0 && /^(cluster\.lockstep_relay\.|wasmcustom\.)/.test(k) && !/bucket|_ms|histogram/.test(k));
+  log(`profile: Envoy at the end of the wait: ${envoyStats.map(([k, v]) => `${k}=${v}`).join(" ")}`);
+  const toUs = Number(process.hrtime.bigint() / 1000n);
+  const relayCpu = cpuSeconds(relayPid) - r0;
+  await held.release();
+  await stop();
+  await new Promise((r) => setTimeout(r, 500));
+  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
+  const lines = [
+    `# Many-connections profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
+    `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: ${n} connections opened and held through Envoy + lockstep with ${N} replica(s), each after a 16 B exchange.`, "",
+    `- the client had every answer after ${openS.toFixed(2)} s; the relay held every stream and replica connection after ${heldAll ? `${heldAll.toFixed(2)} s` : "(not within 60 s)"}; relay CPU meanwhile ${relayCpu.toFixed(2)} s`,
+    `- the relay at the end of the wait: ${gauges.join(", ")}`, "",
+  ];
+  if (profiles.length) {
+    lines.push("## Relay: self time by function (node --cpu-prof; share of busy samples, idle left out)", "", "| function | self % |", "| --- | ---: |",
+      ...topFunctions(join(profDir, profiles[0]), 30, fromUs, toUs).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
+  }
+  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", "profile-hold.md");
+  writeFileSync(outFile, lines.join("\n"));
+  log(`profile: wrote ${outFile}`);
+  process.exit(0);
+}
+
 /** The latency mode: closed-loop exchanges on one connection, the relay profiled meanwhile. */
 async function latencyProfile(s: { port: number }, plainPort: number, exchanges: number, size: number, envoyPid: number, relayPid: number,
   profDir: string, stop: () => Promise<void>): Promise<void> {

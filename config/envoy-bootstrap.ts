@@ -217,7 +217,10 @@ function controllerSource(indent: string): string {
 /** The mirror relay's cluster (gRPC, HTTP/2 without TLS): every relay process beside this Envoy,
  *  each client connection's stream (or session tunnel) to one of them, round robin. */
 function relayCluster(relay: string | readonly string[]): string {
-  return staticCluster(RELAY_CLUSTER, relay, `    connect_timeout: 0.25s
+  return staticCluster(RELAY_CLUSTER, relay, `    # Generous: a relay that is down refuses at once; a worker busy with a burst of thousands of
+    # new connections may see its own connect complete late (at 0.25 s, 4 of 10 connections to
+    # the relay timed out in a 9,000-connection burst, failing the 3,900-5,300 streams waiting on them).
+    connect_timeout: 2s
     # The relay speaks gRPC: HTTP/2 without TLS.
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
