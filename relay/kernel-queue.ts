@@ -28,18 +28,21 @@ function readQueues(): Map<string, number> {
 const hexPort = (port: number | undefined) => (port ?? 0).toString(16).toUpperCase().padStart(4, "0");
 
 /** One reading serves every caller within this long (many connections finish at once), or
- *  within ten times as long as the last reading took: with tens of thousands of sockets on the
- *  host one reading takes tens of milliseconds, and re-reading it every 10 ms kept the relay at
- *  100% of its core (9,000 connections closing at once). */
+ *  within ten times as long as the last reading took, but never longer than the caller's
+ *  `maxAgeMs`: with tens of thousands of sockets on the host one reading takes tens of
+ *  milliseconds, and re-reading it every 10 ms kept the relay at 100% of its core (9,000
+ *  connections closing at once); a reading older than the caller's sampling interval would hide
+ *  a slow replica's progress (two samples seeing one reading) and get it detached as stalled. */
 const FRESH_MS = 10;
 let cached: { at: number; queues: Map<string, number>; tookMs: number } | undefined;
 
-/** Bytes each socket's peer has not acknowledged; absent where the kernel cannot tell (not Linux). */
-export function unacknowledgedBytes(sockets: readonly Socket[]): Map<Socket, number> {
+/** Bytes each socket's peer has not acknowledged; absent where the kernel cannot tell (not Linux).
+ *  `maxAgeMs`: the oldest reading the caller can use (less than its interval between samples). */
+export function unacknowledgedBytes(sockets: readonly Socket[], maxAgeMs: number): Map<Socket, number> {
   const out = new Map<Socket, number>();
   if (sockets.length === 0 || process.platform !== "linux") return out;
   const now = Date.now();
-  if (!cached || now - cached.at > Math.max(FRESH_MS, 10 * cached.tookMs)) {
+  if (!cached || now - cached.at > Math.min(maxAgeMs, Math.max(FRESH_MS, 10 * cached.tookMs))) {
     const queues = readQueues();
     cached = { at: now, queues, tookMs: Date.now() - now };
   }

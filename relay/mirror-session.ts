@@ -303,7 +303,7 @@ export class MirrorSession implements OpenConnection {
       if (now < deadline) { next = Math.min(next, deadline); continue; }
       // Closing a socket whose bytes the replica has not acknowledged could lose them (the
       // kernel may reset an orphaned connection): wait until it has, while it takes some.
-      const unacknowledged = unacknowledgedBytes([link.tcp]).get(link.tcp);
+      const unacknowledged = unacknowledgedBytes([link.tcp], this.stallCheckMs / 2).get(link.tcp);
       if (unacknowledged !== undefined && unacknowledged > 0) {
         link.tookBytes(now, unacknowledged);
         if (now - link.lastProgressAt >= limits.stallTimeoutMs || now >= this.finishAt + limits.finishTimeoutMs) link.detach("STALLED");
@@ -350,7 +350,7 @@ export class MirrorSession implements OpenConnection {
   private sampleProgress(links: readonly ReplicaLink[], now: number): void {
     const quiet = links.filter((link) => !link.tookBytes(now) && now - link.lastProgressAt >= this.ctx.config.limits.stallTimeoutMs / 2);
     if (quiet.length === 0) return;
-    const unacknowledged = unacknowledgedBytes(quiet.map((link) => link.tcp));
+    const unacknowledged = unacknowledgedBytes(quiet.map((link) => link.tcp), this.stallCheckMs / 2);
     for (const link of quiet) link.tookBytes(now, unacknowledged.get(link.tcp));
   }
 

@@ -323,7 +323,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
       if (link.closed || (link.repliesOver && link.delivered)) { this.judge(link); continue; }
       const deadline = Math.max(this.finishAt, this.deliveredAt.get(link)!) + this.limits.replyWaitMs;
       if (now < deadline) { next = Math.min(next, deadline); continue; }
-      const unacknowledged = unacknowledgedBytes([link.tcp]).get(link.tcp);
+      const unacknowledged = unacknowledgedBytes([link.tcp], this.limits.stallTimeoutMs / 10).get(link.tcp);
       if (unacknowledged !== undefined && unacknowledged > 0) {
         link.tookBytes(now, unacknowledged);
         if (now - link.lastProgressAt >= this.limits.stallTimeoutMs) link.detach("STALLED");
@@ -367,7 +367,7 @@ export class SessionConnection implements LedConnection, OpenConnection {
       for (const link of this.links.values()) {
         if (link.terminal || link.state !== "LIVE" || link.lag === 0) continue;
         const quiet = !link.tookBytes(now) && now - link.lastProgressAt >= this.limits.stallTimeoutMs / 2;
-        if (quiet) link.tookBytes(now, unacknowledgedBytes([link.tcp]).get(link.tcp));
+        if (quiet) link.tookBytes(now, unacknowledgedBytes([link.tcp], this.limits.stallTimeoutMs / 10).get(link.tcp));
         if (now - link.lastProgressAt >= this.limits.stallTimeoutMs) link.detach("STALLED");
       }
       this.releaseIfCaughtUp();
