@@ -207,21 +207,13 @@ async function holdProfile(s: { port: number; relay?: RelayHandle }, n: number, 
   await held.release();
   await stop();
   await new Promise((r) => setTimeout(r, 500));
-  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
   const lines = [
     `# Many-connections profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
     `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: ${n} connections opened and held through Envoy + lockstep with ${N} replica(s), each after a 16 B exchange.`, "",
     `- the client had every answer after ${openS.toFixed(2)} s; the relay held every stream and replica connection after ${heldAll ? `${heldAll.toFixed(2)} s` : "(not within 60 s)"}; relay CPU meanwhile ${relayCpu.toFixed(2)} s`,
     `- the relay at the end of the wait: ${gauges.join(", ")}`, "",
   ];
-  if (profiles.length) {
-    lines.push("## Relay: self time by function (node --cpu-prof; share of busy samples, idle left out)", "", "| function | self % |", "| --- | ---: |",
-      ...topFunctions(join(profDir, profiles[0]), 30, fromUs, toUs).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
-  }
-  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", "profile-hold.md");
-  writeFileSync(outFile, lines.join("\n"));
-  log(`profile: wrote ${outFile}`);
-  process.exit(0);
+  writeProfile(lines, "", profDir, fromUs, toUs, "profile-hold.md");
 }
 
 /** The latency mode: closed-loop exchanges on one connection, the relay profiled meanwhile. */
@@ -237,18 +229,24 @@ async function latencyProfile(s: { port: number }, plainPort: number, exchanges:
   const envoyCpu = cpuSeconds(envoyPid) - e0, relayCpu = cpuSeconds(relayPid) - r0;
   await stop();
   await new Promise((r) => setTimeout(r, 500));
-  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
   const lines = [
     `# Latency profile (${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC)`, "",
     `\`npx tsx bench/profile.ts ${process.argv.slice(2).join(" ")}\`: one connection, ${exchanges} closed-loop exchanges of ${size} B through Envoy + lockstep with ${N} replica(s); Envoy on CPU ${ENVOY_CPU}, client and backends on CPU ${LOAD_CPU}, relay on CPU ${values["relay-cpu"]}.`, "",
     `- p50 ${run.p50.toFixed(1)} µs, p99 ${run.p99.toFixed(1)} µs (plain tcp_proxy in the same run: p50 ${plain.p50.toFixed(1)}, p99 ${plain.p99.toFixed(1)} µs)`,
     `- per exchange: Envoy ${(envoyCpu / run.count * 1e6).toFixed(1)} µs CPU, relay ${(relayCpu / run.count * 1e6).toFixed(1)} µs CPU (10 ms ticks over ${run.wall_s.toFixed(1)} s)`, "",
   ];
+  writeProfile(lines, " during the exchanges", profDir, fromUs, toUs, "profile-latency.md");
+}
+
+/** Add the relay's self time by function (samples between fromUs and toUs) to `lines`, write
+ *  them to --out or bench/results/<defaultName>, and exit. */
+function writeProfile(lines: string[], during: string, profDir: string, fromUs: number, toUs: number, defaultName: string): never {
+  const profiles = readdirSync(profDir).filter((f) => f.endsWith(".cpuprofile")).sort((a, b) => statSync(join(profDir, b)).size - statSync(join(profDir, a)).size);
   if (profiles.length) {
-    lines.push("## Relay: self time by function during the exchanges (node --cpu-prof; share of busy samples, idle left out)", "", "| function | self % |", "| --- | ---: |",
+    lines.push(`## Relay: self time by function${during} (node --cpu-prof; share of busy samples, idle left out)`, "", "| function | self % |", "| --- | ---: |",
       ...topFunctions(join(profDir, profiles[0]), 30, fromUs, toUs).map((x) => `| \`${x.fn}\` | ${x.pct.toFixed(1)} |`), "");
   }
-  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", "profile-latency.md");
+  const outFile = values.out ?? join(PROJECT_ROOT, "bench", "results", defaultName);
   writeFileSync(outFile, lines.join("\n"));
   log(`profile: wrote ${outFile}`);
   process.exit(0);
