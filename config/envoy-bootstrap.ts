@@ -1,7 +1,7 @@
 // Renders the Envoy bootstrap for a lockstep service: a listener whose filter chain is
 // [lockstep wasm filter] -> tcp_proxy -> primary, and an HTTP/2 cluster for the mirror relay.
 // The files in envoy/ are this function's output for the demo (a test keeps them in step).
-import { relayProcesses, type LockstepConfig } from "./lockstep-config.ts";
+import { relayGrpcAddresses, type LockstepConfig } from "./lockstep-config.ts";
 import { readFileSync } from "node:fs";
 import { splitHostPort } from "./address.ts";
 import { CONNECT_RETRY, CONTROLLER_CLUSTER, LB_CONFIG, OUTLIER_DETECTION, RELAY_CLUSTER, RELAY_OUTLIER_DETECTION, SESSION_TUNNEL, UNLIMITED_THRESHOLDS, healthCheck, pluginConfiguration, primaryClusterName, restConfigSource } from "./envoy-resources.ts";
@@ -189,7 +189,7 @@ overload_manager:
 
 /** A complete bootstrap: listener, primary cluster, relay cluster, admin. */
 export function renderBootstrap(c: LockstepConfig, header = "", options: BootstrapOptions = {}): string {
-  const relay = relayProcesses(c.relay).map((p) => `${c.relay.address}:${p.port}`);
+  const relay = relayGrpcAddresses(c.relay);
   options = { ...options, controller: options.controller ?? (c.controller && `127.0.0.1:${c.controller.xdsPort}`) };
   const node = options.controller ? `node: { id: lockstep-${c.service}, cluster: lockstep }\n` : "";
   const primaryCluster = options.controller

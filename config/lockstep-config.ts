@@ -236,6 +236,11 @@ function parseRelay(raw: unknown): LockstepConfig["relay"] {
 
 const MAX_RELAY_PROCESSES = 64;
 
+/** "address:port" of each relay process's gRPC port: what Envoy's relay cluster lists. */
+export function relayGrpcAddresses(relay: LockstepConfig["relay"]): string[] {
+  return relayProcesses(relay).map((p) => `${relay.address}:${p.port}`);
+}
+
 /** Each relay process's gRPC port and metrics (and control) port: process i on port + 2i and
  *  metricsPort + 2i. */
 export function relayProcesses(relay: { readonly port: number; readonly metricsPort: number; readonly processes: number }): { port: number; metricsPort: number }[] {

@@ -129,8 +129,9 @@ export class ReplicaLink {
     this.queued += length;
     this.metrics.replicaQueued.add(length, this.labels);
     this.metrics.replicaLag.add(length, this.labels);
-    if (this.writeDelayMs === 0) { this.write(Buffer.isBuffer(bytes) ? [bytes] : bytes, length); return; }
-    if (Buffer.isBuffer(bytes)) this.gathered.push(bytes); else for (const b of bytes) this.gathered.push(b);
+    const parts = Buffer.isBuffer(bytes) ? [bytes] : bytes;
+    if (this.writeDelayMs === 0) { this.write(parts, length); return; }
+    this.gathered.push(...parts);
     this.gatheredBytes += length;
     if (this.gatheredBytes >= GATHER_BYTES) this.flush();
     else this.gatherTimer ??= setTimeout(() => this.flush(), this.writeDelayMs);
@@ -138,12 +139,15 @@ export class ReplicaLink {
 
   /** Hand what was gathered to the socket now. */
   private flush(): void {
-    if (this.gatherTimer) { clearTimeout(this.gatherTimer); this.gatherTimer = undefined; }
-    if (this.gatheredBytes === 0 || this.terminal) return;
     const parts = this.gathered, length = this.gatheredBytes;
+    this.dropGathered();
+    if (length > 0 && !this.terminal) this.write(parts, length);
+  }
+
+  private dropGathered(): void {
+    if (this.gatherTimer) { clearTimeout(this.gatherTimer); this.gatherTimer = undefined; }
     this.gathered = [];
     this.gatheredBytes = 0;
-    this.write(parts, length);
   }
 
   /** Write `parts` (`length` bytes) in one gathered write. Node's socket keeps the bytes in order
@@ -242,9 +246,7 @@ export class ReplicaLink {
   }
 
   private release(): void {
-    if (this.gatherTimer) { clearTimeout(this.gatherTimer); this.gatherTimer = undefined; }
-    this.gathered = [];
-    this.gatheredBytes = 0;
+    this.dropGathered();
     this.budget.give(this.lag);
     this.metrics.replicaLag.add(-this.lag, this.labels);
     this.socket.destroy();

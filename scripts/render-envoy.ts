@@ -2,7 +2,7 @@
 // `npx tsx scripts/render-envoy.ts` (test/integration/envoy-configs.test.ts checks they are current).
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadLockstepConfig, relayProcesses } from "../config/lockstep-config.ts";
+import { loadLockstepConfig, relayGrpcAddresses } from "../config/lockstep-config.ts";
 import { renderBootstrap, renderDynamicBootstrap } from "../config/envoy-bootstrap.ts";
 import { PROJECT_ROOT } from "./envoy-binary.ts";
 
@@ -50,7 +50,7 @@ export function renderExample(example: (typeof ENVOY_EXAMPLES)[number]): string 
   // its bootstrap from the limit Envoy actually gets.
   const c = loadLockstepConfig(join(PROJECT_ROOT, example.from));
   if ("dynamic" in example) {
-    return renderDynamicBootstrap({ controller: `127.0.0.1:${c.controller!.xdsPort}`, relay: relayProcesses(c.relay).map((p) => `${c.relay.address}:${p.port}`), adminPort: c.envoy.adminPort, nodeId: "lockstep", openFileLimit: EXAMPLE_OPEN_FILE_LIMIT }, example.header);
+    return renderDynamicBootstrap({ controller: `127.0.0.1:${c.controller!.xdsPort}`, relay: relayGrpcAddresses(c.relay), adminPort: c.envoy.adminPort, nodeId: "lockstep", openFileLimit: EXAMPLE_OPEN_FILE_LIMIT }, example.header);
   }
   return renderBootstrap(c, example.header, { openFileLimit: EXAMPLE_OPEN_FILE_LIMIT });
 }

@@ -11,7 +11,7 @@ import { startEnvoy, type EnvoyHandle } from "../support/envoy.ts";
 import { startRelay, type RelayHandle } from "../support/relay.ts";
 import { freeSpacedPorts, waitFor } from "../support/ports.ts";
 import { expectExactWithPrimary, expectMirrored, hex } from "../support/exchanges.ts";
-import { randomPlan, runClient, pool, type ClientResult } from "../support/clients.ts";
+import { connectionsTo, type ClientResult } from "../support/clients.ts";
 
 const SERVICE = "itest";
 
@@ -21,13 +21,7 @@ describe("several relay processes behind one Envoy (relay.processes)", () => {
   let relays: RelayHandle[];
   let envoy: EnvoyHandle;
 
-  /** `n` connections of random writes, 24 at a time, each ending once the primary has all of it. */
-  const connections = (n: number) => pool(n, 24, async () => {
-    const plan = randomPlan(16 * 1024, 4);
-    const total = plan.writes.reduce((sum, w) => sum + w.length, 0);
-    const idHex = plan.id.toString("hex");
-    return runClient(envoy.listenerPort, plan, () => primary.connections.some((c) => c.head.toString("hex") === idHex && c.received === total));
-  });
+  const connections = (n: number) => connectionsTo(envoy.listenerPort, primary, n, { maxWrite: 16 * 1024, maxWrites: 4 });
   const streams = (relay: RelayHandle) => relay.metric("lockstep_relay_streams_total");
   const allFinished = (n: number) => waitFor(`${n} replica connections to finish`, () =>
     replicas.every((r) => r.connections.length >= n && r.connections.every((c) => c.closed)), 30_000);

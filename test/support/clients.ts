@@ -2,6 +2,7 @@
 // can be found), writes random-sized chunks, and records what it received.
 import { createHash, randomBytes } from "node:crypto";
 import { connect } from "node:net";
+import type { RecordingBackend } from "./backends.ts";
 
 export interface ClientPlan {
   id: Buffer;
@@ -58,6 +59,22 @@ export function runClient(port: number, plan: ClientPlan, sentAllSeen?: () => bo
       clearTimeout(timer);
       resolve({ idHex: plan.id.toString("hex"), sentBytes, sentHash: sent.digest("hex"), receivedBytes, receivedHash: received.digest("hex"), error });
     });
+  });
+}
+
+/** `count` connections of random writes (randomPlan(maxWrite, maxWrites)), 24 at a time through
+ *  `port`; each ends once `primary` holds all of its bytes (or half-closes first, as its plan says).
+ *  `done` hears how many have completed, after each. */
+export function connectionsTo(port: number, primary: RecordingBackend, count: number,
+  { maxWrite, maxWrites, done }: { maxWrite?: number; maxWrites?: number; done?: (completed: number) => void } = {}): Promise<ClientResult[]> {
+  let completed = 0;
+  return pool(count, 24, async () => {
+    const plan = randomPlan(maxWrite, maxWrites);
+    const total = plan.writes.reduce((n, w) => n + w.length, 0);
+    const idHex = plan.id.toString("hex");
+    const result = await runClient(port, plan, () => primary.connections.some((c) => c.head.toString("hex") === idHex && c.received === total));
+    done?.(++completed);
+    return result;
   });
 }
 
