@@ -1,6 +1,9 @@
 // The mirror channel's frames, as defined once in docs/wire-format.md (fixtures:
 // test/fixtures/wire-frames.json): decode what the filter sends (client bytes, and digests of
 // the primary's replies), encode the relay's ACKs.
+// On the Channels transport every message is a channel id followed by one frame, and three more
+// frames say what a stream of its own says by itself (FINISH, CANCEL, STATUS): their codecs and
+// the channel id's are here too; relay/channel-stream.ts does the demultiplexing.
 // Malformed input throws FrameError with a precise message; nothing here does I/O.
 
 export const FRAME_OPEN = 0x01;
@@ -8,8 +11,16 @@ export const FRAME_DATA = 0x02;
 export const FRAME_END = 0x03;
 export const FRAME_REPLY_DIGEST = 0x04;
 export const FRAME_REPLY_END = 0x05;
+/** Channels only (no body): the filter half-closed the channel (the client connection ended). */
+export const FRAME_FINISH = 0x06;
+/** Channels only (no body): the filter reset the channel (it gave up the mirror). */
+export const FRAME_CANCEL = 0x07;
 export const FRAME_ACK = 0x81;
 export const FRAME_CLOSE = 0x82;
+/** Channels only: the relay ended the channel with a gRPC status (code u8, details str). */
+export const FRAME_STATUS = 0x83;
+/** The channel id (u32 LE) in front of every frame on a Channels stream. */
+export const CHANNEL_BYTES = 4;
 export const WIRE_VERSION = 1;
 /** OPEN flags bit 0: the filter digests the primary's replies on this connection (REPLY_DIGEST,
  *  REPLY_END follow) and the relay compares each replica's replies with them. */
@@ -39,6 +50,8 @@ export const CLOSE_REASONS = ["NONE", "PRIMARY_DEMOTED"] as const;
 export type CloseReason = (typeof CLOSE_REASONS)[number];
 export interface CloseFrame { type: "CLOSE"; reason: CloseReason }
 export type RelayFrame = AckFrame | CloseFrame;
+/** Channels only: how the relay ended a channel (gRPC's status codes, as in mirror-call.ts). */
+export interface StatusFrame { type: "STATUS"; code: number; details: string }
 export type FilterFrame = OpenFrame | DataFrame | EndFrame | ReplyDigestFrame | ReplyEndFrame;
 
 export class FrameError extends Error {}
@@ -197,4 +210,77 @@ export function decodeAck(buf: Buffer): AckFrame {
   }
   r.done();
   return { type: "ACK", received, replicas };
+}
+
+/** FINISH (channels): the client connection ended, as a half-close of the channel. */
+export function encodeFinish(): Buffer { return Buffer.from([FRAME_FINISH]); }
+/** CANCEL (channels): the filter gave up the channel's mirror, as a reset of the channel. */
+export function encodeCancel(): Buffer { return Buffer.from([FRAME_CANCEL]); }
+
+/** STATUS (channels): the channel is over, with a gRPC status. `details` longer than a string
+ *  holds (65535 bytes of UTF-8) is cut at a character boundary. */
+export function encodeStatus(code: number, details: string): Buffer {
+  if (!Number.isInteger(code) || code < 0 || code > 0xff) throw new FrameError(`a STATUS code is a u8, not ${code}`);
+  let bytes = Buffer.from(details, "utf8");
+  if (bytes.length > 0xffff) {
+    let cut = 0xffff;
+    while (cut > 0 && (bytes[cut] & 0xc0) === 0x80) cut--; // not inside a character
+    bytes = bytes.subarray(0, cut);
+  }
+  const head = Buffer.allocUnsafe(4);
+  head[0] = FRAME_STATUS;
+  head[1] = code;
+  head.writeUInt16LE(bytes.length, 2);
+  return Buffer.concat([head, bytes]);
+}
+
+/** Decode a STATUS frame (for tests playing the filter). */
+export function decodeStatus(buf: Buffer): StatusFrame {
+  const r = new Reader(buf, "STATUS");
+  const type = r.u8("type");
+  if (type !== FRAME_STATUS) throw new FrameError(`not a STATUS: frame type 0x${type.toString(16)}`);
+  const frame: StatusFrame = { type: "STATUS", code: r.u8("code"), details: r.str("details") };
+  r.done();
+  return frame;
+}
+
+/** The channel id in front of a frame on a Channels stream. */
+export function channelPrefix(channel: number): Buffer {
+  if (!Number.isInteger(channel) || channel < 0 || channel > 0xffffffff) throw new FrameError(`a channel id is a u32, not ${channel}`);
+  const b = Buffer.allocUnsafe(CHANNEL_BYTES);
+  b.writeUInt32LE(channel);
+  return b;
+}
+
+/** One message of a Channels stream: `channel` and `frame` joined (for tests and fixtures; the
+ *  relay writes the two pieces as one gRPC message without joining them first). */
+export function encodeChannelMessage(channel: number, frame: Buffer): Buffer { return Buffer.concat([channelPrefix(channel), frame]); }
+
+/**
+ * Split one message of a Channels stream, in the pieces it arrived in, into its channel id and
+ * its frame: the frame's pieces are views of the message's (none empty), never a copy.
+ * Undefined if the message is too short to hold a channel id and a frame type (5 bytes).
+ */
+export function splitChannel(message: readonly Buffer[]): { channel: number; frame: Buffer[] } | undefined {
+  let total = 0;
+  for (const piece of message) total += piece.length;
+  if (total < CHANNEL_BYTES + 1) return undefined;
+  let channel: number;
+  const first = message[0];
+  if (first.length >= CHANNEL_BYTES) channel = first.readUInt32LE(0);
+  else {
+    const id = Buffer.allocUnsafe(CHANNEL_BYTES);
+    let n = 0;
+    for (const piece of message) { n += piece.copy(id, n, 0, Math.min(piece.length, CHANNEL_BYTES - n)); if (n === CHANNEL_BYTES) break; }
+    channel = id.readUInt32LE(0);
+  }
+  const frame: Buffer[] = [];
+  let skip = CHANNEL_BYTES;
+  for (const piece of message) {
+    if (piece.length === 0) continue;
+    if (skip >= piece.length) { skip -= piece.length; continue; }
+    frame.push(skip > 0 ? piece.subarray(skip) : piece);
+    skip = 0;
+  }
+  return { channel, frame };
 }

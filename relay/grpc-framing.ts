@@ -86,7 +86,6 @@ export class GrpcMessageDecoder {
   }
 }
 
-/** One message with its prefix (uncompressed), ready to write to the stream. */
 /** The 5-byte prefix of a message of `length` bytes (`flag` 1: compressed, which the relay refuses). */
 export function messagePrefix(length: number, flag = 0): Buffer {
   const b = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES);
@@ -95,10 +94,16 @@ export function messagePrefix(length: number, flag = 0): Buffer {
   return b;
 }
 
-export function frameMessage(message: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES + message.length);
+/** One message with its prefix (uncompressed), ready to write to the stream: one buffer, or
+ *  the pieces of one message (a channel id and a frame), copied once into the result. */
+export function frameMessage(message: Buffer | readonly Buffer[]): Buffer {
+  const pieces = Buffer.isBuffer(message) ? [message] : message;
+  let length = 0;
+  for (const piece of pieces) length += piece.length;
+  const out = Buffer.allocUnsafe(MESSAGE_PREFIX_BYTES + length);
   out[0] = 0;
-  out.writeUInt32BE(message.length, 1);
-  message.copy(out, MESSAGE_PREFIX_BYTES);
+  out.writeUInt32BE(length, 1);
+  let at = MESSAGE_PREFIX_BYTES;
+  for (const piece of pieces) at += piece.copy(out, at);
   return out;
 }

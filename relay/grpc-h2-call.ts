@@ -51,10 +51,13 @@ export class GrpcH2Call extends EventEmitter implements MirrorCall {
 
   get destroyed(): boolean { return this.statusDecided || this.cancelled || this.stream.closed || this.stream.destroyed; }
 
-  write(frame: Buffer): void {
+  write(frame: Buffer): void { this.writeMessage([frame]); }
+
+  /** Send one message given in pieces (a Channels stream's channel id and frame). */
+  writeMessage(pieces: readonly Buffer[]): void {
     if (this.destroyed) return;
     this.respond();
-    this.stream.write(frameMessage(frame));
+    this.stream.write(frameMessage(pieces));
   }
 
   pause(): void {

@@ -8,6 +8,8 @@
 //   lockstep_relay_connections_unmirrored_total{service,reason} counter  streams mirrored nowhere: no_primary (Envoy named
 //                                                      none), no_replica_set (none set within setWaitMs), relay_bound
 //   lockstep_relay_protocol_errors_total               counter  malformed or out-of-order frames
+//   lockstep_relay_channel_frames_dropped_total        counter  frames on a Channels stream dropped: not OPEN, on a channel the
+//                                                      relay does not know (or has ended: the filter had not yet read its STATUS)
 //   lockstep_relay_connections_closed_demoted_total{service} counter  connections closed because their primary was demoted (switchover)
 //   lockstep_relay_queued_bytes                        gauge    bytes held for replicas, all connections (session mode: and the
 //                                                      reply bytes held to compare members)
@@ -82,6 +84,7 @@ export class RelayMetrics {
   readonly unmirrored = this.family("lockstep_relay_connections_unmirrored_total", "counter", "streams mirrored to no replica (reason: no_primary, no_replica_set, relay_bound)");
   readonly closedDemoted = this.family("lockstep_relay_connections_closed_demoted_total", "counter", "client connections the relay had closed because their primary was a primary no more (switchover)");
   readonly protocolErrors = this.family("lockstep_relay_protocol_errors_total", "counter", "malformed or out-of-order frames");
+  readonly channelFramesDropped = this.family("lockstep_relay_channel_frames_dropped_total", "counter", "frames on a Channels stream dropped: not OPEN, on a channel the relay does not know (or has ended)");
   readonly queuedBytes = this.family("lockstep_relay_queued_bytes", "gauge", "bytes held for replicas over all connections");
   readonly sessionsActive = this.family("lockstep_relay_session_connections_active", "gauge", "session connections open");
   readonly sessionsTotal = this.family("lockstep_relay_session_connections_total", "counter", "session connections accepted");

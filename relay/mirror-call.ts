@@ -1,6 +1,7 @@
 // What a MirrorSession needs of its stream from the filter, whatever carries it: frames in (one
 // per message), ACK frames out, stopping and restarting reading (backpressure), and the
-// stream's end with a status. relay/grpc-h2-call.ts implements it over an HTTP/2 stream.
+// stream's end with a status. relay/grpc-h2-call.ts implements it over an HTTP/2 stream (the
+// Stream method), relay/channel-stream.ts over one channel of a shared stream (Channels).
 
 /** The statuses a stream ends with (gRPC's codes: Envoy hands them to the filter). */
 export const CallStatus = Object.freeze({
@@ -23,6 +24,10 @@ export interface MirrorCall {
    *  'error': the stream failed on its own (bad message framing), already ended with a status.
    *  'close': the stream is gone, however it ended. */
   on(event: "end" | "cancelled" | "error" | "close", listener: () => void): this;
+  /** The transport found the filter breaking the protocol of this call (a channel's frame out of
+   *  place: relay/channel-stream.ts): the session ends the call as for a bad frame. If the call
+   *  is still not ended after this event, it ends itself (INVALID_ARGUMENT) and emits 'error'. */
+  on(event: "protocolError", listener: (message: string) => void): this;
   /** Send one frame to the filter. */
   write(frame: Buffer): void;
   /** Stop delivering frames and stop reading: the transport's flow control pushes back. */

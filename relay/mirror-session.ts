@@ -1,4 +1,5 @@
-// One client connection, as seen by the relay: one gRPC stream from the filter, and one
+// One client connection, as seen by the relay: one gRPC stream from the filter (or one channel
+// of a shared stream: relay/channel-stream.ts; the session sees a MirrorCall either way), and one
 // link per replica of the service's set when the stream opens (never the connection's
 // primary). Checks the frames' order, fans the client's bytes out to the links, and
 // acknowledges offsets. When the filter digests the primary's replies (OPEN flag
@@ -76,6 +77,7 @@ export class MirrorSession implements OpenConnection {
     call.on("cancelled", () => this.abort());
     call.on("error", () => this.abort());
     call.on("close", () => this.abort());
+    call.on("protocolError", (message: string) => { if (this.state !== "done") this.protocolError(message); });
   }
 
   get service(): string { return this.openFrame?.service ?? ""; }

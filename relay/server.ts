@@ -1,7 +1,7 @@
 // The relay process's parts put together: the gRPC server (Node's HTTP/2: grpc-h2-server.ts)
-// that accepts one stream per client connection, the shared byte budget, the metrics endpoint,
-// each service's replica set, and the session-mode tunnels (CONNECT streams on the same port)
-// with each service's leader. Every start has a new instance id (in /stats and the service view): a relay that
+// that accepts one stream per client connection, or shared streams of many as channels, the
+// shared byte budget, the metrics endpoint, each service's replica set, and the session-mode
+// tunnels (CONNECT streams on the same port) with each service's leader. Every start has a new instance id (in /stats and the service view): a relay that
 // restarted lost its connections' sessions, and the controller must be able to tell.
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -12,18 +12,25 @@ import { RelayMetrics } from "./metrics.ts";
 import { ByteBudget } from "./budget.ts";
 import { MirrorSession } from "./mirror-session.ts";
 import { checkControlAuth } from "./control-auth.ts";
-import { listenGrpcH2, MIRROR_METHOD_PATH } from "./grpc-h2-server.ts";
+import { listenGrpcH2, MIRROR_METHOD_PATH, CHANNELS_METHOD_PATH } from "./grpc-h2-server.ts";
 import { SessionLeaders, type TakeoverEvent } from "./session-leaders.ts";
 import { SessionConnection } from "./session-connection.ts";
 import { NAME } from "../config/address.ts";
 
 const identity = (b: Buffer) => b;
-/** lockstep.mirror.v1.Mirror/Stream, carrying raw frames (docs/wire-format.md), no protobuf, as
+/** lockstep.mirror.v1.Mirror/Stream and /Channels, carrying raw frames (docs/wire-format.md), no protobuf, as
  *  a gRPC library's service definition: what a gRPC client (the tests' @grpc/grpc-js) needs to
  *  call the relay, or to serve the method in its place. */
 export const MIRROR_SERVICE = {
   Stream: {
     path: MIRROR_METHOD_PATH,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: identity, requestDeserialize: identity,
+    responseSerialize: identity, responseDeserialize: identity,
+  },
+  Channels: {
+    path: CHANNELS_METHOD_PATH,
     requestStream: true,
     responseStream: true,
     requestSerialize: identity, requestDeserialize: identity,
@@ -108,7 +115,9 @@ export async function startRelay(config: RelayConfig, log: (line: string) => voi
     streamWindowBytes: config.http2.streamWindowBytes,
     connectionWindowBytes: config.http2.connectionWindowBytes,
     maxMessageBytes: MAX_FRAME_BYTES,
+    // A Stream call, or a channel of a Channels stream: one client connection's session either way.
     call: (call) => { new MirrorSession(call, ctx); },
+    channelFrameDropped: () => metrics.channelFramesDropped.add(1),
     connect: (stream, authority) => {
       const service = serviceOfAuthority(authority);
       if (service === undefined) {
