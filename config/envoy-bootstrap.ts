@@ -47,7 +47,7 @@ function renderSessionListener(c: LockstepConfig, indent: string): string {
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
 export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
   if (c.mode === "session" && mirror) return renderSessionListener(c, indent);
-  const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies });
+  const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies, mirrorStreams: c.relay.processes });
   const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.
     - name: envoy.filters.network.wasm

@@ -62,6 +62,9 @@ export interface FilterSettings {
   readonly maxInflightBytesPerConnection: number;
   readonly maxInflightBytesTotal: number;
   readonly compareReplies: boolean;
+  /** Shared mirror streams per Envoy worker (the filter's mirror_streams; default 1): one per
+   *  relay process, so the relay cluster's round robin gives every process its share. */
+  readonly mirrorStreams?: number;
 }
 
 export function pluginConfiguration(f: FilterSettings): string {
@@ -71,6 +74,7 @@ export function pluginConfiguration(f: FilterSettings): string {
     max_inflight_bytes_per_connection: f.maxInflightBytesPerConnection,
     max_inflight_bytes_total: f.maxInflightBytesTotal,
     ...(f.compareReplies ? {} : { compare_replies: false }),
+    ...(f.mirrorStreams !== undefined && f.mirrorStreams !== 1 ? { mirror_streams: f.mirrorStreams } : {}),
   });
 }
 

@@ -13,6 +13,12 @@ export const DEFAULT_RELAY_STALL_TIMEOUT_MS: u64 = 2_000;
 /** Connections per worker whose client is gone while the relay still finishes their mirror
  *  (replica connections that outlive their client): past it, new connections wait. */
 export const DEFAULT_MAX_FINISHING_STREAMS: u64 = 128;
+/** Shared streams per worker that carry every connection's mirror as a channel. */
+export const DEFAULT_MIRROR_STREAMS: u32 = 1;
+export const MAX_MIRROR_STREAMS: u32 = 64;
+/** A shared stream is replaced after this long, so that connections spread again over relay
+ *  processes (one restarted, or added) without waiting for a stream to break. */
+export const DEFAULT_MIRROR_STREAM_LIFETIME_MS: u64 = 10_000;
 
 export class MirrorConfig {
   /** Envoy cluster (HTTP/2) that reaches the mirror relay. Required. */
@@ -35,13 +41,20 @@ export class MirrorConfig {
   /** Digest the primary's replies so the relay can compare each replica's with them
    *  (docs/CONSISTENCY.md). Off: the primary's replies are never read. */
   compareReplies: bool = true;
+  /** How connections reach the relay (docs/wire-format.md, "Transport"): N >= 1, each worker
+   *  keeps N long-lived streams and gives each connection a channel on the next in turn; 0,
+   *  each connection opens a stream of its own (costlier: Envoy's stream set-up and heap). */
+  mirrorStreams: u32 = DEFAULT_MIRROR_STREAMS;
+  /** How long a shared stream takes new connections before a new one replaces it (the old one
+   *  is half-closed once its last channel is over). */
+  mirrorStreamLifetimeMs: u64 = DEFAULT_MIRROR_STREAM_LIFETIME_MS;
 }
 
 export class ConfigResult {
   constructor(public config: MirrorConfig | null, public error: string) {}
 }
 
-const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams", "compare_replies"];
+const KNOWN_KEYS = ["relay_cluster", "service", "max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams", "compare_replies", "mirror_streams", "mirror_stream_lifetime_ms"];
 
 function bad(message: string): ConfigResult { return new ConfigResult(null, message); }
 
@@ -64,7 +77,7 @@ export function parseMirrorConfig(json: string): ConfigResult {
     return bad("\"service\" must be 1 to 64 characters of [A-Za-z0-9_-]");
   config.service = service.text;
 
-  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams"];
+  const names = ["max_inflight_bytes_per_connection", "max_inflight_bytes_total", "close_timeout_ms", "relay_stall_timeout_ms", "max_finishing_streams", "mirror_stream_lifetime_ms"];
   for (let i = 0; i < names.length; i++) {
     const v = obj.get(names[i]);
     if (v === null) continue;
@@ -75,12 +88,19 @@ export function parseMirrorConfig(json: string): ConfigResult {
     else if (i == 1) config.maxInflightBytesTotal = n;
     else if (i == 2) config.closeTimeoutMs = n;
     else if (i == 3) config.relayStallTimeoutMs = n;
-    else config.maxFinishingStreams = n;
+    else if (i == 4) config.maxFinishingStreams = n;
+    else config.mirrorStreamLifetimeMs = n;
   }
   const compare = obj.get("compare_replies");
   if (compare !== null) {
     if (compare.kind != JSON_BOOL) return bad("\"compare_replies\" must be true or false");
     config.compareReplies = compare.flag;
+  }
+  const streams = obj.get("mirror_streams");
+  if (streams !== null) {
+    if (streams.kind != JSON_NUMBER || streams.number < 0 || streams.number > <f64>MAX_MIRROR_STREAMS || Math.floor(streams.number) != streams.number)
+      return bad("\"mirror_streams\" must be a whole number from 0 (a stream per connection) to " + MAX_MIRROR_STREAMS.toString() + " (shared streams per worker)");
+    config.mirrorStreams = <u32>streams.number;
   }
   if (config.maxInflightBytesTotal < config.maxInflightBytesPerConnection)
     return bad("\"max_inflight_bytes_total\" must be at least \"max_inflight_bytes_per_connection\"");

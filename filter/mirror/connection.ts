@@ -19,23 +19,25 @@ import {
   encodeOpen, encodeEnd, writeDataHeader, DATA_HEADER_BYTES, Ack,
   REPLICA_DETACHED, REPLICA_CLOSED, REASON_DIVERGED,
   OPEN_FLAG_REPLY_DIGESTS, REPLY_DIGEST_HEADER_BYTES, writeReplyDigestHeader, encodeReplyEnd,
-  REPLY_END_CUT, REPLY_END_PRIMARY_CLOSED,
+  REPLY_END_CUT, REPLY_END_PRIMARY_CLOSED, CHANNEL_BYTES, FRAME_FINISH, FRAME_CANCEL,
 } from "./frames";
 import { crc32Update, REPLY_WINDOW_BYTES } from "./digest";
 import { MirrorStats } from "./stats";
 import { MirrorConfig } from "./config";
 import { sanitizeName } from "./names";
 
-// The DATA header is written into the headroom of the host's buffer.
-assert(DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "DATA header does not fit the host buffer headroom");
+// The DATA header (and on a channel, the channel id before it) is written into the headroom of
+// the host's buffer.
+assert(CHANNEL_BYTES + DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "channel + DATA header do not fit the host buffer headroom");
 
 /** Window digests per REPLY_DIGEST frame: 256 x 16 KiB = 4 MiB of reply, more than one Envoy
  *  read; a longer read sends several frames. The frame is built in this static scratch. */
 const MAX_WINDOWS_PER_DIGEST_FRAME: usize = 256;
-const DIGEST_FRAME = memory.data(<i32>(REPLY_DIGEST_HEADER_BYTES + 4 * MAX_WINDOWS_PER_DIGEST_FRAME));
+const DIGEST_FRAME = memory.data(<i32>(CHANNEL_BYTES + REPLY_DIGEST_HEADER_BYTES + 4 * MAX_WINDOWS_PER_DIGEST_FRAME)) + CHANNEL_BYTES;
 
 export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
 export const MIRROR_METHOD = "Stream";
+export const CHANNELS_METHOD = "Channels";
 
 /** Not yet opened: no frame sent. */
 export const STATE_IDLE: u8 = 0;
@@ -58,7 +60,10 @@ class ReplicaView {
 /** One client connection's mirror: stream state, offsets, and the replicas the relay reported. */
 export class MirrorConnection {
   state: u8 = STATE_IDLE;
+  /** The gRPC stream the mirror goes on: its own, or the shared stream its channel is on. */
   token: u32 = 0;
+  /** Its channel on a shared stream (the context id), or 0 on a stream of its own. */
+  channel: u32 = 0;
   /** Client bytes handed to the stream. */
   sent: u64 = 0;
   /** Client bytes the relay holds (from its last ACK). */
@@ -98,7 +103,6 @@ export class MirrorConnection {
     public readonly contextId: u32,
     private readonly config: MirrorConfig,
     private readonly stats: MirrorStats,
-    private readonly grpcService: ArrayBuffer,
   ) {
     this.comparing = config.compareReplies;
   }
@@ -106,29 +110,57 @@ export class MirrorConnection {
   get inflight(): u64 { return this.sent - this.received; }
   get mirroring(): bool { return this.state == STATE_STREAMING; }
 
-  /** Open the stream and send OPEN, unless already done. Returns the token or 0. */
-  open(): u32 {
-    if (this.state != STATE_IDLE) return this.token;
-    const token = host.grpcStream(this.grpcService, MIRROR_SERVICE, MIRROR_METHOD);
+  /** Start mirroring on `token` (`channel` 0: a stream of its own; else a channel of a shared
+   *  stream) with an OPEN frame. Token 0: no stream could be opened, nothing will be mirrored. */
+  start(token: u32, channel: u32): void {
+    if (this.state != STATE_IDLE) return;
     if (token == 0) {
       this.state = STATE_DONE;
       this.stats.add(this.stats.streamOpenFailures, 1);
       host.logWarn("lockstep: could not open a mirror stream on cluster \"" + this.config.relayCluster + "\"; this connection is not mirrored");
-      return 0;
+      return;
     }
     this.token = token;
+    this.channel = channel;
     this.state = STATE_STREAMING;
     this.connectionId = host.getPropertyU64("connection_id", <u64>this.contextId);
     this.stats.add(this.stats.streamsActive, 1);
-    const frame = encodeOpen(
+    this.sendFrame(encodeOpen(
       this.connectionId,
       this.comparing ? OPEN_FLAG_REPLY_DIGESTS : 0,
       this.config.service,
       host.getPropertyString("upstream.address"),
       host.getPropertyString("source.address"),
-    );
-    host.grpcSend(token, changetype<usize>(frame), frame.byteLength, false);
-    return token;
+    ));
+  }
+
+  /** Send the frame at `at` (`size` bytes). On a channel, the CHANNEL_BYTES in front of it are
+   *  the caller's to spare: the channel id goes there, and both go out in one message. */
+  private send(at: usize, size: usize): void {
+    if (this.channel == 0) { host.grpcSend(this.token, at, size, false); return; }
+    store<u32>(at - CHANNEL_BYTES, this.channel);
+    host.grpcSend(this.token, at - CHANNEL_BYTES, CHANNEL_BYTES + size, false);
+  }
+
+  /** Send a small frame built on its own (copied once behind the channel id on a channel). */
+  private sendFrame(frame: ArrayBuffer): void {
+    if (this.channel == 0) { host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false); return; }
+    const message = new ArrayBuffer(<i32>CHANNEL_BYTES + frame.byteLength);
+    memory.copy(changetype<usize>(message) + CHANNEL_BYTES, changetype<usize>(frame), frame.byteLength);
+    this.send(changetype<usize>(message) + CHANNEL_BYTES, frame.byteLength);
+  }
+
+  /** A FINISH or CANCEL frame: what closing or cancelling its own stream says. */
+  private sendSignal(type: u8): void {
+    const message = new ArrayBuffer(<i32>CHANNEL_BYTES + 1);
+    store<u8>(changetype<usize>(message) + CHANNEL_BYTES, type);
+    this.send(changetype<usize>(message) + CHANNEL_BYTES, 1);
+  }
+
+  /** Half-close: the client connection is over (or there is nothing to mirror). */
+  private closeStream(): void {
+    if (this.channel == 0) host.grpcClose(this.token);
+    else this.sendSignal(FRAME_FINISH);
   }
 
   /** The `size` bytes of DOWNSTREAM_DATA go on to the primary now: mirror them (all of them:
@@ -145,7 +177,7 @@ export class MirrorConnection {
     const length = host.lastReturnedSize();
     const frame = payload - DATA_HEADER_BYTES;
     writeDataHeader(frame, this.sent);
-    host.grpcSend(this.token, frame, DATA_HEADER_BYTES + length, false);
+    this.send(frame, DATA_HEADER_BYTES + length);
     freeHostBuffer(payload);
     this.sent += length;
     this.stats.add(this.stats.bytesSent, <i64>length);
@@ -191,22 +223,20 @@ export class MirrorConnection {
 
   private sendDigests(firstWindow: u64, count: usize): void {
     writeReplyDigestHeader(DIGEST_FRAME, firstWindow, <u16>count);
-    host.grpcSend(this.token, DIGEST_FRAME, REPLY_DIGEST_HEADER_BYTES + (count << 2), false);
+    this.send(DIGEST_FRAME, REPLY_DIGEST_HEADER_BYTES + (count << 2));
   }
 
   /** The primary's reply stream is over (`end`: REPLY_END_PRIMARY_CLOSED or REPLY_END_CUT). */
   private endReplies(end: u8): void {
     if (!this.comparing || this.replyEndSent || this.state != STATE_STREAMING) return;
-    const frame = encodeReplyEnd(this.replyTotal, this.replyCrc, end);
-    host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false);
+    this.sendFrame(encodeReplyEnd(this.replyTotal, this.replyCrc, end));
     this.replyEndSent = true;
   }
 
   /** The client half-closed (after every byte it sent went on): tell the relay where its stream ends. */
   endDownstream(): void {
     if (!this.mirroring || this.endSent) return;
-    const frame = encodeEnd(this.sent);
-    host.grpcSend(this.token, changetype<usize>(frame), frame.byteLength, false);
+    this.sendFrame(encodeEnd(this.sent));
     this.endSent = true;
   }
 
@@ -221,7 +251,7 @@ export class MirrorConnection {
     if (this.state == STATE_STREAMING) {
       // The connection ended before the primary ended its replies (if it had, REPLY_END is out).
       this.endReplies(REPLY_END_CUT);
-      host.grpcClose(this.token);
+      this.closeStream();
       this.state = STATE_CLOSING;
       this.closingSinceNs = nowNs;
     } else if (this.state == STATE_IDLE) {
@@ -240,7 +270,7 @@ export class MirrorConnection {
       this.withoutReplicas = true;
       this.closingSinceNs = host.nowNanoseconds();
       this.stats.add(this.stats.connectionsWithoutReplicas, 1);
-      host.grpcClose(this.token);
+      this.closeStream();
       return true;
     }
     for (let i = 0; i < ack.replicas.length; i++) {
@@ -335,9 +365,13 @@ export class MirrorConnection {
     return true;
   }
 
-  /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream. */
+  /** Stop mirroring at once (bound exceeded, bad relay frame): reset the stream (on a shared
+   *  stream, CANCEL the channel). */
   cancel(): void {
-    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING || this.state == STATE_NO_REPLICAS) host.grpcCancel(this.token);
+    if (this.state == STATE_STREAMING || this.state == STATE_CLOSING || this.state == STATE_NO_REPLICAS) {
+      if (this.channel == 0) host.grpcCancel(this.token);
+      else this.sendSignal(FRAME_CANCEL);
+    }
     this.end(false);
   }
 

@@ -9,14 +9,23 @@
 //   REPLY_END    0x05 | total_bytes u64 | tail_crc u32 | end u8             (the primary's reply stream ended)
 //   ACK   0x81 | received u64 | count u8 | count x ( name str | queued u64 | acked u64 | state u8 | reason u8 )
 //   CLOSE 0x82 | reason u8                                                  (close the client connection)
+// On a channels stream every message is channel u32 + one frame, and three more frames stand for
+// what a stream of its own says by itself:
+//   FINISH 0x06 (the client connection ended)   CANCEL 0x07 (mirror given up)
+//   STATUS 0x83 | code u8 | details str          (the relay ended the channel with a gRPC status)
 
 export const FRAME_OPEN: u8 = 0x01;
 export const FRAME_DATA: u8 = 0x02;
 export const FRAME_END: u8 = 0x03;
 export const FRAME_REPLY_DIGEST: u8 = 0x04;
 export const FRAME_REPLY_END: u8 = 0x05;
+export const FRAME_FINISH: u8 = 0x06;
+export const FRAME_CANCEL: u8 = 0x07;
 export const FRAME_ACK: u8 = 0x81;
 export const FRAME_CLOSE: u8 = 0x82;
+export const FRAME_STATUS: u8 = 0x83;
+/** The channel id in front of every frame on a channels stream. */
+export const CHANNEL_BYTES: usize = 4;
 /** CLOSE reason: the connection's primary is a primary no more (a planned switchover). */
 export const CLOSE_PRIMARY_DEMOTED: u8 = 1;
 export const WIRE_VERSION: u8 = 1;
@@ -106,6 +115,19 @@ export function decodeClose(frame: ArrayBuffer): u8 {
   const base = changetype<usize>(frame);
   if (frame.byteLength != 2 || load<u8>(base) != FRAME_CLOSE || load<u8>(base + 1) != CLOSE_PRIMARY_DEMOTED) return 0;
   return load<u8>(base + 1);
+}
+
+/** A STATUS frame (channels only): the relay ended the channel. */
+export class ChannelStatus {
+  constructor(public code: u32, public details: string) {}
+}
+
+/** Decode a STATUS frame at `base` (`size` bytes), or null (and `lastDecodeError`). */
+export function decodeStatus(base: usize, size: usize): ChannelStatus | null {
+  if (size < 4 || load<u8>(base) != FRAME_STATUS) { lastDecodeError = "STATUS shorter than its header (" + size.toString() + " bytes)"; return null; }
+  const length = <usize>load<u16>(base + 2);
+  if (<usize>4 + length != size) { lastDecodeError = "STATUS details of " + length.toString() + " bytes in a frame of " + size.toString(); return null; }
+  return new ChannelStatus(<u32>load<u8>(base + 1), String.UTF8.decodeUnsafe(base + 4, length));
 }
 
 /** Decode an ACK. Returns null and sets `lastDecodeError` if the bytes are not a valid ACK. */

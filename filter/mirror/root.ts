@@ -1,14 +1,15 @@
 // The plugin's root context: reads the configuration, owns every connection's mirror
-// (gRPC callbacks arrive here and are routed by token), enforces the in-flight bounds (a
+// (gRPC callbacks arrive here and are routed by token, and on a shared stream by channel), enforces the in-flight bounds (a
 // connection whose next bytes would pass one waits, its bytes held by Envoy, until the relay
 // catches up) and reaps streams whose relay never answered.
 import { RootContext, NetworkContext } from "../abi/context";
 import { BufferType, GrpcStatus } from "../abi/constants";
 import * as host from "../abi/host";
 import { parseMirrorConfig, MirrorConfig } from "./config";
-import { decodeAck, decodeClose, lastDecodeError, Ack, FRAME_CLOSE } from "./frames";
+import { decodeAck, decodeClose, decodeStatus, lastDecodeError, Ack, ChannelStatus, FRAME_CLOSE, FRAME_STATUS, CHANNEL_BYTES } from "./frames";
 import { MirrorStats } from "./stats";
-import { MirrorConnection, STATE_IDLE, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS } from "./connection";
+import { MirrorConnection, STATE_IDLE, STATE_CLOSING, STATE_DONE, STATE_NO_REPLICAS, MIRROR_SERVICE, MIRROR_METHOD } from "./connection";
+import { SharedStreams } from "./shared-streams";
 import { MirrorFilter } from "./filter";
 import { EnvoyInstance } from "./instance";
 
@@ -19,8 +20,12 @@ export class MirrorRoot extends RootContext {
   config: MirrorConfig = new MirrorConfig();
   stats: MirrorStats | null = null;
   grpcService: ArrayBuffer = new ArrayBuffer(0);
-  /** Streams still open, by token. */
-  byToken: Map<u32, MirrorConnection> = new Map();
+  /** Mirrors whose stream or channel is open, by context id (= channel id). */
+  active: Map<u32, MirrorConnection> = new Map();
+  /** Streams of their own (mirror_streams 0), by token. */
+  ownStreams: Map<u32, MirrorConnection> = new Map();
+  /** The worker's shared streams (mirror_streams >= 1). */
+  shared: SharedStreams | null = null;
   /** Bytes sent and not yet acknowledged, over all this worker's connections. */
   inflightTotal: u64 = 0;
   /** Streams whose client connection is over while the relay still finishes them. */
@@ -39,6 +44,7 @@ export class MirrorRoot extends RootContext {
     this.config = changetype<MirrorConfig>(parsed.config);
     this.stats = new MirrorStats(this.config.service);
     this.grpcService = host.grpcServiceForCluster(this.config.relayCluster);
+    if (this.config.mirrorStreams > 0) this.shared = new SharedStreams(this.config.mirrorStreams, this.config.mirrorStreamLifetimeMs * 1_000_000, this.grpcService);
     host.setTickPeriodMilliseconds(TICK_PERIOD_MS);
     const instance = new EnvoyInstance();
     instance.publish();
@@ -50,14 +56,26 @@ export class MirrorRoot extends RootContext {
   createNetworkContext(contextId: u32): NetworkContext {
     const stats = changetype<MirrorStats>(this.stats);
     stats.add(stats.connections, 1);
-    return new MirrorFilter(contextId, this, new MirrorConnection(contextId, this.config, stats, this.grpcService));
+    return new MirrorFilter(contextId, this, new MirrorConnection(contextId, this.config, stats));
   }
 
-  /** Open `mirror`'s stream if it is not yet open, and track it by token. */
+  /** Start `mirror` if it has not started: a channel on the next shared stream, or a stream of
+   *  its own (mirror_streams 0). */
   open(mirror: MirrorConnection): void {
-    const before = mirror.token;
-    const token = mirror.open();
-    if (token != 0 && before == 0) this.byToken.set(token, mirror);
+    if (mirror.state != STATE_IDLE) return;
+    const shared = this.shared;
+    if (shared === null) mirror.start(host.grpcStream(this.grpcService, MIRROR_SERVICE, MIRROR_METHOD), 0);
+    else mirror.start(shared.take(host.nowNanoseconds()), mirror.contextId);
+    if (mirror.token == 0) return;
+    this.active.set(mirror.contextId, mirror);
+    if (mirror.channel == 0) this.ownStreams.set(mirror.token, mirror);
+  }
+
+  private forget(mirror: MirrorConnection): void {
+    if (!this.active.has(mirror.contextId)) return;
+    this.active.delete(mirror.contextId);
+    if (mirror.channel == 0) this.ownStreams.delete(mirror.token);
+    else changetype<SharedStreams>(this.shared).release(mirror.token);
   }
 
   /** Whether a connection's stream must wait before it opens: as many streams as the bound
@@ -166,7 +184,7 @@ export class MirrorRoot extends RootContext {
    *  its connection go on if it was waiting. */
   drop(mirror: MirrorConnection, cancel: bool): void {
     this.inflightTotal -= mirror.inflight;
-    this.byToken.delete(mirror.token);
+    this.forget(mirror);
     if (cancel) mirror.cancel();
     this.maybeResume(mirror, true);
     if (mirror.finishing) {
@@ -178,7 +196,7 @@ export class MirrorRoot extends RootContext {
 
   private largestInFlight(fallback: MirrorConnection): MirrorConnection {
     let largest = fallback;
-    const mirrors = this.byToken.values();
+    const mirrors = this.active.values();
     for (let i = 0; i < mirrors.length; i++) if (mirrors[i].mirroring && mirrors[i].inflight > largest.inflight) largest = mirrors[i];
     return largest;
   }
@@ -195,9 +213,34 @@ export class MirrorRoot extends RootContext {
   }
 
   onGrpcReceive(token: u32, size: usize): void {
-    if (!this.byToken.has(token)) return;
-    const mirror = this.byToken.get(token);
+    if (this.ownStreams.has(token)) {
+      this.onFrame(this.ownStreams.get(token), host.getBufferBytes(BufferType.GRPC_RECEIVE_BUFFER, 0, size));
+      return;
+    }
+    const shared = this.shared;
+    if (shared === null || !shared.has(token)) return;
     const raw = host.getBufferBytes(BufferType.GRPC_RECEIVE_BUFFER, 0, size);
+    if (raw === null || <usize>raw.byteLength <= CHANNEL_BYTES) {
+      host.grpcCancel(token);
+      this.loseSharedStream(token, "sent a message of " + size.toString() + " bytes, too short for a channel and a frame; stream reset");
+      const stats = changetype<MirrorStats>(this.stats);
+      stats.add(stats.relayProtocolErrors, 1);
+      return;
+    }
+    const channel = load<u32>(changetype<usize>(raw));
+    if (!this.active.has(channel)) return; // a channel over already (cut, or reset by its client)
+    const mirror = this.active.get(channel);
+    if (mirror.token != token) return;
+    const frame = raw.slice(<i32>CHANNEL_BYTES);
+    if (load<u8>(changetype<usize>(frame)) != FRAME_STATUS) { this.onFrame(mirror, frame); return; }
+    const status = decodeStatus(changetype<usize>(frame), <usize>frame.byteLength);
+    if (status === null) { this.badFrame(mirror, lastDecodeError); return; }
+    const s = changetype<ChannelStatus>(status);
+    this.streamEnded(mirror, s.code, s.details);
+  }
+
+  /** A frame from the relay for `mirror` (an ACK, or CLOSE). */
+  private onFrame(mirror: MirrorConnection, raw: ArrayBuffer | null): void {
     if (raw !== null && raw.byteLength > 0 && load<u8>(changetype<usize>(raw)) == FRAME_CLOSE && decodeClose(raw) != 0) {
       this.closeDemoted(mirror);
       return;
@@ -209,12 +252,15 @@ export class MirrorRoot extends RootContext {
       this.inflightTotal -= mirror.received - receivedBefore;
       this.maybeResume(mirror, false);
     } else {
-      host.logError("lockstep: bad frame from the relay on connection " + mirror.contextId.toString() + ": " +
-        (ack === null ? lastDecodeError : "acknowledged more than was sent") + "; mirror cut");
-      const stats = changetype<MirrorStats>(this.stats);
-      stats.add(stats.relayProtocolErrors, 1);
-      this.drop(mirror, true);
+      this.badFrame(mirror, ack === null ? lastDecodeError : "acknowledged more than was sent");
     }
+  }
+
+  private badFrame(mirror: MirrorConnection, why: string): void {
+    host.logError("lockstep: bad frame from the relay on connection " + mirror.contextId.toString() + ": " + why + "; mirror cut");
+    const stats = changetype<MirrorStats>(this.stats);
+    stats.add(stats.relayProtocolErrors, 1);
+    this.drop(mirror, true);
   }
 
   /** The relay says this connection's primary is a primary no more (a planned switchover):
@@ -229,15 +275,37 @@ export class MirrorRoot extends RootContext {
   }
 
   onGrpcClose(token: u32, statusCode: u32): void {
-    if (!this.byToken.has(token)) return;
-    const mirror = this.byToken.get(token);
+    if (this.ownStreams.has(token)) { this.streamEnded(this.ownStreams.get(token), statusCode, ""); return; }
+    const shared = this.shared;
+    if (shared !== null && shared.has(token)) this.loseSharedStream(token, "ended with gRPC status " + statusCode.toString());
+  }
+
+  /** The relay ended `mirror`'s stream (or channel) with a status: complete if OK after the
+   *  client connection ended, else its replicas are out of sync for it. */
+  private streamEnded(mirror: MirrorConnection, statusCode: u32, details: string): void {
     const complete = statusCode == GrpcStatus.OK && (mirror.state == STATE_CLOSING || mirror.state == STATE_NO_REPLICAS);
     if (!complete) {
       host.logWarn("lockstep: mirror stream of connection " + mirror.contextId.toString() + " ended with gRPC status " +
-        statusCode.toString() + "; replicas out of sync for it");
+        statusCode.toString() + (details.length > 0 ? " (" + details + ")" : "") + "; replicas out of sync for it");
     }
     this.drop(mirror, false);
     mirror.end(complete);
+  }
+
+  /** A shared stream is gone: every channel still on it is lost, as a reset stream of its own. */
+  private loseSharedStream(token: u32, why: string): void {
+    changetype<SharedStreams>(this.shared).forget(token);
+    const mirrors = this.active.values();
+    let lost = 0;
+    for (let i = 0; i < mirrors.length; i++) {
+      const m = mirrors[i];
+      if (m.channel == 0 || m.token != token) continue;
+      lost++;
+      this.drop(m, false);
+      m.end(false);
+    }
+    host.logWarn("lockstep: shared mirror stream " + token.toString() + " to the relay " + why + "; " + lost.toString() +
+      " connections on it lost their mirror (replicas out of sync for them)");
   }
 
   onTick(): void {
@@ -245,9 +313,9 @@ export class MirrorRoot extends RootContext {
     const now = host.nowNanoseconds();
     const stallLimit = this.config.relayStallTimeoutMs * 1_000_000;
     this.giveUpAwaiting(now, stallLimit);
-    if (this.byToken.size == 0) return;
+    if (this.active.size == 0) return;
     const closeLimit = this.config.closeTimeoutMs * 1_000_000;
-    const mirrors = this.byToken.values();
+    const mirrors = this.active.values();
     for (let i = 0; i < mirrors.length; i++) {
       const m = mirrors[i];
       if (m.paused && now - m.pausedSinceNs > stallLimit) {
@@ -262,7 +330,7 @@ export class MirrorRoot extends RootContext {
         host.logWarn("lockstep: relay gave no final answer for connection " + m.contextId.toString() + "; stream reset");
         this.drop(m, true);
       } else if (m.state == STATE_DONE) {
-        this.byToken.delete(m.token);
+        this.forget(m);
       }
     }
   }

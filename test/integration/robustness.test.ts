@@ -14,13 +14,16 @@ import { expectExactWithPrimary, expectMirrored } from "../support/exchanges.ts"
 describe("robustness", () => {
   it("counts a relay that answers garbage, cuts its mirror, and keeps every exchange exact", async () => {
     const grpc = new Server();
-    grpc.addService(MIRROR_SERVICE, {
-      Stream: (call: ServerDuplexStream<Buffer, Buffer>) => {
-        call.on("data", () => { if (!call.destroyed) call.write(Buffer.from([0x81, 1, 2, 3])); }); // a truncated ACK
-        call.on("error", () => {});
-        call.on("end", () => call.end());
-      },
-    });
+    const garbage = (channels: boolean) => (call: ServerDuplexStream<Buffer, Buffer>) => {
+      call.on("data", (message: Buffer) => {
+        if (call.destroyed) return;
+        const ack = Buffer.from([0x81, 1, 2, 3]); // a truncated ACK, on the message's channel
+        call.write(channels ? Buffer.concat([message.subarray(0, 4), ack]) : ack);
+      });
+      call.on("error", () => {});
+      call.on("end", () => call.end());
+    };
+    grpc.addService(MIRROR_SERVICE, { Stream: garbage(false), Channels: garbage(true) });
     const port = await new Promise<number>((resolve, reject) =>
       grpc.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     const [primary] = await startBackends(["primary"]);

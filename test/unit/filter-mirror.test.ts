@@ -18,7 +18,9 @@ import { encodeAck, decodeFilterFrame, type FilterFrame } from "../../relay/fram
 import { fixtureBytes, fixture, DIGEST_VECTORS, vectorBytes } from "../support/wire-fixtures.ts";
 
 const BUILDS = ["build/lockstep.wasm", "build/lockstep.debug.wasm"];
-const CONFIG = { relay_cluster: "lockstep_relay", service: "demo" };
+// These tests speak the stream-per-connection transport (mirror_streams 0); filter-channels.test.ts
+// covers the channels transport.
+const CONFIG = { relay_cluster: "lockstep_relay", service: "demo", mirror_streams: 0 };
 
 function load(build: string, config: object = CONFIG) {
   return createNetworkHost({ wasmPath: join(PROJECT_ROOT, build), pluginConfig: JSON.stringify(config) });
