@@ -21,21 +21,16 @@ const identity = (b: Buffer) => b;
 /** lockstep.mirror.v1.Mirror/Stream and /Channels, carrying raw frames (docs/wire-format.md), no protobuf, as
  *  a gRPC library's service definition: what a gRPC client (the tests' @grpc/grpc-js) needs to
  *  call the relay, or to serve the method in its place. */
+const bidiRawMethod = (path: string) => ({
+  path,
+  requestStream: true,
+  responseStream: true,
+  requestSerialize: identity, requestDeserialize: identity,
+  responseSerialize: identity, responseDeserialize: identity,
+});
 export const MIRROR_SERVICE = {
-  Stream: {
-    path: MIRROR_METHOD_PATH,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: identity, requestDeserialize: identity,
-    responseSerialize: identity, responseDeserialize: identity,
-  },
-  Channels: {
-    path: CHANNELS_METHOD_PATH,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: identity, requestDeserialize: identity,
-    responseSerialize: identity, responseDeserialize: identity,
-  },
+  Stream: bidiRawMethod(MIRROR_METHOD_PATH),
+  Channels: bidiRawMethod(CHANNELS_METHOD_PATH),
 };
 
 /** Largest frame accepted: a DATA frame carries at most one Envoy read (Envoy reads up to 1 MiB at a time). */
