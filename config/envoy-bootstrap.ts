@@ -45,9 +45,9 @@ function renderSessionListener(c: LockstepConfig, indent: string): string {
 }
 
 /** The listener only: what a user pastes under `static_resources.listeners` of their config. */
-export function renderListener(c: LockstepConfig, indent = "", mirror = true): string {
+export function renderListener(c: LockstepConfig, indent = "", mirror = true, mirrorStreams = c.relay.processes): string {
   if (c.mode === "session" && mirror) return renderSessionListener(c, indent);
-  const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies, mirrorStreams: c.relay.processes });
+  const pluginConfig = pluginConfiguration({ service: c.service, ...c.limits, compareReplies: c.compareReplies, mirrorStreams });
   const filter = `
     # 1. lockstep: copies every client byte to the mirror relay; never changes or delays them.
     - name: envoy.filters.network.wasm
@@ -146,6 +146,9 @@ export interface BootstrapOptions {
    *  started from here): the downstream connection limit is derived from it, unless the config
    *  sets `envoy.maxDownstreamConnections`. */
   openFileLimit?: number;
+  /** The filter's mirror_streams (default relay.processes: one shared stream per relay process
+   *  per worker; 0, a stream per connection). */
+  mirrorStreams?: number;
 }
 
 /** This process's soft open-file limit (Node raises it to the hard limit at start-up; children
@@ -197,7 +200,7 @@ export function renderBootstrap(c: LockstepConfig, header = "", options: Bootstr
     : staticCluster(primaryClusterName(c.service), c.primary, "    connect_timeout: 1s\n" + UNLIMITED_CONNECTIONS);
   return `${header}${node}static_resources:
   listeners:
-${renderListener(c, "  ", options.mirror ?? true)}
+${renderListener(c, "  ", options.mirror ?? true, options.mirrorStreams ?? c.relay.processes)}
   clusters:
 ${primaryCluster}
 ${relayCluster(relay)}

@@ -1,6 +1,7 @@
 // Bad input from the mirror side and more than one Envoy worker, on real Envoy: a "relay"
 // that answers garbage is counted and cut loose without touching the primary path; with two
-// workers (two wasm VMs, two root contexts) every connection is still mirrored exactly.
+// workers (two wasm VMs, two root contexts) every connection is still mirrored exactly, on
+// either transport (channels of shared streams, or a stream per connection).
 import { describe, it, expect } from "vitest";
 import { Server, ServerCredentials, type ServerDuplexStream } from "@grpc/grpc-js";
 import { MIRROR_SERVICE } from "../../relay/server.ts";
@@ -38,11 +39,14 @@ describe("robustness", () => {
     await primary.kill();
   });
 
-  it("mirrors exactly with two Envoy workers", async () => {
+  it.each([
+    ["channels of shared streams (mirror_streams 2)", 2],
+    ["a gRPC stream per connection (mirror_streams 0)", 0],
+  ])("mirrors exactly with two Envoy workers, on %s", async (_transport, mirrorStreams) => {
     const [primary, replica] = await startBackends(["primary", "replica-a"]);
     const replicas = [{ name: "replica-a", address: replica.address }];
     const relay = await startRelay({ replicas });
-    const envoy = await startEnvoy({ primary: primary.address, replicas, relayPort: relay.port, concurrency: 2 });
+    const envoy = await startEnvoy({ primary: primary.address, replicas, relayPort: relay.port, concurrency: 2, mirrorStreams });
     const results = await pool(300, 16, () => runClient(envoy.listenerPort, randomPlan(64 << 10, 4, 1)));
     expectExactWithPrimary(primary, results);
     await waitFor("replica connections to finish", () => replica.connections.length === 300 && replica.connections.every((c) => c.closed), 30_000);
@@ -50,6 +54,10 @@ describe("robustness", () => {
     await waitFor("streams to drain", async () => (await envoy.stat("wasmcustom.lockstep.itest.streams_active")) === 0);
     expect(await envoy.stat("wasmcustom.lockstep.itest.connections")).toBe(300);
     expect(await envoy.stat("wasmcustom.lockstep.itest.replica.replica-a.completed")).toBe(300);
+    // Two workers: at most 2 × 2 shared streams (one more per slot every 10 s), or one per connection.
+    const streams = await envoy.stat("cluster.lockstep_relay.upstream_rq_total");
+    if (mirrorStreams === 0) expect(streams).toBe(300);
+    else expect(streams).toBeLessThanOrEqual(8);
     await envoy.kill();
     await relay.kill();
   });

@@ -34,6 +34,8 @@ export interface StartEnvoyOptions {
   relayPort: number;
   /** Relay processes (lockstep config relay.processes): on relayPort, relayPort + 2, ... */
   relayProcesses?: number;
+  /** The filter's mirror_streams (default: relayProcesses); 0 for a gRPC stream per connection. */
+  mirrorStreams?: number;
   service?: string;
   limits?: Record<string, number>;
   /** false: the same listener without the lockstep filter (plain tcp_proxy). */
@@ -68,7 +70,7 @@ export async function startEnvoy(options: StartEnvoyOptions): Promise<EnvoyHandl
     compareReplies: options.compareReplies ?? false,
     ...options.extra,
   });
-  const bootstrap = renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller, openFileLimit: options.openFileLimit });
+  const bootstrap = renderBootstrap(config, "", { mirror: options.mirror ?? true, controller: options.controller, openFileLimit: options.openFileLimit, mirrorStreams: options.mirrorStreams });
   return { config, listenerPort, ...await launch(bootstrap, adminPort, options) };
 }
 
