@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The test command (README: `npm test`): build the filter, type-check, run every test
 # (unit tests in the host emulator, integration tests against the real Envoy binary),
-# then check that the run left no process behind, and print the closing line
+# then check that the run left no process behind (and remove its temporary files), and print the closing line
 # `N passed, N failed` (a leftover process counts as one failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Every process the tests start inherits this marker: the leftover check finds them by it.
 export LOCKSTEP_TEST_RUN="$$-$(date +%s%N)"
+# Every temporary file the tests and the processes they start make (Envoy bootstraps, relay
+# configs, redis and etcd data) goes under one directory, removed after the run.
+RUN_TMP="$(mktemp -d "${TMPDIR:-/tmp}/lockstep-test-run-XXXXXX")"
+export TMPDIR="$RUN_TMP"
+trap 'rm -rf "$RUN_TMP"' EXIT
 npm run --silent build || { echo "0 passed, 1 failed"; exit 1; }
 npx tsx scripts/envoy-binary.ts >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 npx tsc -p . || { echo "type check failed"; echo "0 passed, 1 failed"; exit 1; }
