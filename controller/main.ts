@@ -82,7 +82,7 @@ try {
   const configured = serviceOf(c);
   const running = await startController({
     services: [values.dynamic ? { ...configured, service: Object.freeze({ ...configured.service, listener: `${c.listener.address}:${c.listener.port}` }) } : configured],
-    ...(values.dynamic ? { dynamic: { wasmPath: resolve(c.envoy.wasmPath), ...c.limits, compareReplies: c.compareReplies } } : {}),
+    ...(values.dynamic ? { dynamic: { wasmPath: resolve(c.envoy.wasmPath), ...c.limits, compareReplies: c.compareReplies, mirrorStreams: c.relay.processes } } : {}),
     api: { host: spec.address, port: portFlag("api-port", spec.apiPort) },
     xds: { host: "127.0.0.1", port: portFlag("xds-port", spec.xdsPort) },
     token: token(storePath),

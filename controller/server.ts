@@ -36,6 +36,8 @@ export interface DynamicSettings {
   readonly maxInflightBytesTotal?: number;
   /** The reply check (default on). */
   readonly compareReplies?: boolean;
+  /** The filter's shared mirror streams per Envoy worker (default 1): one per relay process. */
+  readonly mirrorStreams?: number;
 }
 
 export interface ControllerSettings {
@@ -195,6 +197,7 @@ function resourcesOf(s: Service, d: DynamicSettings, health: HealthSettings) {
     service: s.name, compareReplies: d.compareReplies ?? true,
     maxInflightBytesPerConnection: d.maxInflightBytesPerConnection ?? DEFAULT_LIMITS.maxInflightBytesPerConnection,
     maxInflightBytesTotal: d.maxInflightBytesTotal ?? DEFAULT_LIMITS.maxInflightBytesTotal,
+    mirrorStreams: d.mirrorStreams,
   };
   return { listener: listenerResource(filter, s.listener, d.wasmPath, s.mode ?? "mirror"), cluster: primaryClusterResource(s.name, health) };
 }

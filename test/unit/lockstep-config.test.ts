@@ -2,6 +2,7 @@
 import { describe, it, expect } from "vitest";
 import { parseLockstepConfig, relayProcesses, DEFAULT_LIMITS, ConfigError } from "../../config/lockstep-config.ts";
 import { downstreamConnectionLimit, renderBootstrap } from "../../config/envoy-bootstrap.ts";
+import { listenerResource } from "../../config/envoy-resources.ts";
 
 const minimal = { primary: "127.0.0.1:7001", replicas: [{ name: "a", address: "127.0.0.1:7002" }] };
 
@@ -109,6 +110,16 @@ describe("lockstep config", () => {
     expect(plugin).toEqual({ relay_cluster: "lockstep_relay", service: "orders", max_inflight_bytes_per_connection: 2 << 20, max_inflight_bytes_total: DEFAULT_LIMITS.maxInflightBytesTotal });
     expect(yaml).toContain("cluster: orders_primary");
     expect(yaml).toContain("failure_policy: FAIL_OPEN");
+  });
+
+  it("gives each Envoy worker one shared mirror stream per relay process, in the bootstrap and over LDS", () => {
+    const pluginOf = (yaml: string) => JSON.parse(/value: '(\{.*\})'/.exec(yaml)![1]);
+    const three = parseLockstepConfig({ ...minimal, relay: { processes: 3, port: 10100, metricsPort: 10101 } });
+    expect(pluginOf(renderBootstrap(three)).mirror_streams).toBe(3);
+    expect(pluginOf(renderBootstrap(parseLockstepConfig(minimal)))).not.toHaveProperty("mirror_streams"); // 1, the filter's default
+    expect(pluginOf(renderBootstrap(three, "", { mirrorStreams: 0 })).mirror_streams).toBe(0);
+    const lds = listenerResource({ service: "orders", compareReplies: true, maxInflightBytesPerConnection: 1 << 20, maxInflightBytesTotal: 1 << 24, mirrorStreams: 3 }, "127.0.0.1:7000", "lockstep.wasm");
+    expect(JSON.stringify(lds)).toContain('\\"mirror_streams\\":3');
   });
 
   it("limits Envoy's client connections to what its open-file limit can hold, or to the config's number", () => {
