@@ -1,7 +1,7 @@
-// The plugin's root context: reads the configuration, owns every connection's mirror
-// (gRPC callbacks arrive here and are routed by token, and on a shared stream by channel), enforces the in-flight bounds (a
-// connection whose next bytes would pass one waits, its bytes held by Envoy, until the relay
-// catches up) and reaps streams whose relay never answered.
+// The plugin's root context: reads the configuration, owns every connection's mirror (gRPC
+// callbacks arrive here and are routed by token, and on a shared stream by channel), enforces
+// the in-flight bounds (a connection whose next bytes would pass one waits, its bytes held by
+// Envoy, until the relay catches up) and reaps mirrors whose relay never answered.
 import { RootContext, NetworkContext } from "../abi/context";
 import { BufferType, GrpcStatus } from "../abi/constants";
 import * as host from "../abi/host";
