@@ -19,9 +19,13 @@ describe("mirror relay", () => {
   let relay: RelayServer;
   let replicas: RecordingBackend[];
   let client: Client;
+  /** Every call a test opened: cancelled after it, so that a failed assertion that left one open
+   *  fails the test instead of holding the relay's close (it waits for open streams). */
+  let calls: ClientDuplexStream<Buffer, Buffer>[] = [];
 
   function open(primary = "127.0.0.1:1", connectionId = 1n, service = "t"): Stream {
     const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
+    calls.push(call);
     const acks: AckFrame[] = [];
     const closes: CloseFrame[] = [];
     call.on("data", (b: Buffer) => { const f = decodeRelayFrame(b); if (f.type === "ACK") acks.push(f); else closes.push(f); });
@@ -43,6 +47,8 @@ describe("mirror relay", () => {
   });
 
   afterEach(async () => {
+    for (const call of calls) call.cancel();
+    calls = [];
     client.close();
     await relay.close();
     for (const r of replicas) await r.kill();
@@ -98,6 +104,7 @@ describe("mirror relay", () => {
     ["garbage", (c: ClientDuplexStream<Buffer, Buffer>) => c.write(Buffer.from([0x42, 1, 2])), "unknown frame type 0x42"],
   ])("ends a stream with %s as INVALID_ARGUMENT and keeps serving others", async (_what, send, message) => {
     const call = (client as any).Stream() as ClientDuplexStream<Buffer, Buffer>;
+    calls.push(call);
     call.on("data", () => {});
     call.on("error", () => {});
     const st = new Promise<{ code: number; details: string }>((resolve) => call.on("status", (s) => resolve(s)));
