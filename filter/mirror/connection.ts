@@ -35,9 +35,6 @@ assert(CHANNEL_BYTES + DATA_HEADER_BYTES <= HOST_BUFFER_HEADROOM, "channel + DAT
 const MAX_WINDOWS_PER_DIGEST_FRAME: usize = 256;
 const DIGEST_FRAME = memory.data(<i32>(CHANNEL_BYTES + REPLY_DIGEST_HEADER_BYTES + 4 * MAX_WINDOWS_PER_DIGEST_FRAME)) + CHANNEL_BYTES;
 
-export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
-export const MIRROR_METHOD = "Stream";
-export const CHANNELS_METHOD = "Channels";
 
 /** Not yet opened: no frame sent. */
 export const STATE_IDLE: u8 = 0;

@@ -14,6 +14,11 @@
 //   FINISH 0x06 (the client connection ended)   CANCEL 0x07 (mirror given up)
 //   STATUS 0x83 | code u8 | details str          (the relay ended the channel with a gRPC status)
 
+/** The gRPC service and its two methods: a stream per connection, or shared channels streams. */
+export const MIRROR_SERVICE = "lockstep.mirror.v1.Mirror";
+export const MIRROR_METHOD = "Stream";
+export const CHANNELS_METHOD = "Channels";
+
 export const FRAME_OPEN: u8 = 0x01;
 export const FRAME_DATA: u8 = 0x02;
 export const FRAME_END: u8 = 0x03;

@@ -7,7 +7,7 @@
 // restarted since), and the old one is half-closed as soon as its last channel is over. A
 // stream that ends is forgotten; the next connection given its slot opens a new one.
 import * as host from "../abi/host";
-import { MIRROR_SERVICE, CHANNELS_METHOD } from "./connection";
+import { MIRROR_SERVICE, CHANNELS_METHOD } from "./frames";
 
 export class SharedStreams {
   /** Each slot's stream token (0 while it has none), and when it opened. */
